@@ -1,0 +1,194 @@
+//! Errors of the runtime and of processors, each with a class that decides what happens next.
+//!
+//! A processing failure is either *transient* (the same record may succeed later: the broker or
+//! the schema registry is unavailable) and is retried with backoff, or *permanent* (the record
+//! itself is bad) and goes to the dead-letter topic at once. A transient failure that outlives its
+//! retries is dead-lettered as `transient-exhausted`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use uuid::Uuid;
+
+/// What the runtime does with a failed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Retry with backoff; dead-letter as `transient-exhausted` once the attempts run out.
+    Transient,
+    /// Dead-letter at once: the record is malformed or invalid.
+    Permanent,
+    /// Dead-letter at once: the record does not match its schema (unknown id, bad framing).
+    Schema,
+}
+
+impl ErrorClass {
+    /// The value of the `medallion.error.class` dead-letter header for this class.
+    pub fn dlq_label(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient-exhausted",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Schema => "schema",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Schema => "schema",
+        };
+        f.write_str(label)
+    }
+}
+
+/// A processor's failure on one record: its class, a stable machine-readable code (for example
+/// `missing_field`), a human message, and the record's identity where it is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class} error `{code}`: {message}")]
+pub struct ProcessError {
+    /// What the runtime does with the record.
+    pub class: ErrorClass,
+    /// A stable code, written to the `medallion.error.code` dead-letter header.
+    pub code: Cow<'static, str>,
+    /// What failed, for the operator reading the dead-letter header.
+    pub message: String,
+    /// The record's `event_id`, when it could be read.
+    pub event_id: Option<Uuid>,
+    /// The record's `org_id`, when it could be read.
+    pub org_id: Option<i64>,
+}
+
+impl ProcessError {
+    fn new(
+        class: ErrorClass,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            class,
+            code: code.into(),
+            message: message.into(),
+            event_id: None,
+            org_id: None,
+        }
+    }
+
+    /// A failure that may succeed on retry.
+    pub fn transient(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, code, message)
+    }
+
+    /// A failure caused by the record itself.
+    pub fn permanent(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, code, message)
+    }
+
+    /// A record that does not fit its schema.
+    pub fn schema(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Schema, code, message)
+    }
+
+    /// Attaches the record's `event_id`.
+    #[must_use]
+    pub fn with_event_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = Some(event_id);
+        self
+    }
+
+    /// Attaches the record's `org_id`.
+    #[must_use]
+    pub fn with_org_id(mut self, org_id: i64) -> Self {
+        self.org_id = Some(org_id);
+        self
+    }
+}
+
+/// Whether a failed delivery is worth retrying. Errors that describe the record itself (too
+/// large, corrupt) are permanent; everything else (timeouts, brokers down, leader changes) is
+/// transient, as in Vector's Kafka sink.
+pub fn delivery_error_class(error: &KafkaError) -> ErrorClass {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::BadMessage,
+        ) => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// Failures that stop the runtime itself (as opposed to one record).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A Kafka client could not be created or configured.
+    #[error("failed to create the kafka {client}: {source}; check the [kafka] settings")]
+    Client {
+        /// `consumer` or `producer`.
+        client: &'static str,
+        /// The librdkafka error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A topic the stage needs is missing or unreadable.
+    #[error("topic `{topic}`: {reason}")]
+    Topic {
+        /// The topic name.
+        topic: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Subscribing to the input topic failed.
+    #[error("failed to subscribe to `{topic}`: {source}")]
+    Subscribe {
+        /// The input topic.
+        topic: String,
+        /// The librdkafka error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The consumer reported an error it cannot recover from.
+    #[error("fatal consumer error: {0}")]
+    Fatal(String),
+    /// The consumer's polling thread could not be started or stopped.
+    #[error("consumer thread failed: {0}")]
+    Thread(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_keep_identity_and_class() {
+        let id = Uuid::nil();
+        let error = ProcessError::permanent("missing_field", "`org_id` is required")
+            .with_event_id(id)
+            .with_org_id(7);
+        assert_eq!(error.class, ErrorClass::Permanent);
+        assert_eq!(error.event_id, Some(id));
+        assert_eq!(error.org_id, Some(7));
+        assert_eq!(
+            error.to_string(),
+            "permanent error `missing_field`: `org_id` is required"
+        );
+    }
+
+    #[test]
+    fn delivery_errors_are_classified() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(delivery_error_class(&too_large), ErrorClass::Permanent);
+        assert_eq!(delivery_error_class(&timed_out), ErrorClass::Transient);
+        assert_eq!(delivery_error_class(&down), ErrorClass::Transient);
+        assert_eq!(ErrorClass::Transient.dlq_label(), "transient-exhausted");
+    }
+}

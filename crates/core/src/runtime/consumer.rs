@@ -1,0 +1,164 @@
+//! The consumer side of the runtime: a dedicated thread polls librdkafka and forwards messages and
+//! rebalance events over one channel, so the async worker never blocks inside librdkafka and sees
+//! messages and rebalances in the order they happened.
+//!
+//! A revoke is handled inside librdkafka's rebalance callback on the polling thread: it asks the
+//! worker to drain the revoked partitions, waits for the offsets to commit, and commits them
+//! synchronously before returning, so the next owner starts exactly where this worker stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the polling thread tells the worker.
+#[derive(Debug)]
+pub(crate) enum PollEvent {
+    /// A record of an assigned partition.
+    Message(OwnedMessage),
+    /// Partitions were assigned; their records follow.
+    Assigned(Vec<i32>),
+    /// Partitions are being revoked: drain them and reply with the offsets to commit.
+    Revoke {
+        partitions: Vec<i32>,
+        reply: oneshot::Sender<TopicPartitionList>,
+    },
+}
+
+/// librdkafka callbacks of the consumer.
+#[derive(Debug)]
+pub(crate) struct RebalanceContext {
+    pub(crate) topic: String,
+    pub(crate) events: mpsc::Sender<PollEvent>,
+}
+
+fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    list.elements_for_topic(topic)
+        .iter()
+        .map(|element| element.partition())
+        .collect()
+}
+
+impl ClientContext for RebalanceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka consumer error");
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let partitions = partitions_of(list, &self.topic);
+        if partitions.is_empty() {
+            return;
+        }
+        tracing::info!(?partitions, "partitions revoked, draining");
+        let (reply, offsets) = oneshot::channel();
+        if self
+            .events
+            .blocking_send(PollEvent::Revoke { partitions, reply })
+            .is_err()
+        {
+            // The worker has stopped and committed everything it finished already.
+            return;
+        }
+        let Ok(offsets) = offsets.blocking_recv() else {
+            return;
+        };
+        if offsets.count() == 0 {
+            return;
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => {
+                tracing::info!(offsets = ?offsets.to_topic_map(), "committed revoked partitions")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "failed to commit revoked partitions; their records will be read again")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = partitions_of(list, &self.topic);
+            tracing::info!(?partitions, "partitions assigned");
+            let _ = self.events.blocking_send(PollEvent::Assigned(partitions));
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(%error, offsets = ?offsets.to_topic_map(), "offset commit failed; retried at the next interval");
+        }
+    }
+}
+
+/// The polling thread and the flag that stops it.
+#[derive(Debug)]
+pub(crate) struct PollThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl PollThread {
+    /// Starts polling `consumer` (which moves to the thread, so the consumer is closed there,
+    /// outside the async runtime) and forwarding to `events`.
+    pub(crate) fn spawn(
+        consumer: Arc<BaseConsumer<RebalanceContext>>,
+        events: mpsc::Sender<PollEvent>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("medallion-poll".into())
+            .spawn(move || poll_loop(&consumer, &events, &thread_stop))?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread and waits for it (blocking: call from `spawn_blocking`).
+    pub(crate) fn stop_and_join(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!("the consumer polling thread panicked");
+            }
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<RebalanceContext>,
+    events: &mpsc::Sender<PollEvent>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                tracing::trace!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "record received"
+                );
+                if events
+                    .blocking_send(PollEvent::Message(message.detach()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%error, "kafka consumer poll error"),
+        }
+    }
+}

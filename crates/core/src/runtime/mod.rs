@@ -1,0 +1,252 @@
+//! The at-least-once worker runtime: consume a topic in a group, hand each record to a
+//! [`Processor`], write its outputs with an idempotent producer, dead-letter what cannot be
+//! processed, and commit only what is finished.
+//!
+//! # Guarantees
+//! - **At-least-once.** `enable.auto.commit` and `enable.auto.offset.store` are off. A partition's
+//!   committed offset is the end of its contiguous run of finished records (outputs *and* any
+//!   dead letter acknowledged by the broker), bounded by the offsets a processor holds. It is
+//!   committed every `commit_interval_ms`, and synchronously on revoke and on shutdown.
+//! - **Idempotent output.** `acks=all`, `enable.idempotence=true`; every output is keyed by its
+//!   `org_id` and its partition is chosen by the configured rule (seeds/000 by default).
+//! - **Order.** One task processes the records of a partition in offset order; outputs are handed
+//!   to the producer in that order, which keeps them in order per output partition, including
+//!   librdkafka's own retries. A record waiting for a retry pauses its partition and holds back
+//!   the later records of that partition until it is written.
+//! - **Dead letters.** Permanent failures go to `{input}{dlq.topic_suffix}` at once; transient
+//!   ones are retried with exponential backoff and jitter, then dead-lettered as
+//!   `transient-exhausted`. A dead letter is retried until the broker acknowledges it.
+//! - **Bounded memory.** At most `max_in_flight` records (plus one channel of prefetched records)
+//!   are held; at the bound every partition is paused until half of them are finished.
+//!
+//! # Limits
+//! - When the broker rejects a record's outputs after librdkafka's own retries (past
+//!   `message_timeout_ms`), the outputs of later records of the same input partition may already
+//!   be written; the failed outputs are written again after them. Duplicates are possible after a
+//!   crash or a drain timeout (at-least-once); downstream `event_id` dedup removes them.
+//! - Deduplication lives in memory (see [`crate::dedup`]).
+
+mod consumer;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DedupConfig, RetryConfig, WorkerConfig};
+use crate::error::RuntimeError;
+use crate::metrics::RuntimeMetrics;
+use crate::partitioner::PartitionerKind;
+use crate::processor::Processor;
+use consumer::{PollThread, RebalanceContext};
+use worker::Worker;
+
+/// Records the polling thread may forward before the worker takes them.
+const POLL_CHANNEL_CAPACITY: usize = 1_024;
+/// How long start-up waits for topic metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the worker loop needs from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct RunSettings {
+    pub(crate) input_topic: Arc<str>,
+    pub(crate) dlq_topic: Arc<str>,
+    pub(crate) group_id: String,
+    pub(crate) stage: String,
+    pub(crate) instance: String,
+    pub(crate) commit_interval: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) retry: RetryConfig,
+    pub(crate) dedup: DedupConfig,
+    pub(crate) partitioner: PartitionerKind,
+}
+
+/// A configured worker, ready to [`run`](Runtime::run) a processor.
+#[derive(Debug)]
+pub struct Runtime {
+    settings: RunSettings,
+    consumer_config: ClientConfig,
+    producer_config: ClientConfig,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl Runtime {
+    /// Prepares the Kafka clients' configuration. `config` must have passed `validate()`.
+    pub fn new<S>(config: &WorkerConfig<S>) -> Self {
+        let instance = config
+            .worker
+            .instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let settings = RunSettings {
+            input_topic: Arc::from(config.consumer.input_topic.as_str()),
+            dlq_topic: Arc::from(config.dlq_topic().as_str()),
+            group_id: config.consumer.group_id.clone(),
+            stage: config.worker.stage.clone(),
+            instance,
+            commit_interval: Duration::from_millis(config.consumer.commit_interval_ms),
+            drain_timeout: Duration::from_millis(config.consumer.drain_timeout_ms),
+            max_in_flight: config.consumer.max_in_flight,
+            retry: config.retry.clone(),
+            dedup: config.dedup.clone(),
+            partitioner: config.producer.partitioner,
+        };
+        let mut common = ClientConfig::new();
+        common
+            .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+            .set("client.id", config.client_id());
+        for (name, value) in &config.kafka.librdkafka.0 {
+            common.set(name, value);
+        }
+        let mut consumer_config = common.clone();
+        consumer_config
+            .set("group.id", &config.consumer.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                config.consumer.auto_offset_reset.as_str(),
+            )
+            .set(
+                "session.timeout.ms",
+                config.kafka.session_timeout_ms.to_string(),
+            );
+        let queue_messages = (config.consumer.max_in_flight * 4).max(100_000);
+        let mut producer_config = common;
+        producer_config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", config.producer.compression.as_str())
+            .set("linger.ms", config.producer.linger_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                config.producer.message_timeout_ms.to_string(),
+            )
+            .set("queue.buffering.max.messages", queue_messages.to_string());
+        Self {
+            settings,
+            consumer_config,
+            producer_config,
+            metrics: Arc::new(RuntimeMetrics::default()),
+        }
+    }
+
+    /// The worker's counters, readable while it runs.
+    pub fn metrics(&self) -> Arc<RuntimeMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs `processor` until `shutdown` is cancelled; then drains, commits and returns.
+    /// Fails at start-up when a client cannot be created or a topic is missing.
+    pub async fn run<P: Processor>(
+        self,
+        processor: P,
+        shutdown: CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        let producer: FutureProducer =
+            self.producer_config
+                .create()
+                .map_err(|source| RuntimeError::Client {
+                    client: "producer",
+                    source,
+                })?;
+        let mut topics: Vec<Arc<str>> = processor.output_topics();
+        topics.push(Arc::clone(&self.settings.dlq_topic));
+        topics.push(Arc::clone(&self.settings.input_topic));
+        let partition_counts = {
+            let producer = producer.clone();
+            tokio::task::spawn_blocking(move || partition_counts(&producer, &topics))
+                .await
+                .map_err(|error| RuntimeError::Thread(error.to_string()))??
+        };
+        let (events_tx, events_rx) = mpsc::channel(POLL_CHANNEL_CAPACITY);
+        let context = RebalanceContext {
+            topic: self.settings.input_topic.to_string(),
+            events: events_tx.clone(),
+        };
+        let consumer: BaseConsumer<RebalanceContext> = self
+            .consumer_config
+            .create_with_context(context)
+            .map_err(|source| RuntimeError::Client {
+                client: "consumer",
+                source,
+            })?;
+        consumer
+            .subscribe(&[&self.settings.input_topic])
+            .map_err(|source| RuntimeError::Subscribe {
+                topic: self.settings.input_topic.to_string(),
+                source,
+            })?;
+        let consumer = Arc::new(consumer);
+        let poll_thread = PollThread::spawn(Arc::clone(&consumer), events_tx)
+            .map_err(|error| RuntimeError::Thread(error.to_string()))?;
+        tracing::info!(
+            topic = %self.settings.input_topic, group = %self.settings.group_id,
+            stage = %self.settings.stage, instance = %self.settings.instance, "worker started"
+        );
+        let worker = Worker::new(
+            self.settings,
+            consumer,
+            producer.clone(),
+            processor,
+            self.metrics,
+            partition_counts,
+        );
+        // The worker drops its consumer handle when it returns, so the polling thread closes the
+        // consumer on its own thread, outside the async runtime.
+        let result = worker.run(events_rx, shutdown).await;
+        let stopped = tokio::task::spawn_blocking(move || {
+            poll_thread.stop_and_join();
+            producer.flush(Duration::from_secs(10))
+        })
+        .await;
+        match stopped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "producer flush at shutdown failed"),
+            Err(error) => tracing::warn!(%error, "stopping the consumer thread failed"),
+        }
+        tracing::info!("worker stopped");
+        result
+    }
+}
+
+/// Looks up each topic's partition count; a missing topic is a start-up error.
+fn partition_counts(
+    producer: &FutureProducer,
+    topics: &[Arc<str>],
+) -> Result<HashMap<Arc<str>, i32>, RuntimeError> {
+    let mut counts = HashMap::new();
+    for topic in topics {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|error| RuntimeError::Topic {
+                topic: topic.to_string(),
+                reason: format!("metadata lookup failed ({error}); check kafka.bootstrap_servers and that the brokers are up"),
+            })?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|candidate| candidate.name() == &**topic);
+        let count = found
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            return Err(RuntimeError::Topic {
+                topic: topic.to_string(),
+                reason: "does not exist; create it first (medallion does not rely on topic auto-creation)".into(),
+            });
+        }
+        counts.insert(Arc::clone(topic), i32::try_from(count).unwrap_or(i32::MAX));
+    }
+    Ok(counts)
+}
