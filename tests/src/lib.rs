@@ -1,1 +1,283 @@
-//! Test support.
+//! Support for medallion's integration and end-to-end tests: topic set-up, producing and reading
+//! test records, committed offsets, and a pass-through processor with a worker binary.
+//!
+//! Real-broker tests read the broker address from `MEDALLION_TEST_BOOTSTRAP`, which
+//! `scripts/test.sh` sets after installing and starting the broker. A missing address fails the
+//! test: a skipped broker test would pass without checking anything.
+
+pub mod passthrough;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use medallion_core::partitioner::{java_partition, org_key};
+
+/// The environment variable naming the real broker for end-to-end tests.
+pub const BOOTSTRAP_ENV: &str = "MEDALLION_TEST_BOOTSTRAP";
+
+/// The real broker's address. Panics with the fix when it is missing.
+pub fn real_broker() -> String {
+    match std::env::var(BOOTSTRAP_ENV) {
+        Ok(address) if !address.is_empty() => address,
+        _ => panic!(
+            "{BOOTSTRAP_ENV} is not set: run `scripts/test.sh`, which installs and starts the broker \
+             these tests need"
+        ),
+    }
+}
+
+/// A name no other test uses: `{prefix}-{random}`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// Creates topics with the given partition counts (replication 1).
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("failed to create admin client")?;
+    let new_topics: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &options).await.context("CreateTopics failed")?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            bail!("failed to create topic {topic}: {code}");
+        }
+    }
+    // Wait until the metadata shows every partition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    for (name, partitions) in topics {
+        loop {
+            let metadata = probe.fetch_metadata(Some(name), Duration::from_secs(5))?;
+            let ready = metadata
+                .topics()
+                .iter()
+                .any(|topic| topic.name() == *name && topic.error().is_none() && topic.partitions().len() == *partitions as usize);
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("topic {name} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The JSON body of a test record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestEvent {
+    /// Unique per event (duplicates share it).
+    pub event_id: Uuid,
+    /// Partition key.
+    pub org_id: i64,
+    /// Position in the generated sequence.
+    pub seq: u64,
+    /// `transient` or `permanent` makes the pass-through processor fail on this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poison: Option<String>,
+    /// Filler to reach the wanted record size.
+    #[serde(default)]
+    pub pad: String,
+}
+
+impl TestEvent {
+    /// An event of `org_id` padded so its JSON is about `size` bytes.
+    pub fn new(seq: u64, org_id: i64, size: usize) -> Self {
+        let mut event = Self { event_id: Uuid::new_v4(), org_id, seq, poison: None, pad: String::new() };
+        let base = serde_json::to_vec(&event).map_or(0, |bytes| bytes.len());
+        event.pad = "x".repeat(size.saturating_sub(base));
+        event
+    }
+
+    /// The record value.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// `count` events over `orgs` orgs, about `size` bytes each.
+pub fn generate_events(count: u64, orgs: i64, size: usize) -> Vec<TestEvent> {
+    (0..count).map(|seq| TestEvent::new(seq, 1 + (seq as i64 % orgs), size)).collect()
+}
+
+/// A producer for test input (idempotent, like a connector should be).
+pub fn test_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("failed to create test producer")
+}
+
+/// Produces the events to `topic`, keyed and partitioned by `org_id` (seeds/000 rule).
+pub async fn produce_events(bootstrap: &str, topic: &str, partitions: i32, events: &[TestEvent]) -> anyhow::Result<()> {
+    let producer = test_producer(bootstrap)?;
+    let values: Vec<Vec<u8>> = events.iter().map(TestEvent::to_bytes).collect();
+    produce_raw(&producer, topic, partitions, events.iter().map(|e| e.org_id).zip(values.iter().map(Vec::as_slice))).await
+}
+
+/// Produces raw values with `org_id` keys; waits for every acknowledgement.
+pub async fn produce_raw<'a>(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    records: impl IntoIterator<Item = (i64, &'a [u8])>,
+) -> anyhow::Result<()> {
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (org_id, value) in records {
+        let key = org_key(org_id);
+        let record = FutureRecord::to(topic).partition(java_partition(org_id, partitions)).key(&key).payload(value);
+        let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue failed: {error}"))?;
+        pending.push(delivery);
+    }
+    use futures::StreamExt;
+    while let Some(result) = pending.next().await {
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => bail!("test record not acknowledged: {error}"),
+            Err(_) => bail!("test producer dropped a delivery"),
+        }
+    }
+    Ok(())
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadRecord {
+    /// The value of header `name` as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        medallion_core::dlq::header_text(&self.headers, name)
+    }
+
+    /// The value parsed as a test event.
+    pub fn event(&self) -> Option<TestEvent> {
+        serde_json::from_slice(self.payload.as_deref()?).ok()
+    }
+}
+
+/// Reads every record of `topic` from the beginning (no group), until `at_least` records were
+/// read and nothing new arrived for `quiet`, or `timeout` passed.
+pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, quiet: Duration, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut last_record = Instant::now();
+    let mut records = Vec::new();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let headers = message
+                    .headers()
+                    .map(|h| h.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect())
+                    .unwrap_or_default();
+                records.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+                last_record = Instant::now();
+            }
+            Some(Err(error)) => bail!("reading {topic} failed: {error}"),
+            None => {}
+        }
+        if records.len() >= at_least && last_record.elapsed() >= quiet {
+            return Ok(records);
+        }
+        if started.elapsed() > timeout {
+            if records.len() >= at_least {
+                return Ok(records);
+            }
+            bail!("read only {} of at least {at_least} records from {topic} in {timeout:?}", records.len());
+        }
+    }
+}
+
+/// The committed offset of each partition of `topic` for `group` (missing: nothing committed).
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    let mut offsets = HashMap::new();
+    for element in committed.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            offsets.insert(element.partition(), offset);
+        }
+    }
+    Ok(offsets)
+}
+
+/// Each partition's high watermark (one past its last offset).
+pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut marks = HashMap::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        marks.insert(partition, high);
+    }
+    Ok(marks)
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -91,12 +91,6 @@ impl ConsumerContext for RebalanceContext {
             let partitions = partitions_of(list, &self.topic);
             tracing::info!(?partitions, "partitions assigned");
             let _ = self.events.blocking_send(PollEvent::Assigned(partitions));
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::warn!(%error, offsets = ?offsets.to_topic_map(), "offset commit failed; retried at the next interval");
         }
     }
 }

@@ -41,6 +41,9 @@ use crate::tracker::{HoldKey, PartitionTracker};
 /// two lives of the same offset (revoked, then assigned again).
 type RecordKey = (i32, i64);
 
+/// How often the worker logs its counters.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A write the runtime owes the broker: an output or a dead letter.
 #[derive(Debug)]
 struct PendingWrite {
@@ -137,6 +140,14 @@ pub(crate) struct Worker<P: Processor> {
     next_seq: u64,
     pending_revoke: Option<PendingRevoke>,
     draining: bool,
+    /// The periodic commit under way, if any, with the positions it commits. At most one runs
+    /// at a time, so a slow coordinator never sees commits pile up ahead of heartbeats.
+    commit_task: Option<CommitTask>,
+}
+
+struct CommitTask {
+    handle: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
+    positions: Vec<(i32, i64)>,
 }
 
 fn owned_headers(message: &OwnedMessage) -> Vec<Header> {
@@ -183,6 +194,7 @@ impl<P: Processor> Worker<P> {
             next_seq: 0,
             pending_revoke: None,
             draining: false,
+            commit_task: None,
         }
     }
 
@@ -194,6 +206,8 @@ impl<P: Processor> Worker<P> {
     ) -> Result<(), RuntimeError> {
         let mut commit_timer = tokio::time::interval(self.settings.commit_interval);
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut summary_timer = tokio::time::interval(SUMMARY_INTERVAL);
+        summary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
@@ -210,7 +224,11 @@ impl<P: Processor> Worker<P> {
                 () = sleep_until_opt(revoke_deadline), if revoke_deadline.is_some() => {
                     self.try_complete_revoke(true);
                 }
-                _ = commit_timer.tick() => self.commit(CommitMode::Async),
+                result = commit_finished(&mut self.commit_task), if self.commit_task.is_some() => {
+                    self.on_commit_finished(result);
+                }
+                _ = commit_timer.tick() => self.start_commit(),
+                _ = summary_timer.tick() => self.log_summary(),
                 event = events.recv(), if can_take => match event {
                     Some(PollEvent::Message(message)) => self.on_message(message).await,
                     Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
@@ -246,6 +264,10 @@ impl<P: Processor> Worker<P> {
                     break;
                 }
             }
+        }
+        if self.commit_task.is_some() {
+            let result = commit_finished(&mut self.commit_task).await;
+            self.on_commit_finished(result);
         }
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         let offsets = self.committable_for(&partitions);
@@ -860,41 +882,59 @@ impl<P: Processor> Worker<P> {
         list
     }
 
-    fn commit(&mut self, mode: CommitMode) {
+    /// Starts committing every partition whose position moved, unless a commit is under way.
+    /// The commit runs synchronously on a blocking thread, so its outcome is known.
+    fn start_commit(&mut self) {
+        if self.commit_task.is_some() {
+            return;
+        }
         let mut list = TopicPartitionList::new();
-        for (partition, state) in &mut self.partitions {
+        let mut positions = Vec::new();
+        for (partition, state) in &self.partitions {
             if state.revoking {
                 continue;
             }
             let Some(position) = state.tracker.committable() else {
                 continue;
             };
-            if state
-                .committed
-                .is_some_and(|committed| committed >= position)
-            {
+            if state.committed.is_some_and(|committed| committed >= position) {
                 continue;
             }
-            if list
-                .add_partition_offset(
-                    &self.settings.input_topic,
-                    *partition,
-                    Offset::Offset(position),
-                )
-                .is_ok()
-            {
-                state.committed = Some(position);
+            if list.add_partition_offset(&self.settings.input_topic, *partition, Offset::Offset(position)).is_ok() {
+                positions.push((*partition, position));
             }
         }
-        if list.count() == 0 {
+        if positions.is_empty() {
             return;
         }
-        match self.consumer.commit(&list, mode) {
-            Ok(()) => self.metrics.commits.inc(),
-            Err(error) => {
-                tracing::warn!(%error, "offset commit failed; retried at the next interval")
+        let consumer = Arc::clone(&self.consumer);
+        let handle = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
+        self.commit_task = Some(CommitTask { handle, positions });
+    }
+
+    fn on_commit_finished(&mut self, result: (Vec<(i32, i64)>, Result<(), String>)) {
+        let (positions, outcome) = result;
+        match outcome {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                for (partition, position) in positions {
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        state.committed = Some(state.committed.map_or(position, |c| c.max(position)));
+                    }
+                }
             }
+            Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next interval"),
         }
+    }
+
+    fn log_summary(&self) {
+        let snapshot = self.metrics.snapshot();
+        tracing::info!(
+            records_in = snapshot.records_in, records_out = snapshot.records_out,
+            dlq = snapshot.dlq_records, dedup_hits = snapshot.dedup_hits, retries = snapshot.retries,
+            in_flight = self.in_flight, partitions = self.partitions.len(),
+            commit_pending = self.commit_task.is_some(), "worker progress"
+        );
     }
 
     fn update_backpressure(&mut self) {
@@ -937,6 +977,21 @@ impl<P: Processor> Worker<P> {
             tracing::warn!(%error, ?partitions, paused, "failed to change the pause state of partitions");
         }
     }
+}
+
+/// Waits for the commit task in `slot` and takes it out; pending forever when there is none.
+async fn commit_finished(slot: &mut Option<CommitTask>) -> (Vec<(i32, i64)>, Result<(), String>) {
+    let Some(task) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = (&mut task.handle).await;
+    let positions = slot.take().map(|task| task.positions).unwrap_or_default();
+    let outcome = match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(format!("commit task failed: {error}")),
+    };
+    (positions, outcome)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
