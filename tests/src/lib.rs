@@ -48,10 +48,15 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("failed to create admin client")?;
-    let new_topics: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new_topics, &options).await.context("CreateTopics failed")?;
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .context("CreateTopics failed")?;
     for result in results {
         if let Err((topic, code)) = result {
             bail!("failed to create topic {topic}: {code}");
@@ -59,14 +64,17 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
     }
     // Wait until the metadata shows every partition.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     for (name, partitions) in topics {
         loop {
             let metadata = probe.fetch_metadata(Some(name), Duration::from_secs(5))?;
-            let ready = metadata
-                .topics()
-                .iter()
-                .any(|topic| topic.name() == *name && topic.error().is_none() && topic.partitions().len() == *partitions as usize);
+            let ready = metadata.topics().iter().any(|topic| {
+                topic.name() == *name
+                    && topic.error().is_none()
+                    && topic.partitions().len() == *partitions as usize
+            });
             if ready {
                 break;
             }
@@ -99,7 +107,13 @@ pub struct TestEvent {
 impl TestEvent {
     /// An event of `org_id` padded so its JSON is about `size` bytes.
     pub fn new(seq: u64, org_id: i64, size: usize) -> Self {
-        let mut event = Self { event_id: Uuid::new_v4(), org_id, seq, poison: None, pad: String::new() };
+        let mut event = Self {
+            event_id: Uuid::new_v4(),
+            org_id,
+            seq,
+            poison: None,
+            pad: String::new(),
+        };
         let base = serde_json::to_vec(&event).map_or(0, |bytes| bytes.len());
         event.pad = "x".repeat(size.saturating_sub(base));
         event
@@ -113,7 +127,9 @@ impl TestEvent {
 
 /// `count` events over `orgs` orgs, about `size` bytes each.
 pub fn generate_events(count: u64, orgs: i64, size: usize) -> Vec<TestEvent> {
-    (0..count).map(|seq| TestEvent::new(seq, 1 + (seq as i64 % orgs), size)).collect()
+    (0..count)
+        .map(|seq| TestEvent::new(seq, 1 + (seq as i64 % orgs), size))
+        .collect()
 }
 
 /// A producer for test input (idempotent, like a connector should be).
@@ -129,10 +145,24 @@ pub fn test_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// Produces the events to `topic`, keyed and partitioned by `org_id` (seeds/000 rule).
-pub async fn produce_events(bootstrap: &str, topic: &str, partitions: i32, events: &[TestEvent]) -> anyhow::Result<()> {
+pub async fn produce_events(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    events: &[TestEvent],
+) -> anyhow::Result<()> {
     let producer = test_producer(bootstrap)?;
     let values: Vec<Vec<u8>> = events.iter().map(TestEvent::to_bytes).collect();
-    produce_raw(&producer, topic, partitions, events.iter().map(|e| e.org_id).zip(values.iter().map(Vec::as_slice))).await
+    produce_raw(
+        &producer,
+        topic,
+        partitions,
+        events
+            .iter()
+            .map(|e| e.org_id)
+            .zip(values.iter().map(Vec::as_slice)),
+    )
+    .await
 }
 
 /// Produces raw values with `org_id` keys; waits for every acknowledgement.
@@ -145,8 +175,13 @@ pub async fn produce_raw<'a>(
     let mut pending = futures::stream::FuturesUnordered::new();
     for (org_id, value) in records {
         let key = org_key(org_id);
-        let record = FutureRecord::to(topic).partition(java_partition(org_id, partitions)).key(&key).payload(value);
-        let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue failed: {error}"))?;
+        let record = FutureRecord::to(topic)
+            .partition(java_partition(org_id, partitions))
+            .key(&key)
+            .payload(value);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(error, _)| anyhow::anyhow!("enqueue failed: {error}"))?;
         pending.push(delivery);
     }
     use futures::StreamExt;
@@ -189,7 +224,13 @@ impl ReadRecord {
 
 /// Reads every record of `topic` from the beginning (no group), until `at_least` records were
 /// read and nothing new arrived for `quiet`, or `timeout` passed.
-pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, quiet: Duration, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("reader"))
@@ -198,7 +239,10 @@ pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, quiet: Duration, 
         .set("fetch.wait.max.ms", "10")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()) as i32;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
@@ -212,7 +256,11 @@ pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, quiet: Duration, 
             Some(Ok(message)) => {
                 let headers = message
                     .headers()
-                    .map(|h| h.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 records.push(ReadRecord {
                     partition: message.partition(),
@@ -233,13 +281,21 @@ pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, quiet: Duration, 
             if records.len() >= at_least {
                 return Ok(records);
             }
-            bail!("read only {} of at least {at_least} records from {topic} in {timeout:?}", records.len());
+            bail!(
+                "read only {} of at least {at_least} records from {topic} in {timeout:?}",
+                records.len()
+            );
         }
     }
 }
 
 /// The committed offset of each partition of `topic` for `group` (missing: nothing committed).
-pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<HashMap<i32, i64>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -260,8 +316,14 @@ pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: 
 }
 
 /// Each partition's high watermark (one past its last offset).
-pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+pub fn high_watermarks(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let mut marks = HashMap::new();
     for partition in 0..partitions {
         let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use medallion_core::{ConfigError, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor, Validate, WorkerConfig};
+use medallion_core::{
+    ConfigError, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor, Validate,
+    WorkerConfig,
+};
 
 /// Header naming the input partition of an output.
 pub const SRC_PARTITION: &str = "src.partition";
@@ -30,7 +33,10 @@ pub type PassThroughConfig = WorkerConfig<PassThroughSettings>;
 impl Validate for PassThroughSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.output_topic.is_empty() {
-            return Err(ConfigError::key("stage.output_topic", "must name the output topic"));
+            return Err(ConfigError::key(
+                "stage.output_topic",
+                "must name the output topic",
+            ));
         }
         Ok(())
     }
@@ -69,12 +75,24 @@ pub struct Decoded {
 #[derive(Debug, Clone)]
 pub struct PassThrough {
     output_topic: Arc<str>,
+    source_headers: bool,
 }
 
 impl PassThrough {
-    /// A pass-through writing to `output_topic`.
+    /// A pass-through writing to `output_topic`, naming each output's input position in headers.
     pub fn new(output_topic: &str) -> Self {
-        Self { output_topic: Arc::from(output_topic) }
+        Self {
+            output_topic: Arc::from(output_topic),
+            source_headers: true,
+        }
+    }
+
+    /// A pass-through that copies bytes only (no extra headers), for benchmarks.
+    pub fn bytes_only(output_topic: &str) -> Self {
+        Self {
+            output_topic: Arc::from(output_topic),
+            source_headers: false,
+        }
     }
 }
 
@@ -87,32 +105,61 @@ impl Processor for PassThrough {
 
     async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Decoded, ProcessError> {
         let payload = record.payload.unwrap_or_default();
-        let envelope: Envelope<'_> = serde_json::from_slice(payload)
-            .map_err(|error| ProcessError::permanent("invalid_json", format!("record is not a test event: {error}")))?;
+        let envelope: Envelope<'_> = serde_json::from_slice(payload).map_err(|error| {
+            ProcessError::permanent(
+                "invalid_json",
+                format!("record is not a test event: {error}"),
+            )
+        })?;
         match envelope.poison {
             Some("transient") => {
-                return Err(ProcessError::transient("poison_transient", "asked to fail transiently")
-                    .with_event_id(envelope.event_id)
-                    .with_org_id(envelope.org_id))
+                return Err(ProcessError::transient(
+                    "poison_transient",
+                    "asked to fail transiently",
+                )
+                .with_event_id(envelope.event_id)
+                .with_org_id(envelope.org_id))
             }
             Some("permanent") => {
-                return Err(ProcessError::permanent("poison_permanent", "asked to fail permanently")
-                    .with_event_id(envelope.event_id)
-                    .with_org_id(envelope.org_id))
+                return Err(ProcessError::permanent(
+                    "poison_permanent",
+                    "asked to fail permanently",
+                )
+                .with_event_id(envelope.event_id)
+                .with_org_id(envelope.org_id))
             }
             _ => {}
         }
-        Ok(Decoded { event_id: envelope.event_id, org_id: envelope.org_id, payload: payload.to_vec() })
+        Ok(Decoded {
+            event_id: envelope.event_id,
+            org_id: envelope.org_id,
+            payload: payload.to_vec(),
+        })
     }
 
     fn event_id(&self, input: &Decoded) -> Option<Uuid> {
         Some(input.event_id)
     }
 
-    fn process(&mut self, input: Decoded, ctx: &mut ProcessContext<'_>) -> Result<(), ProcessError> {
-        let mut output = OutputRecord::new(Arc::clone(&self.output_topic), input.org_id, input.payload);
-        output.headers.push((SRC_PARTITION.to_owned(), Some(ctx.partition().to_string().into_bytes())));
-        output.headers.push((SRC_OFFSET.to_owned(), Some(ctx.offset().to_string().into_bytes())));
+    fn process(
+        &mut self,
+        input: Decoded,
+        ctx: &mut ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let mut output =
+            OutputRecord::new(Arc::clone(&self.output_topic), input.org_id, input.payload);
+        if !self.source_headers {
+            ctx.emit(output);
+            return Ok(());
+        }
+        output.headers.push((
+            SRC_PARTITION.to_owned(),
+            Some(ctx.partition().to_string().into_bytes()),
+        ));
+        output.headers.push((
+            SRC_OFFSET.to_owned(),
+            Some(ctx.offset().to_string().into_bytes()),
+        ));
         ctx.emit(output);
         Ok(())
     }

@@ -9,8 +9,8 @@ use medallion_core::dlq::header;
 use medallion_core::{Runtime, RuntimeMetrics};
 use medallion_tests::passthrough::{load_config, PassThrough, SRC_OFFSET, SRC_PARTITION};
 use medallion_tests::{
-    committed_offsets, generate_events, high_watermarks, produce_events, produce_raw, read_all, test_producer,
-    unique_name, wait_until, ReadRecord, TestEvent,
+    committed_offsets, generate_events, high_watermarks, produce_events, produce_raw, read_all,
+    test_producer, unique_name, wait_until, ReadRecord, TestEvent,
 };
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -29,12 +29,22 @@ struct Names {
 
 fn names(prefix: &str) -> Names {
     let input = unique_name(&format!("{prefix}.in"));
-    Names { dlq: format!("{input}.dlq"), output: unique_name(&format!("{prefix}.out")), group: unique_name(prefix), input }
+    Names {
+        dlq: format!("{input}.dlq"),
+        output: unique_name(&format!("{prefix}.out")),
+        group: unique_name(prefix),
+        input,
+    }
 }
 
-fn create_topics(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, names: &Names) {
+fn create_topics(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    names: &Names,
+) {
     for topic in [&names.input, &names.output, &names.dlq] {
-        cluster.create_topic(topic, PARTITIONS, 1).expect("mock topic");
+        cluster
+            .create_topic(topic, PARTITIONS, 1)
+            .expect("mock topic");
     }
 }
 
@@ -47,11 +57,23 @@ struct RunningWorker {
 impl RunningWorker {
     fn start(bootstrap: &str, names: &Names, extra: &[(&str, &str)]) -> Self {
         let mut env: HashMap<String, String> = HashMap::from([
-            ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.into()),
-            ("MEDALLION__CONSUMER__INPUT_TOPIC".into(), names.input.clone()),
+            (
+                "MEDALLION__KAFKA__BOOTSTRAP_SERVERS".into(),
+                bootstrap.into(),
+            ),
+            (
+                "MEDALLION__CONSUMER__INPUT_TOPIC".into(),
+                names.input.clone(),
+            ),
             ("MEDALLION__CONSUMER__GROUP_ID".into(), names.group.clone()),
-            ("MEDALLION__CONSUMER__COMMIT_INTERVAL_MS".into(), "100".into()),
-            ("MEDALLION__STAGE__OUTPUT_TOPIC".into(), names.output.clone()),
+            (
+                "MEDALLION__CONSUMER__COMMIT_INTERVAL_MS".into(),
+                "100".into(),
+            ),
+            (
+                "MEDALLION__STAGE__OUTPUT_TOPIC".into(),
+                names.output.clone(),
+            ),
             ("MEDALLION__WORKER__INSTANCE".into(), "mock-worker".into()),
         ]);
         for (key, value) in extra {
@@ -63,13 +85,20 @@ impl RunningWorker {
         let shutdown = CancellationToken::new();
         let processor = PassThrough::new(&names.output);
         let handle = tokio::spawn(runtime.run(processor, shutdown.clone()));
-        Self { shutdown, handle, metrics }
+        Self {
+            shutdown,
+            handle,
+            metrics,
+        }
     }
 
     async fn stop(self) {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
-        result.expect("worker stops in time").expect("worker task").expect("worker ends cleanly");
+        result
+            .expect("worker stops in time")
+            .expect("worker task")
+            .expect("worker ends cleanly");
     }
 }
 
@@ -78,7 +107,10 @@ fn total(offsets: &HashMap<i32, i64>) -> i64 {
 }
 
 fn find_by_event(records: &[ReadRecord], event_id: Uuid) -> &ReadRecord {
-    records.iter().find(|r| r.event().is_some_and(|e| e.event_id == event_id)).expect("record present")
+    records
+        .iter()
+        .find(|r| r.event().is_some_and(|e| e.event_id == event_id))
+        .expect("record present")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,10 +125,26 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
     events[12].poison = Some("permanent".into());
     let transient = events[5].clone();
     let permanent = events[12].clone();
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events).await.expect("input");
+    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
+        .await
+        .expect("input");
     let producer = test_producer(&bootstrap).expect("producer");
-    produce_raw(&producer, &names.input, PARTITIONS, [(2_i64, b"{not json".as_slice())]).await.expect("bad input");
-    let inputs = read_all(&bootstrap, &names.input, 31, Duration::from_millis(300), Duration::from_secs(30)).expect("inputs");
+    produce_raw(
+        &producer,
+        &names.input,
+        PARTITIONS,
+        [(2_i64, b"{not json".as_slice())],
+    )
+    .await
+    .expect("bad input");
+    let inputs = read_all(
+        &bootstrap,
+        &names.input,
+        31,
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .expect("inputs");
 
     let worker = RunningWorker::start(
         &bootstrap,
@@ -109,17 +157,39 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
     );
     let watermarks = high_watermarks(&bootstrap, &names.input, PARTITIONS).expect("watermarks");
     let done = wait_until(Duration::from_secs(60), || {
-        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).is_ok_and(|c| c == watermarks)
+        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS)
+            .is_ok_and(|c| c == watermarks)
     })
     .await;
-    assert!(done, "every input offset is committed once its output or dead letter is written");
+    assert!(
+        done,
+        "every input offset is committed once its output or dead letter is written"
+    );
     let snapshot = worker.metrics.snapshot();
     worker.stop().await;
 
-    let outputs = read_all(&bootstrap, &names.output, 28, Duration::from_millis(500), Duration::from_secs(30)).expect("outputs");
-    let dead = read_all(&bootstrap, &names.dlq, 3, Duration::from_millis(500), Duration::from_secs(30)).expect("dead letters");
+    let outputs = read_all(
+        &bootstrap,
+        &names.output,
+        28,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    )
+    .expect("outputs");
+    let dead = read_all(
+        &bootstrap,
+        &names.dlq,
+        3,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    )
+    .expect("dead letters");
     assert_eq!(outputs.len(), 28, "every good record is written once");
-    assert_eq!(dead.len(), 3, "the three bad records are dead-lettered once each");
+    assert_eq!(
+        dead.len(),
+        3,
+        "the three bad records are dead-lettered once each"
+    );
     assert_eq!(snapshot.dlq_records, 3);
     assert_eq!(snapshot.retries, 2, "the transient record is tried 3 times");
 
@@ -130,40 +200,94 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
         assert_eq!(dlq.header(header::VERSION), Some("1"));
         assert_eq!(dlq.header(header::ERROR_CLASS), Some(class));
         assert_eq!(dlq.header(header::ERROR_CODE), Some(code));
-        assert!(dlq.header(header::ERROR_MESSAGE).is_some_and(|m| !m.is_empty()));
+        assert!(dlq
+            .header(header::ERROR_MESSAGE)
+            .is_some_and(|m| !m.is_empty()));
         assert_eq!(dlq.header(header::SOURCE_TOPIC), Some(names.input.as_str()));
-        assert_eq!(dlq.header(header::SOURCE_PARTITION), Some(input.partition.to_string().as_str()));
-        assert_eq!(dlq.header(header::SOURCE_OFFSET), Some(input.offset.to_string().as_str()));
+        assert_eq!(
+            dlq.header(header::SOURCE_PARTITION),
+            Some(input.partition.to_string().as_str())
+        );
+        assert_eq!(
+            dlq.header(header::SOURCE_OFFSET),
+            Some(input.offset.to_string().as_str())
+        );
         assert!(dlq.header(header::SOURCE_TIMESTAMP).is_some());
-        assert_eq!(dlq.header(header::CONSUMER_GROUP), Some(names.group.as_str()));
+        assert_eq!(
+            dlq.header(header::CONSUMER_GROUP),
+            Some(names.group.as_str())
+        );
         assert_eq!(dlq.header(header::STAGE), Some("passthrough"));
         assert_eq!(dlq.header(header::INSTANCE), Some("mock-worker"));
         assert_eq!(dlq.header(header::ATTEMPTS), Some(attempts));
-        assert!(dlq.header(header::FIRST_FAILURE).is_some() && dlq.header(header::LAST_FAILURE).is_some());
+        assert!(
+            dlq.header(header::FIRST_FAILURE).is_some()
+                && dlq.header(header::LAST_FAILURE).is_some()
+        );
     };
     let transient_dlq = find_by_event(&dead, transient.event_id);
-    check(transient_dlq, find_by_event(&inputs, transient.event_id), "transient-exhausted", "poison_transient", "3");
-    assert_eq!(transient_dlq.header(header::EVENT_ID), Some(transient.event_id.to_string().as_str()));
-    assert_eq!(transient_dlq.header(header::ORG_ID), Some(transient.org_id.to_string().as_str()));
-    assert!(transient_dlq.header(header::FIRST_FAILURE) < transient_dlq.header(header::LAST_FAILURE));
+    check(
+        transient_dlq,
+        find_by_event(&inputs, transient.event_id),
+        "transient-exhausted",
+        "poison_transient",
+        "3",
+    );
+    assert_eq!(
+        transient_dlq.header(header::EVENT_ID),
+        Some(transient.event_id.to_string().as_str())
+    );
+    assert_eq!(
+        transient_dlq.header(header::ORG_ID),
+        Some(transient.org_id.to_string().as_str())
+    );
+    assert!(
+        transient_dlq.header(header::FIRST_FAILURE) < transient_dlq.header(header::LAST_FAILURE)
+    );
 
     let permanent_dlq = find_by_event(&dead, permanent.event_id);
-    check(permanent_dlq, find_by_event(&inputs, permanent.event_id), "permanent", "poison_permanent", "1");
+    check(
+        permanent_dlq,
+        find_by_event(&inputs, permanent.event_id),
+        "permanent",
+        "poison_permanent",
+        "1",
+    );
 
-    let invalid_input = inputs.iter().find(|r| r.event().is_none()).expect("the invalid input");
-    let invalid_dlq = dead.iter().find(|r| r.event().is_none()).expect("the invalid record's dead letter");
+    let invalid_input = inputs
+        .iter()
+        .find(|r| r.event().is_none())
+        .expect("the invalid input");
+    let invalid_dlq = dead
+        .iter()
+        .find(|r| r.event().is_none())
+        .expect("the invalid record's dead letter");
     check(invalid_dlq, invalid_input, "permanent", "invalid_json", "1");
-    assert_eq!(invalid_dlq.header(header::EVENT_ID), None, "no event_id could be read");
+    assert_eq!(
+        invalid_dlq.header(header::EVENT_ID),
+        None,
+        "no event_id could be read"
+    );
 
     // The retried record held back its partition: that partition's outputs stay in input order.
     for partition in 0..PARTITIONS {
         let offsets: Vec<i64> = outputs
             .iter()
             .filter(|r| r.partition == partition)
-            .map(|r| r.header(SRC_OFFSET).and_then(|v| v.parse().ok()).expect("src offset"))
+            .map(|r| {
+                r.header(SRC_OFFSET)
+                    .and_then(|v| v.parse().ok())
+                    .expect("src offset")
+            })
             .collect();
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {partition} out of order: {offsets:?}");
-        assert!(outputs.iter().filter(|r| r.partition == partition).all(|r| r.header(SRC_PARTITION) == Some(&partition.to_string())));
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} out of order: {offsets:?}"
+        );
+        assert!(outputs
+            .iter()
+            .filter(|r| r.partition == partition)
+            .all(|r| r.header(SRC_PARTITION) == Some(&partition.to_string())));
     }
 }
 
@@ -174,13 +298,23 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     let names = names("down");
     create_topics(&cluster, &names);
     for partition in 0..PARTITIONS {
-        cluster.partition_leader(&names.input, partition, Some(1)).expect("input leader");
-        cluster.partition_leader(&names.dlq, partition, Some(1)).expect("dlq leader");
-        cluster.partition_leader(&names.output, partition, Some(2)).expect("output leader");
+        cluster
+            .partition_leader(&names.input, partition, Some(1))
+            .expect("input leader");
+        cluster
+            .partition_leader(&names.dlq, partition, Some(1))
+            .expect("dlq leader");
+        cluster
+            .partition_leader(&names.output, partition, Some(2))
+            .expect("output leader");
     }
-    cluster.coordinator(MockCoordinator::Group(names.group.clone()), 1).expect("coordinator");
+    cluster
+        .coordinator(MockCoordinator::Group(names.group.clone()), 1)
+        .expect("coordinator");
     let events = generate_events(3_000, 50, 150);
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events).await.expect("input");
+    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
+        .await
+        .expect("input");
 
     let worker = RunningWorker::start(
         &bootstrap,
@@ -194,31 +328,66 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
         ],
     );
     let metrics = Arc::clone(&worker.metrics);
-    assert!(wait_until(Duration::from_secs(60), || metrics.snapshot().records_out >= 300).await, "worker writes");
+    assert!(
+        wait_until(Duration::from_secs(60), || metrics.snapshot().records_out
+            >= 300)
+        .await,
+        "worker writes"
+    );
     cluster.broker_down(2).expect("broker down");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during_outage = total(&committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"));
+    let during_outage = total(
+        &committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let later = total(&committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"));
-    assert_eq!(during_outage, later, "no offset is committed while its output cannot be written");
-    assert!(later < 3_000, "the outage stopped the stream (committed {later})");
+    let later = total(
+        &committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"),
+    );
+    assert_eq!(
+        during_outage, later,
+        "no offset is committed while its output cannot be written"
+    );
+    assert!(
+        later < 3_000,
+        "the outage stopped the stream (committed {later})"
+    );
     let written_before_outage = metrics.snapshot().records_out;
-    assert!(later <= written_before_outage as i64, "committed {later} > acknowledged {written_before_outage}");
+    assert!(
+        later <= written_before_outage as i64,
+        "committed {later} > acknowledged {written_before_outage}"
+    );
 
     cluster.broker_up(2).expect("broker up");
     let done = wait_until(Duration::from_secs(90), || {
-        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).is_ok_and(|c| total(&c) == 3_000)
+        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS)
+            .is_ok_and(|c| total(&c) == 3_000)
     })
     .await;
     assert!(done, "the stream resumes after the broker is back");
     let snapshot = metrics.snapshot();
     worker.stop().await;
     assert!(snapshot.retries > 0, "failed writes were retried");
-    assert_eq!(snapshot.dlq_records, 0, "transient failures within the retry budget are not dead-lettered");
+    assert_eq!(
+        snapshot.dlq_records, 0,
+        "transient failures within the retry budget are not dead-lettered"
+    );
 
-    let outputs = read_all(&bootstrap, &names.output, 3_000, Duration::from_millis(500), Duration::from_secs(60)).expect("outputs");
-    let written: HashSet<Uuid> = outputs.iter().filter_map(|r| r.event().map(|e: TestEvent| e.event_id)).collect();
-    let missing = events.iter().filter(|e| !written.contains(&e.event_id)).count();
+    let outputs = read_all(
+        &bootstrap,
+        &names.output,
+        3_000,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .expect("outputs");
+    let written: HashSet<Uuid> = outputs
+        .iter()
+        .filter_map(|r| r.event().map(|e: TestEvent| e.event_id))
+        .collect();
+    let missing = events
+        .iter()
+        .filter(|e| !written.contains(&e.event_id))
+        .count();
     assert_eq!(missing, 0, "no record lost across the outage");
 }
 
@@ -229,7 +398,9 @@ async fn produce_errors_are_retried_without_loss_or_duplicates() {
     let names = names("errors");
     create_topics(&cluster, &names);
     let events = generate_events(2_000, 40, 150);
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events).await.expect("input");
+    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
+        .await
+        .expect("input");
     // The next produce requests fail with retriable errors; librdkafka retries them, and the
     // idempotent producer keeps the retries from writing twice.
     let errors = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8];
@@ -237,13 +408,24 @@ async fn produce_errors_are_retried_without_loss_or_duplicates() {
 
     let worker = RunningWorker::start(&bootstrap, &names, &[]);
     let done = wait_until(Duration::from_secs(60), || {
-        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).is_ok_and(|c| total(&c) == 2_000)
+        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS)
+            .is_ok_and(|c| total(&c) == 2_000)
     })
     .await;
     assert!(done, "all records committed");
     worker.stop().await;
-    let outputs = read_all(&bootstrap, &names.output, 2_000, Duration::from_millis(500), Duration::from_secs(60)).expect("outputs");
-    let written: HashSet<Uuid> = outputs.iter().filter_map(|r| r.event().map(|e| e.event_id)).collect();
+    let outputs = read_all(
+        &bootstrap,
+        &names.output,
+        2_000,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .expect("outputs");
+    let written: HashSet<Uuid> = outputs
+        .iter()
+        .filter_map(|r| r.event().map(|e| e.event_id))
+        .collect();
     assert_eq!(written.len(), 2_000, "nothing lost");
     assert_eq!(outputs.len(), 2_000, "nothing written twice");
 }

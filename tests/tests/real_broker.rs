@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use medallion_tests::passthrough::{SRC_OFFSET, SRC_PARTITION};
 use medallion_tests::{
-    committed_offsets, create_topics, generate_events, high_watermarks, produce_events, read_all, real_broker,
-    unique_name, wait_until, ReadRecord,
+    committed_offsets, create_topics, generate_events, high_watermarks, produce_events, read_all,
+    real_broker, unique_name, wait_until, ReadRecord,
 };
 use uuid::Uuid;
 
@@ -27,10 +27,21 @@ async fn set_up(bootstrap: &str, name: &str) -> Topics {
     let input = unique_name(&format!("{name}.in"));
     let output = unique_name(&format!("{name}.out"));
     let dlq = format!("{input}.dlq");
-    create_topics(bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS), (&dlq, PARTITIONS)])
-        .await
-        .expect("topics are created");
-    Topics { input, output, group: unique_name(&format!("{name}-group")) }
+    create_topics(
+        bootstrap,
+        &[
+            (&input, PARTITIONS),
+            (&output, PARTITIONS),
+            (&dlq, PARTITIONS),
+        ],
+    )
+    .await
+    .expect("topics are created");
+    Topics {
+        input,
+        output,
+        group: unique_name(&format!("{name}-group")),
+    }
 }
 
 /// A pass-through worker process.
@@ -52,13 +63,17 @@ impl WorkerProcess {
     fn spawn(bootstrap: &str, topics: &Topics, label: &str) -> Self {
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log = std::fs::File::create(log_dir.join(format!("{}-{label}.log", topics.group))).expect("log file");
+        let log = std::fs::File::create(log_dir.join(format!("{}-{label}.log", topics.group)))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_passthrough-worker"))
             .env("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
             .env("MEDALLION__CONSUMER__INPUT_TOPIC", &topics.input)
             .env("MEDALLION__CONSUMER__GROUP_ID", &topics.group)
             .env("MEDALLION__CONSUMER__COMMIT_INTERVAL_MS", "200")
-            .env("MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS", DRAIN_TIMEOUT_MS.to_string())
+            .env(
+                "MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS",
+                DRAIN_TIMEOUT_MS.to_string(),
+            )
             .env("MEDALLION__CONSUMER__MAX_IN_FLIGHT", "5000")
             .env("MEDALLION__STAGE__OUTPUT_TOPIC", &topics.output)
             .env("MEDALLION__WORKER__INSTANCE", label)
@@ -90,7 +105,10 @@ impl WorkerProcess {
             if let Some(status) = self.child.try_wait().expect("wait worker") {
                 return (status, started.elapsed());
             }
-            assert!(Instant::now() < deadline, "worker did not exit within 60 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within 60 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -107,7 +125,9 @@ fn total(offsets: &HashMap<i32, i64>) -> i64 {
 }
 
 fn committed_total(bootstrap: &str, topics: &Topics) -> i64 {
-    total(&committed_offsets(bootstrap, &topics.group, &topics.input, PARTITIONS).unwrap_or_default())
+    total(
+        &committed_offsets(bootstrap, &topics.group, &topics.input, PARTITIONS).unwrap_or_default(),
+    )
 }
 
 fn written_total(bootstrap: &str, topics: &Topics) -> i64 {
@@ -115,8 +135,14 @@ fn written_total(bootstrap: &str, topics: &Topics) -> i64 {
 }
 
 fn source_of(record: &ReadRecord) -> (i32, i64) {
-    let partition = record.header(SRC_PARTITION).and_then(|v| v.parse().ok()).expect("src.partition header");
-    let offset = record.header(SRC_OFFSET).and_then(|v| v.parse().ok()).expect("src.offset header");
+    let partition = record
+        .header(SRC_PARTITION)
+        .and_then(|v| v.parse().ok())
+        .expect("src.partition header");
+    let offset = record
+        .header(SRC_OFFSET)
+        .and_then(|v| v.parse().ok())
+        .expect("src.offset header");
     (partition, offset)
 }
 
@@ -125,7 +151,10 @@ fn source_of(record: &ReadRecord) -> (i32, i64) {
 fn assert_input_order_kept(outputs: &[ReadRecord]) {
     let mut by_output_partition: HashMap<i32, Vec<&ReadRecord>> = HashMap::new();
     for record in outputs {
-        by_output_partition.entry(record.partition).or_default().push(record);
+        by_output_partition
+            .entry(record.partition)
+            .or_default()
+            .push(record);
     }
     for records in by_output_partition.values_mut() {
         records.sort_by_key(|r| r.offset);
@@ -137,7 +166,10 @@ fn assert_input_order_kept(outputs: &[ReadRecord]) {
                 continue;
             }
             if let Some(last) = last_by_source.insert(partition, offset) {
-                assert!(last < offset, "input partition {partition}: offset {offset} written after {last}");
+                assert!(
+                    last < offset,
+                    "input partition {partition}: offset {offset} written after {last}"
+                );
             }
         }
     }
@@ -155,7 +187,9 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
     let bootstrap = real_broker();
     let topics = set_up(&bootstrap, "kill").await;
     let events = generate_events(100_000, 500, 200);
-    produce_events(&bootstrap, &topics.input, PARTITIONS, &events).await.expect("input produced");
+    produce_events(&bootstrap, &topics.input, PARTITIONS, &events)
+        .await
+        .expect("input produced");
     let input_ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
 
     let mut worker = WorkerProcess::spawn(&bootstrap, &topics, "kill-0");
@@ -169,15 +203,23 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
             written_total(&bootstrap, &topics) >= threshold
         })
         .await;
-        assert!(reached, "kill {kill}: the worker did not write {threshold} records");
+        assert!(
+            reached,
+            "kill {kill}: the worker did not write {threshold} records"
+        );
         worker.kill();
         // Let writes the killed process had already sent land before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let written = written_total(&bootstrap, &topics);
         let committed = committed_total(&bootstrap, &topics);
-        assert!(committed <= written, "kill {kill}: committed {committed} past written {written}");
+        assert!(
+            committed <= written,
+            "kill {kill}: committed {committed} past written {written}"
+        );
         duplicate_bound += written - committed;
-        kill_figures.push(format!("kill {kill}: at {written} written, {committed} committed"));
+        kill_figures.push(format!(
+            "kill {kill}: at {written} written, {committed} committed"
+        ));
         // Tansu evicts a dead member only when someone joins after its session expired (it never
         // starts a rebalance on expiry), so restart after one session timeout, as a pod would.
         tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
@@ -190,11 +232,23 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
     .await;
     assert!(done, "the last worker did not commit all 100000 records");
     let (status, _) = worker.terminate();
-    assert!(status.success(), "worker exit status after SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "worker exit status after SIGTERM: {status}"
+    );
 
-    let outputs = read_all(&bootstrap, &topics.output, 100_000, Duration::from_secs(2), Duration::from_secs(180))
-        .expect("outputs read");
-    let output_ids: Vec<Uuid> = outputs.iter().map(|r| r.event().expect("output is the input event").event_id).collect();
+    let outputs = read_all(
+        &bootstrap,
+        &topics.output,
+        100_000,
+        Duration::from_secs(2),
+        Duration::from_secs(180),
+    )
+    .expect("outputs read");
+    let output_ids: Vec<Uuid> = outputs
+        .iter()
+        .map(|r| r.event().expect("output is the input event").event_id)
+        .collect();
     let distinct: HashSet<Uuid> = output_ids.iter().copied().collect();
     let missing = input_ids.difference(&distinct).count();
     let duplicates = output_ids.len() as i64 - distinct.len() as i64;
@@ -210,8 +264,14 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
         ),
     );
     assert_eq!(missing, 0, "every input event_id is in the output");
-    assert!(distinct.is_subset(&input_ids), "nothing but input events is written");
-    assert!(duplicates <= duplicate_bound, "duplicates {duplicates} exceed what was in flight at the kills ({duplicate_bound})");
+    assert!(
+        distinct.is_subset(&input_ids),
+        "nothing but input events is written"
+    );
+    assert!(
+        duplicates <= duplicate_bound,
+        "duplicates {duplicates} exceed what was in flight at the kills ({duplicate_bound})"
+    );
     assert_input_order_kept(&outputs);
 }
 
@@ -220,12 +280,24 @@ async fn a_worker_added_and_one_removed_mid_stream_loses_nothing() {
     let bootstrap = real_broker();
     let topics = set_up(&bootstrap, "rebalance").await;
     let events = generate_events(40_000, 300, 200);
-    produce_events(&bootstrap, &topics.input, PARTITIONS, &events).await.expect("input produced");
+    produce_events(&bootstrap, &topics.input, PARTITIONS, &events)
+        .await
+        .expect("input produced");
 
     let mut first = WorkerProcess::spawn(&bootstrap, &topics, "first");
-    assert!(wait_until(Duration::from_secs(120), || written_total(&bootstrap, &topics) >= 5_000).await);
+    assert!(
+        wait_until(Duration::from_secs(120), || written_total(
+            &bootstrap, &topics
+        ) >= 5_000)
+        .await
+    );
     let mut second = WorkerProcess::spawn(&bootstrap, &topics, "second");
-    assert!(wait_until(Duration::from_secs(120), || written_total(&bootstrap, &topics) >= 20_000).await);
+    assert!(
+        wait_until(Duration::from_secs(120), || written_total(
+            &bootstrap, &topics
+        ) >= 20_000)
+        .await
+    );
     first.assert_running();
     second.assert_running();
     let (status, _) = first.terminate();
@@ -239,13 +311,28 @@ async fn a_worker_added_and_one_removed_mid_stream_loses_nothing() {
     let (status, _) = second.terminate();
     assert!(status.success(), "remaining worker exit status: {status}");
 
-    let outputs = read_all(&bootstrap, &topics.output, 40_000, Duration::from_secs(2), Duration::from_secs(120))
-        .expect("outputs read");
-    let distinct: HashSet<Uuid> = outputs.iter().filter_map(|r| r.event().map(|e| e.event_id)).collect();
-    let missing = events.iter().filter(|e| !distinct.contains(&e.event_id)).count();
+    let outputs = read_all(
+        &bootstrap,
+        &topics.output,
+        40_000,
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    )
+    .expect("outputs read");
+    let distinct: HashSet<Uuid> = outputs
+        .iter()
+        .filter_map(|r| r.event().map(|e| e.event_id))
+        .collect();
+    let missing = events
+        .iter()
+        .filter(|e| !distinct.contains(&e.event_id))
+        .count();
     write_report(
         "rebalance-test",
-        &format!("rebalance test: records in 40000, records out {}, missing {missing}", outputs.len()),
+        &format!(
+            "rebalance test: records in 40000, records out {}, missing {missing}",
+            outputs.len()
+        ),
     );
     assert_eq!(missing, 0, "no record is lost across the rebalances");
     assert_input_order_kept(&outputs);
@@ -256,7 +343,9 @@ async fn sigterm_drains_and_commits_exactly_what_was_written() {
     let bootstrap = real_broker();
     let topics = set_up(&bootstrap, "sigterm").await;
     let events = generate_events(60_000, 200, 200);
-    produce_events(&bootstrap, &topics.input, PARTITIONS, &events).await.expect("input produced");
+    produce_events(&bootstrap, &topics.input, PARTITIONS, &events)
+        .await
+        .expect("input produced");
 
     let mut worker = WorkerProcess::spawn(&bootstrap, &topics, "sigterm");
     let started = wait_until(Duration::from_secs(120), || {
@@ -268,16 +357,33 @@ async fn sigterm_drains_and_commits_exactly_what_was_written() {
     let (status, took) = worker.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     // The drain is bounded by the drain timeout; leaving the group adds a moment.
-    assert!(took < Duration::from_millis(DRAIN_TIMEOUT_MS + 3_000), "exit took {took:?}");
+    assert!(
+        took < Duration::from_millis(DRAIN_TIMEOUT_MS + 3_000),
+        "exit took {took:?}"
+    );
 
-    let committed = committed_offsets(&bootstrap, &topics.group, &topics.input, PARTITIONS).expect("committed offsets");
+    let committed = committed_offsets(&bootstrap, &topics.group, &topics.input, PARTITIONS)
+        .expect("committed offsets");
     let committed_sum = total(&committed);
-    assert!(committed_sum > 0 && committed_sum < 60_000, "stopped mid-stream: committed {committed_sum}");
+    assert!(
+        committed_sum > 0 && committed_sum < 60_000,
+        "stopped mid-stream: committed {committed_sum}"
+    );
     let written = written_total(&bootstrap, &topics);
-    let outputs = read_all(&bootstrap, &topics.output, written as usize, Duration::from_millis(500), Duration::from_secs(60))
-        .expect("outputs read");
+    let outputs = read_all(
+        &bootstrap,
+        &topics.output,
+        written as usize,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .expect("outputs read");
     let written_sources: HashSet<(i32, i64)> = outputs.iter().map(source_of).collect();
-    assert_eq!(written_sources.len(), outputs.len(), "no duplicates without a crash");
+    assert_eq!(
+        written_sources.len(),
+        outputs.len(),
+        "no duplicates without a crash"
+    );
     let committed_sources: HashSet<(i32, i64)> = committed
         .iter()
         .flat_map(|(partition, end)| (0..*end).map(move |offset| (*partition, offset)))
@@ -289,5 +395,8 @@ async fn sigterm_drains_and_commits_exactly_what_was_written() {
             outputs.len()
         ),
     );
-    assert_eq!(written_sources, committed_sources, "committed offsets cover exactly what was written");
+    assert_eq!(
+        written_sources, committed_sources,
+        "committed offsets cover exactly what was written"
+    );
 }

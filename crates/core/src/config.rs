@@ -9,7 +9,8 @@
 //!
 //! Environment values are read as TOML literals when they parse as one (`5`, `true`, `"text"`),
 //! else as plain strings; quote a value to force a string (`MEDALLION__WORKER__NAME='"42"'`).
-//! Under `kafka.librdkafka` the key's underscores become dots
+//! Under `kafka.librdkafka`, `consumer.librdkafka` and `producer.librdkafka` the key's underscores
+//! become dots
 //! (`MEDALLION__KAFKA__LIBRDKAFKA__SASL_PASSWORD` sets `sasl.password`) and values stay strings.
 
 use std::collections::{BTreeMap, HashMap};
@@ -232,6 +233,9 @@ pub struct ConsumerConfig {
     /// Records received and not yet finished, per process; at the bound partitions are paused.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Extra librdkafka properties for the consumer only (for example `max.partition.fetch.bytes`).
+    #[serde(default)]
+    pub librdkafka: LibrdkafkaProperties,
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -290,6 +294,9 @@ pub struct ProducerConfig {
     /// How an `org_id` key maps to a partition.
     #[serde(default)]
     pub partitioner: PartitionerKind,
+    /// Extra librdkafka properties for the producer only (for example `batch.size`).
+    #[serde(default)]
+    pub librdkafka: LibrdkafkaProperties,
 }
 
 fn default_linger_ms() -> u64 {
@@ -306,6 +313,7 @@ impl Default for ProducerConfig {
             message_timeout_ms: default_message_timeout_ms(),
             compression: Compression::default(),
             partitioner: PartitionerKind::default(),
+            librdkafka: LibrdkafkaProperties::default(),
         }
     }
 }
@@ -423,13 +431,20 @@ impl<S> WorkerConfig<S> {
                 "must list at least one broker as host:port",
             ));
         }
-        for name in self.kafka.librdkafka.0.keys() {
-            if MANAGED_PROPERTIES.contains(&name.as_str()) {
-                return Err(ConfigError::key(
-                    format!("kafka.librdkafka.\"{name}\""),
-                    "is set by the runtime to keep its delivery guarantees; remove it (use the \
-                     matching [kafka]/[consumer] key where one exists)",
-                ));
+        let property_tables = [
+            ("kafka", &self.kafka.librdkafka),
+            ("consumer", &self.consumer.librdkafka),
+            ("producer", &self.producer.librdkafka),
+        ];
+        for (table, properties) in property_tables {
+            for name in properties.0.keys() {
+                if MANAGED_PROPERTIES.contains(&name.as_str()) {
+                    return Err(ConfigError::key(
+                        format!("{table}.librdkafka.\"{name}\""),
+                        "is set by the runtime to keep its delivery guarantees; remove it (use the \
+                         matching [kafka]/[consumer] key where one exists)",
+                    ));
+                }
             }
         }
         if self.kafka.session_timeout_ms < 1_000 {
@@ -712,9 +727,22 @@ mod tests {
             ("MEDALLION__DEDUP__ENABLED", "false"),
             ("MEDALLION__PRODUCER__PARTITIONER", "murmur2"),
             ("MEDALLION__KAFKA__LIBRDKAFKA__SASL_PASSWORD", "hunter2"),
+            (
+                "MEDALLION__CONSUMER__LIBRDKAFKA__MAX_PARTITION_FETCH_BYTES",
+                "65536",
+            ),
             ("OTHER__CONSUMER__MAX_IN_FLIGHT", "7"),
         ])
         .expect("valid overrides");
+        assert_eq!(
+            config
+                .consumer
+                .librdkafka
+                .0
+                .get("max.partition.fetch.bytes")
+                .map(String::as_str),
+            Some("65536")
+        );
         assert_eq!(
             config.kafka.bootstrap_servers,
             "10.0.0.1:9092,10.0.0.2:9092"

@@ -129,7 +129,7 @@ pub fn delivery_error_class(error: &KafkaError) -> ErrorClass {
 #[non_exhaustive]
 pub enum RuntimeError {
     /// A Kafka client could not be created or configured.
-    #[error("failed to create the kafka {client}: {source}; check the [kafka] settings")]
+    #[error("failed to create the kafka {client}; check the [kafka], [consumer] and [producer] settings")]
     Client {
         /// `consumer` or `producer`.
         client: &'static str,
@@ -146,7 +146,7 @@ pub enum RuntimeError {
         reason: String,
     },
     /// Subscribing to the input topic failed.
-    #[error("failed to subscribe to `{topic}`: {source}")]
+    #[error("failed to subscribe to `{topic}`")]
     Subscribe {
         /// The input topic.
         topic: String,

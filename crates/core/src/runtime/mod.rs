@@ -120,6 +120,9 @@ impl Runtime {
                 "session.timeout.ms",
                 config.kafka.session_timeout_ms.to_string(),
             );
+        for (name, value) in &config.consumer.librdkafka.0 {
+            consumer_config.set(name, value);
+        }
         let queue_messages = (config.consumer.max_in_flight * 4).max(100_000);
         let mut producer_config = common;
         producer_config
@@ -132,6 +135,9 @@ impl Runtime {
                 config.producer.message_timeout_ms.to_string(),
             )
             .set("queue.buffering.max.messages", queue_messages.to_string());
+        for (name, value) in &config.producer.librdkafka.0 {
+            producer_config.set(name, value);
+        }
         Self {
             settings,
             consumer_config,

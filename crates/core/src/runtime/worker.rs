@@ -897,10 +897,20 @@ impl<P: Processor> Worker<P> {
             let Some(position) = state.tracker.committable() else {
                 continue;
             };
-            if state.committed.is_some_and(|committed| committed >= position) {
+            if state
+                .committed
+                .is_some_and(|committed| committed >= position)
+            {
                 continue;
             }
-            if list.add_partition_offset(&self.settings.input_topic, *partition, Offset::Offset(position)).is_ok() {
+            if list
+                .add_partition_offset(
+                    &self.settings.input_topic,
+                    *partition,
+                    Offset::Offset(position),
+                )
+                .is_ok()
+            {
                 positions.push((*partition, position));
             }
         }
@@ -919,21 +929,29 @@ impl<P: Processor> Worker<P> {
                 self.metrics.commits.inc();
                 for (partition, position) in positions {
                     if let Some(state) = self.partitions.get_mut(&partition) {
-                        state.committed = Some(state.committed.map_or(position, |c| c.max(position)));
+                        state.committed =
+                            Some(state.committed.map_or(position, |c| c.max(position)));
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next interval"),
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; retried at the next interval")
+            }
         }
     }
 
     fn log_summary(&self) {
         let snapshot = self.metrics.snapshot();
         tracing::info!(
-            records_in = snapshot.records_in, records_out = snapshot.records_out,
-            dlq = snapshot.dlq_records, dedup_hits = snapshot.dedup_hits, retries = snapshot.retries,
-            in_flight = self.in_flight, partitions = self.partitions.len(),
-            commit_pending = self.commit_task.is_some(), "worker progress"
+            records_in = snapshot.records_in,
+            records_out = snapshot.records_out,
+            dlq = snapshot.dlq_records,
+            dedup_hits = snapshot.dedup_hits,
+            retries = snapshot.retries,
+            in_flight = self.in_flight,
+            partitions = self.partitions.len(),
+            commit_pending = self.commit_task.is_some(),
+            "worker progress"
         );
     }
 
