@@ -626,8 +626,7 @@ fn env_layer(env: &HashMap<String, String>) -> Result<toml::Table, ConfigError> 
                     .into(),
             });
         }
-        let is_passthrough =
-            segments.len() == 3 && segments[0] == "kafka" && segments[1] == "librdkafka";
+        let is_passthrough = segments.len() == 3 && segments[1] == "librdkafka";
         let (path, value) = if is_passthrough {
             let property = segments[2].replace('_', ".");
             (
