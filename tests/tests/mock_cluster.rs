@@ -125,6 +125,8 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
     events[12].poison = Some("permanent".into());
     let transient = events[5].clone();
     let permanent = events[12].clone();
+    // A connector retry: the same event again (same event_id, org and partition).
+    events.push(events[3].clone());
     produce_events(&bootstrap, &names.input, PARTITIONS, &events)
         .await
         .expect("input");
@@ -140,7 +142,7 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
     let inputs = read_all(
         &bootstrap,
         &names.input,
-        31,
+        32,
         Duration::from_millis(300),
         Duration::from_secs(30),
     )
@@ -184,13 +186,21 @@ async fn failing_records_are_retried_then_dead_lettered_with_headers() {
         Duration::from_secs(30),
     )
     .expect("dead letters");
-    assert_eq!(outputs.len(), 28, "every good record is written once");
+    assert_eq!(
+        outputs.len(),
+        28,
+        "every good record is written once, the duplicate not at all"
+    );
     assert_eq!(
         dead.len(),
         3,
         "the three bad records are dead-lettered once each"
     );
     assert_eq!(snapshot.dlq_records, 3);
+    assert_eq!(
+        snapshot.dedup_hits, 1,
+        "the repeated event_id is dropped, not written twice"
+    );
     assert_eq!(snapshot.retries, 2, "the transient record is tried 3 times");
 
     let check = |dlq: &ReadRecord, input: &ReadRecord, class: &str, code: &str, attempts: &str| {
@@ -336,6 +346,13 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     );
     cluster.broker_down(2).expect("broker down");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Backpressure: with nothing acknowledged, the worker holds at most its bound plus one
+    // channel of prefetched records (200 + 1024), not the whole input (3000).
+    let held = metrics.snapshot().in_flight;
+    assert!(
+        (200..=200 + 1_024).contains(&held),
+        "in flight during the outage: {held}"
+    );
     let during_outage = total(
         &committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"),
     );

@@ -178,7 +178,7 @@ fn assert_input_order_kept(outputs: &[ReadRecord]) {
 fn write_report(name: &str, text: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
     std::fs::create_dir_all(&dir).expect("report dir");
-    std::fs::write(dir.join(format!("{name}.txt")), text).expect("report written");
+    std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n")).expect("report written");
     eprintln!("{text}");
 }
 

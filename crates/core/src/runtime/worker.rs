@@ -226,6 +226,7 @@ impl<P: Processor> Worker<P> {
                 }
                 result = commit_finished(&mut self.commit_task), if self.commit_task.is_some() => {
                     self.on_commit_finished(result);
+                    self.try_complete_revoke(false);
                 }
                 _ = commit_timer.tick() => self.start_commit(),
                 _ = summary_timer.tick() => self.log_summary(),
@@ -759,10 +760,10 @@ impl<P: Processor> Worker<P> {
         let Some(state) = self.records.remove(&key) else {
             return;
         };
-        self.in_flight -= 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
         let (partition, offset) = key;
         if let Some(partition_state) = self.partitions.get_mut(&partition) {
-            partition_state.records -= 1;
+            partition_state.records = partition_state.records.saturating_sub(1);
             partition_state.tracker.finish(offset);
             for hold in state.releases {
                 partition_state.tracker.release(hold);
@@ -778,9 +779,9 @@ impl<P: Processor> Worker<P> {
         if let Some(retry_key) = state.retry_key {
             self.retries.remove(&retry_key);
         }
-        self.in_flight -= 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(partition_state) = self.partitions.get_mut(&key.0) {
-            partition_state.records -= 1;
+            partition_state.records = partition_state.records.saturating_sub(1);
         }
     }
 
@@ -832,7 +833,9 @@ impl<P: Processor> Worker<P> {
                 .get(partition)
                 .is_some_and(|state| state.records > 0)
         });
-        if busy && !deadline_reached {
+        // A periodic commit still under way could land after the revoke's commit and move the
+        // committed offset back; wait for it too.
+        if (busy || self.commit_task.is_some()) && !deadline_reached {
             return;
         }
         let Some(revoke) = self.pending_revoke.take() else {
@@ -885,7 +888,7 @@ impl<P: Processor> Worker<P> {
     /// Starts committing every partition whose position moved, unless a commit is under way.
     /// The commit runs synchronously on a blocking thread, so its outcome is known.
     fn start_commit(&mut self) {
-        if self.commit_task.is_some() {
+        if self.commit_task.is_some() || self.pending_revoke.is_some() {
             return;
         }
         let mut list = TopicPartitionList::new();
