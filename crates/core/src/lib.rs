@@ -9,7 +9,8 @@
 //! - `event_id` deduplication ([`dedup`]),
 //! - transient retries with backoff ([`backoff`]) and dead-letter routing ([`dlq`]),
 //! - draining and synchronous commits on revoke and shutdown ([`runtime`], [`shutdown`]),
-//! - layered, validated configuration ([`config`]).
+//! - layered, validated configuration ([`config`]),
+//! - deterministic output ids ([`ids`]).
 //!
 //! Each module's docs state its guarantee and its limits.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dedup;
 pub mod dlq;
 pub mod error;
+pub mod ids;
 pub mod metrics;
 pub mod partitioner;
 pub mod processor;
