@@ -16,6 +16,8 @@ const PARTITIONS: i32 = 12;
 const DRAIN_TIMEOUT_MS: u64 = 4_000;
 /// The pass-through worker's session timeout (its defaults, `passthrough::DEFAULTS`).
 const SESSION_TIMEOUT_MS: u64 = 6_000;
+/// The kill test's commit interval: the runtime's default.
+const KILL_COMMIT_INTERVAL_MS: u64 = 1_000;
 
 struct Topics {
     input: String,
@@ -61,6 +63,15 @@ impl Drop for WorkerProcess {
 
 impl WorkerProcess {
     fn spawn(bootstrap: &str, topics: &Topics, label: &str) -> Self {
+        Self::spawn_with_commit_interval(bootstrap, topics, label, 200)
+    }
+
+    fn spawn_with_commit_interval(
+        bootstrap: &str,
+        topics: &Topics,
+        label: &str,
+        commit_interval_ms: u64,
+    ) -> Self {
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let log = std::fs::File::create(log_dir.join(format!("{}-{label}.log", topics.group)))
@@ -69,7 +80,10 @@ impl WorkerProcess {
             .env("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
             .env("MEDALLION__CONSUMER__INPUT_TOPIC", &topics.input)
             .env("MEDALLION__CONSUMER__GROUP_ID", &topics.group)
-            .env("MEDALLION__CONSUMER__COMMIT_INTERVAL_MS", "200")
+            .env(
+                "MEDALLION__CONSUMER__COMMIT_INTERVAL_MS",
+                commit_interval_ms.to_string(),
+            )
             .env(
                 "MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS",
                 DRAIN_TIMEOUT_MS.to_string(),
@@ -192,7 +206,13 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
         .expect("input produced");
     let input_ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
 
-    let mut worker = WorkerProcess::spawn(&bootstrap, &topics, "kill-0");
+    // The default commit interval (1 s) leaves work uncommitted at most moments a kill can hit.
+    let mut worker = WorkerProcess::spawn_with_commit_interval(
+        &bootstrap,
+        &topics,
+        "kill-0",
+        KILL_COMMIT_INTERVAL_MS,
+    );
     let mut duplicate_bound = 0i64;
     let mut kill_figures = Vec::new();
     for kill in 0..3u32 {
@@ -223,7 +243,12 @@ async fn sigkill_three_times_loses_nothing_and_bounds_duplicates() {
         // Tansu evicts a dead member only when someone joins after its session expired (it never
         // starts a rebalance on expiry), so restart after one session timeout, as a pod would.
         tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
-        worker = WorkerProcess::spawn(&bootstrap, &topics, &format!("kill-{}", kill + 1));
+        worker = WorkerProcess::spawn_with_commit_interval(
+            &bootstrap,
+            &topics,
+            &format!("kill-{}", kill + 1),
+            KILL_COMMIT_INTERVAL_MS,
+        );
     }
     let done = wait_until(Duration::from_secs(300), || {
         worker.assert_running();
