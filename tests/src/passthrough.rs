@@ -111,24 +111,21 @@ impl Processor for PassThrough {
                 format!("record is not a test event: {error}"),
             )
         })?;
-        match envelope.poison {
-            Some("transient") => {
-                return Err(ProcessError::transient(
-                    "poison_transient",
-                    "asked to fail transiently",
-                )
+        let poisoned = match envelope.poison {
+            Some("transient") => Some(ProcessError::transient(
+                "poison_transient",
+                "asked to fail transiently",
+            )),
+            Some("permanent") => Some(ProcessError::permanent(
+                "poison_permanent",
+                "asked to fail permanently",
+            )),
+            _ => None,
+        };
+        if let Some(error) = poisoned {
+            return Err(error
                 .with_event_id(envelope.event_id)
-                .with_org_id(envelope.org_id))
-            }
-            Some("permanent") => {
-                return Err(ProcessError::permanent(
-                    "poison_permanent",
-                    "asked to fail permanently",
-                )
-                .with_event_id(envelope.event_id)
-                .with_org_id(envelope.org_id))
-            }
-            _ => {}
+                .with_org_id(envelope.org_id));
         }
         Ok(Decoded {
             event_id: envelope.event_id,

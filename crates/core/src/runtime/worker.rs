@@ -83,8 +83,6 @@ struct RecordState {
     phase: Phase,
     attempts: u32,
     first_failure: Option<SystemTime>,
-    last_failure: Option<SystemTime>,
-    last_error: Option<ProcessError>,
     writes: Vec<Option<PendingWrite>>,
     pending_writes: usize,
     failed_writes: Vec<usize>,
@@ -334,8 +332,6 @@ impl<P: Processor> Worker<P> {
                 phase: Phase::Received,
                 attempts: 0,
                 first_failure: None,
-                last_failure: None,
-                last_error: None,
                 writes: Vec::new(),
                 pending_writes: 0,
                 failed_writes: Vec::new(),
@@ -441,9 +437,9 @@ impl<P: Processor> Worker<P> {
                     .get(&key)
                     .is_some_and(|s| s.attempts < self.settings.retry.max_attempts);
                 if error.class == ErrorClass::Transient && attempts_left {
-                    self.schedule_retry(key, RetryKind::Reprocess, error);
+                    self.schedule_retry(key, RetryKind::Reprocess, &error);
                 } else {
-                    self.dead_letter(key, error);
+                    self.dead_letter(key, &error);
                 }
             }
         }
@@ -606,15 +602,15 @@ impl<P: Processor> Worker<P> {
         };
         match phase {
             // A dead letter is never given up on: nothing is acknowledged before it is written.
-            Phase::DeadLettering => self.schedule_retry(delivery.key, RetryKind::Resend, failure),
+            Phase::DeadLettering => self.schedule_retry(delivery.key, RetryKind::Resend, &failure),
             _ if class == ErrorClass::Transient && attempts_left => {
-                self.schedule_retry(delivery.key, RetryKind::Resend, failure);
+                self.schedule_retry(delivery.key, RetryKind::Resend, &failure);
             }
-            _ => self.dead_letter(delivery.key, failure),
+            _ => self.dead_letter(delivery.key, &failure),
         }
     }
 
-    fn schedule_retry(&mut self, key: RecordKey, kind: RetryKind, error: ProcessError) {
+    fn schedule_retry(&mut self, key: RecordKey, kind: RetryKind, error: &ProcessError) {
         let (partition, _) = key;
         let revoking = self
             .partitions
@@ -630,13 +626,11 @@ impl<P: Processor> Worker<P> {
         };
         let now = SystemTime::now();
         state.first_failure.get_or_insert(now);
-        state.last_failure = Some(now);
         let delay = backoff_delay(&self.settings.retry, state.attempts);
         tracing::warn!(
             partition, offset = key.1, attempts = state.attempts, delay_ms = delay.as_millis() as u64,
             code = %error.code, error = %error.message, "transient failure, retrying"
         );
-        state.last_error = Some(error);
         state.phase = Phase::Waiting(kind);
         state.retry_key = Some(self.retries.insert(key, delay));
         self.metrics.retries.inc();
@@ -697,14 +691,13 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn dead_letter(&mut self, key: RecordKey, error: ProcessError) {
+    fn dead_letter(&mut self, key: RecordKey, error: &ProcessError) {
         let (partition, offset) = key;
         let Some(state) = self.records.get_mut(&key) else {
             return;
         };
         let now = SystemTime::now();
         let first_failure = *state.first_failure.get_or_insert(now);
-        state.last_failure = Some(now);
         let event_id = state.event_id.or(error.event_id);
         let org_id = state.org_id.or(error.org_id);
         tracing::warn!(
@@ -750,7 +743,6 @@ impl<P: Processor> Worker<P> {
             headers,
             timestamp_ms: timestamp_ms(&state.message),
         };
-        state.last_error = Some(error);
         state.dead_letter = true;
         self.start_writes(key, vec![write], Phase::DeadLettering);
     }
