@@ -1,0 +1,110 @@
+//! `medallion`: the operator command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use medallion_contracts::registry::Secret;
+use medallion_contracts::{Registry, RegistryConfig};
+use medallion_core::Validate;
+
+#[derive(Debug, Parser)]
+#[command(name = "medallion", version, about = "Operate a medallion pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The event contracts: list, print, check compatibility, register.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RegistryArgs {
+    /// Base URL of a Confluent-compatible Schema Registry.
+    #[arg(long, env = "MEDALLION_SCHEMA_REGISTRY_URL")]
+    registry_url: Option<String>,
+    /// Basic-auth user name.
+    #[arg(long, env = "MEDALLION_SCHEMA_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Basic-auth password (from the environment only, so it stays out of shell history).
+    #[arg(skip = std::env::var("MEDALLION_SCHEMA_REGISTRY_PASSWORD").ok())]
+    password: Option<String>,
+}
+
+impl RegistryArgs {
+    fn registry(&self) -> anyhow::Result<Option<Registry>> {
+        let Some(url) = &self.registry_url else {
+            return Ok(None);
+        };
+        let config = RegistryConfig {
+            url: Some(url.clone()),
+            username: self.username.clone(),
+            password: self.password.clone().map(Secret),
+            ..RegistryConfig::default()
+        };
+        config.validate().context("invalid registry settings")?;
+        Ok(Some(Registry::from_config(&config)?))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Lists every topic's subject and published versions.
+    List,
+    /// Prints a topic's current schema, self-contained, as it is registered.
+    Print {
+        /// The topic, e.g. `bronze.data.cleaned`.
+        topic: String,
+    },
+    /// Checks compatibility: of the compiled-in history, or with --registry-url against the
+    /// live registry's subjects. Exits 1 when a schema is incompatible.
+    Check(RegistryArgs),
+    /// Registers every current schema in the registry given by --registry-url.
+    Register(RegistryArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Schemas { command } => match command {
+            SchemasCommand::List => medallion::schemas::list(&mut out).map(|()| true),
+            SchemasCommand::Print { topic } => {
+                medallion::schemas::print(&topic, &mut out).map(|()| true)
+            }
+            SchemasCommand::Check(args) => {
+                let registry = args.registry()?;
+                runtime.block_on(medallion::schemas::check(registry.as_ref(), &mut out))
+            }
+            SchemasCommand::Register(args) => {
+                let registry = args
+                    .registry()?
+                    .context("`schemas register` needs --registry-url (the embedded registry lives only inside a stage)")?;
+                runtime
+                    .block_on(medallion::schemas::register(&registry, &mut out))
+                    .map(|()| true)
+            }
+        },
+    }
+}
