@@ -22,3 +22,6 @@ echo "== cargo test (real broker at $MEDALLION_TEST_BOOTSTRAP)"
 RUST_TEST_THREADS=1 cargo test --workspace --locked
 echo "== end-to-end figures"
 cat target/tmp/reports/*.txt 2>/dev/null || true
+echo "== codec benchmark (figures only; the target is checked by reading them, not by a timed test)"
+cargo bench --locked -p medallion-benches --bench codec -- --warm-up-time 1 --measurement-time 2 \
+  2>&1 | grep -E "^decode|time:|codec summary|us per|target"

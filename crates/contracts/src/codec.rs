@@ -25,7 +25,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::writer::datum::GenericDatumWriter;
 
 use crate::compat::can_read;
 use crate::error::{CodecError, RegistryError};
@@ -50,7 +49,7 @@ pub(crate) fn init_avro_globals() {
 /// Encodes `Envelope<P>` with the topic's current schema.
 pub struct Encoder<P: Contract> {
     schema_id: u32,
-    writer: GenericDatumWriter<'static>,
+    schema: &'static SchemaText,
     _payload: PhantomData<fn(P)>,
 }
 
@@ -75,13 +74,9 @@ impl<P: Contract> Encoder<P> {
     /// An encoder that writes `schema_id` in the header (the id must be the current schema's).
     pub fn with_id(schema_id: u32) -> Self {
         init_avro_globals();
-        let writer = GenericDatumWriter::builder(&P::schema().schema)
-            .human_readable(true)
-            .build()
-            .unwrap_or_else(|error| panic!("compiled-in schema of {}: {error}", P::TOPIC));
         Self {
             schema_id,
-            writer,
+            schema: P::schema(),
             _payload: PhantomData,
         }
     }
@@ -102,12 +97,13 @@ impl<P: Contract> Encoder<P> {
     pub fn encode_into(&self, event: &Envelope<P>, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         buf.clear();
         wire::write_header(buf, self.schema_id);
-        self.writer
-            .write_ser(buf, event)
-            .map_err(|error| CodecError::Encode {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema.fast);
+        serde_avro_fast::to_datum(event, &mut *buf, &mut config).map_err(|error| {
+            CodecError::Encode {
                 topic: P::TOPIC,
                 reason: error.to_string(),
-            })?;
+            }
+        })?;
         Ok(())
     }
 }
@@ -126,7 +122,6 @@ enum Plan {
 pub struct Decoder<P: Contract> {
     registry: Registry,
     reader: &'static SchemaText,
-    direct: GenericDatumReader<'static>,
     plans: RwLock<HashMap<u32, Arc<Plan>>>,
     unknown_ids: moka::sync::Cache<u32, ()>,
     _payload: PhantomData<fn() -> P>,
@@ -145,15 +140,9 @@ impl<P: Contract> Decoder<P> {
     /// A decoder that asks `registry` for writer schemas.
     pub fn new(registry: Registry) -> Self {
         init_avro_globals();
-        let reader = P::schema();
-        let direct = GenericDatumReader::builder(&reader.schema)
-            .human_readable(true)
-            .build()
-            .unwrap_or_else(|error| panic!("compiled-in schema of {}: {error}", P::TOPIC));
         Self {
             registry,
-            reader,
-            direct,
+            reader: P::schema(),
             plans: RwLock::new(HashMap::new()),
             unknown_ids: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -169,10 +158,16 @@ impl<P: Contract> Decoder<P> {
         let plan = self.plan(id).await?;
         let mut rest = body;
         let event: Envelope<P> = match &*plan {
-            Plan::Direct => self
-                .direct
-                .read_deser(&mut rest)
-                .map_err(|error| corrupt(id, &error))?,
+            Plan::Direct => {
+                let mut state =
+                    serde_avro_fast::de::DeserializerState::from_slice(body, &self.reader.fast);
+                let event = serde::Deserialize::deserialize(state.deserializer())
+                    .map_err(|error| corrupt(id, &error))?;
+                let mut left = state.into_reader();
+                let extra = std::io::BufRead::fill_buf(&mut left).map_or(0, <[u8]>::len);
+                rest = &body[body.len() - extra..];
+                event
+            }
             Plan::Resolve(reader) => {
                 let value = reader
                     .read_value(&mut rest)

@@ -63,7 +63,12 @@ const SOURCES: &[Source] = &[
     source!("audit.events", "audit/events", [1]),
 ];
 
-/// One schema: its text as registered and its parsed form.
+/// A schema that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Avro schema: {0}")]
+pub struct SchemaError(String);
+
+/// One schema: its text as registered and its parsed forms.
 #[derive(Debug)]
 pub struct SchemaText {
     /// The self-contained schema JSON, as registered under the topic's subject.
@@ -72,17 +77,23 @@ pub struct SchemaText {
     pub schema: Schema,
     /// Parsing Canonical Form, for telling whether two schemas are the same.
     pub canonical: String,
+    /// The same schema compiled for `serde_avro_fast`, the codec's hot path.
+    pub fast: serde_avro_fast::Schema,
 }
 
 impl SchemaText {
     /// Parses a self-contained schema.
-    pub fn parse(text: String) -> Result<Self, apache_avro::Error> {
-        let schema = Schema::parse_str(&text)?;
+    pub fn parse(text: String) -> Result<Self, SchemaError> {
+        let schema = Schema::parse_str(&text).map_err(|error| SchemaError(error.to_string()))?;
+        let fast = text
+            .parse::<serde_avro_fast::Schema>()
+            .map_err(|error| SchemaError(error.to_string()))?;
         let canonical = schema.canonical_form();
         Ok(Self {
             text,
             schema,
             canonical,
+            fast,
         })
     }
 }

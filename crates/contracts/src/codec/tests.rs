@@ -330,3 +330,29 @@ proptest! {
         let _ = decode_blocking(decoder, &flipped);
     }
 }
+
+/// A decoder whose registry also holds v2, and v2's id: random bodies then take the resolving
+/// (apache-avro) path.
+fn shared_resolving() -> &'static (u32, Decoder<CleanedData>) {
+    static SHARED: OnceLock<(u32, Decoder<CleanedData>)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (embedded, registry) = registry();
+        let id = embedded
+            .register(&subject_for(CleanedData::TOPIC), &v2_schema().text)
+            .expect("v2 registers");
+        (id, Decoder::new(registry))
+    })
+}
+
+proptest! {
+    #[test]
+    fn random_bodies_on_the_resolving_path_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let (id, decoder) = shared_resolving();
+        let mut bytes = Vec::new();
+        crate::wire::write_header(&mut bytes, *id);
+        bytes.extend_from_slice(&body);
+        if let Err(error) = decode_blocking(decoder, &bytes) {
+            prop_assert_eq!(error.class(), medallion_core::ErrorClass::Schema, "{}", error);
+        }
+    }
+}
