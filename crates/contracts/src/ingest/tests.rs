@@ -450,3 +450,43 @@ proptest::proptest! {
         proptest::prop_assert_eq!(error.code(), "invalid_json");
     }
 }
+
+fn raw_ingest() -> (crate::codec::Encoder<RawData>, RawIngest) {
+    let embedded = std::sync::Arc::new(crate::registry::EmbeddedRegistry::with_compiled_in());
+    let id = embedded
+        .current_id("connector.data.raw")
+        .expect("compiled in");
+    (
+        crate::codec::Encoder::with_id(id),
+        RawIngest::new(Registry::Embedded(embedded)),
+    )
+}
+
+#[tokio::test]
+async fn json_and_avro_give_the_same_event() {
+    let (encoder, ingest) = raw_ingest();
+    let json = serde_json::to_vec(&example()).expect("json");
+    let from_json = ingest.decode(&json).await.expect("json decodes");
+    let avro = encoder.encode(&from_json).expect("encode");
+    assert_eq!(avro[0], 0, "framed");
+    assert_eq!(ingest.decode(&avro).await.expect("avro decodes"), from_json);
+    let error = ingest.decode(&[]).await.expect_err("empty");
+    assert_eq!(error.code(), "empty_value");
+    let error = ingest
+        .decode(&avro[..avro.len() - 1])
+        .await
+        .expect_err("truncated avro");
+    assert_eq!(error.class(), medallion_core::ErrorClass::Schema, "{error}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn raw_ingest_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+        static INGEST: std::sync::OnceLock<(crate::codec::Encoder<RawData>, RawIngest)> = std::sync::OnceLock::new();
+        let (_, ingest) = INGEST.get_or_init(raw_ingest);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        if let Err(error) = runtime.block_on(ingest.decode(&bytes)) {
+            proptest::prop_assert!(!error.code().is_empty());
+        }
+    }
+}
