@@ -244,3 +244,20 @@ async fn data_written_through_the_embedded_registry_shape_decodes_over_http() {
         .expect("decode");
     assert_eq!(decoded, event(3));
 }
+
+#[tokio::test]
+async fn a_registry_that_refuses_config_changes_still_registers() {
+    let server = RegistryServer::start().await.expect("server");
+    let registry = http_registry(server.url(), true);
+    // The first request of a registration reads the subject's level: refuse it, as an ACL would.
+    server.fail_next(1, StatusCode::FORBIDDEN);
+    let encoder = Encoder::<CleanedData>::register(&registry)
+        .await
+        .expect("registered anyway");
+    assert_eq!(
+        server.level(&subject_for(CleanedData::TOPIC)),
+        None,
+        "level left to the registry"
+    );
+    assert!(encoder.schema_id() > 0);
+}

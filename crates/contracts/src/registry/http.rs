@@ -79,7 +79,14 @@ impl HttpRegistry {
         if !self.auto_register {
             return self.lookup(subject, schema).await;
         }
-        self.ensure_level(subject).await?;
+        match self.ensure_level(subject).await {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error),
+            // A registry that refuses config changes (ACLs) still registers under its own level.
+            Err(error) => {
+                tracing::warn!(subject, %error, "could not set the subject's compatibility level; registering under the registry's level");
+            }
+        }
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned());
         let registered = post_schema(&self.settings, subject.to_owned(), supplied)
             .await
