@@ -2,10 +2,11 @@
 //! pass-through worker runs as its own process and is killed, added, removed and stopped.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use medallion_tests::passthrough::{SRC_OFFSET, SRC_PARTITION};
+use medallion_tests::process::StageProcess;
 use medallion_tests::{
     committed_offsets, create_topics, generate_events, high_watermarks, produce_events, read_all,
     real_broker, unique_name, wait_until, ReadRecord,
@@ -48,17 +49,7 @@ async fn set_up(bootstrap: &str, name: &str) -> Topics {
 
 /// A pass-through worker process.
 struct WorkerProcess {
-    child: Child,
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        // A failed test must not leave a worker running against the shared broker.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    process: StageProcess,
 }
 
 impl WorkerProcess {
@@ -72,65 +63,37 @@ impl WorkerProcess {
         label: &str,
         commit_interval_ms: u64,
     ) -> Self {
-        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worker-logs");
-        std::fs::create_dir_all(&log_dir).expect("log dir");
-        let log = std::fs::File::create(log_dir.join(format!("{}-{label}.log", topics.group)))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_passthrough-worker"))
-            .env("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
-            .env("MEDALLION__CONSUMER__INPUT_TOPIC", &topics.input)
-            .env("MEDALLION__CONSUMER__GROUP_ID", &topics.group)
-            .env(
+        let envs = [
+            ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.to_owned()),
+            ("MEDALLION__CONSUMER__INPUT_TOPIC", topics.input.clone()),
+            ("MEDALLION__CONSUMER__GROUP_ID", topics.group.clone()),
+            (
                 "MEDALLION__CONSUMER__COMMIT_INTERVAL_MS",
                 commit_interval_ms.to_string(),
-            )
-            .env(
+            ),
+            (
                 "MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS",
                 DRAIN_TIMEOUT_MS.to_string(),
-            )
-            .env("MEDALLION__CONSUMER__MAX_IN_FLIGHT", "5000")
-            .env("MEDALLION__STAGE__OUTPUT_TOPIC", &topics.output)
-            .env("MEDALLION__WORKER__INSTANCE", label)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the worker binary starts");
-        Self { child }
+            ),
+            ("MEDALLION__CONSUMER__MAX_IN_FLIGHT", "5000".to_owned()),
+            ("MEDALLION__STAGE__OUTPUT_TOPIC", topics.output.clone()),
+            ("MEDALLION__WORKER__INSTANCE", label.to_owned()),
+        ];
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_passthrough-worker"));
+        let process = StageProcess::spawn(program, &envs, &format!("{}-{label}", topics.group));
+        Self { process }
     }
 
     fn kill(&mut self) {
-        // SIGKILL: no drain, no commit.
-        self.child.kill().expect("kill worker");
-        self.child.wait().expect("reap worker");
+        self.process.kill();
     }
 
-    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
     fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .is_ok_and(|status| status.success());
-        assert!(sent, "SIGTERM was delivered");
-        let deadline = started + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait worker") {
-                return (status, started.elapsed());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit within 60 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate()
     }
 
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("wait worker") {
-            panic!("worker exited early with {status}; see target/tmp/worker-logs");
-        }
+        self.process.assert_running();
     }
 }
 

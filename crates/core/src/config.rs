@@ -111,6 +111,16 @@ pub struct IdentityConfig {
     pub instance: Option<String>,
 }
 
+impl IdentityConfig {
+    /// The configured instance name, else `$HOSTNAME` (the pod name), else `unknown`.
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+}
+
 fn default_stage_name() -> String {
     "medallion".to_owned()
 }

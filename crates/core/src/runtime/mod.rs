@@ -80,12 +80,7 @@ pub struct Runtime {
 impl Runtime {
     /// Prepares the Kafka clients' configuration. `config` must have passed `validate()`.
     pub fn new<S>(config: &WorkerConfig<S>) -> Self {
-        let instance = config
-            .worker
-            .instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "unknown".to_owned());
+        let instance = config.worker.instance_name();
         let settings = RunSettings {
             input_topic: Arc::from(config.consumer.input_topic.as_str()),
             dlq_topic: Arc::from(config.dlq_topic().as_str()),

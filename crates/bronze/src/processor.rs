@@ -1,0 +1,262 @@
+//! bronze's transformation: one raw event in, one cleaned event out, or a rejection with a code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use medallion_contracts::ingest::RawIngest;
+use medallion_contracts::types::{CleanedData, EntityRef, EventSource, RawData};
+use medallion_contracts::{Encoder, Envelope, Registry};
+use medallion_core::ids::derive_event_id;
+use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
+use uuid::Uuid;
+
+use crate::config::BronzeSettings;
+
+/// The stage name in derived ids and in `source.service`.
+pub const STAGE: &str = "bronze";
+
+/// A decoded raw record and the Kafka timestamp it arrived with.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    /// The normalised raw event.
+    pub event: Envelope<RawData>,
+    /// The raw record's Kafka timestamp, if any.
+    pub received_at: Option<i64>,
+}
+
+/// The bronze processor.
+#[derive(Debug)]
+pub struct Bronze {
+    ingest: RawIngest,
+    encoder: Encoder<CleanedData>,
+    output_topic: Arc<str>,
+    source: EventSource,
+    max_future_skew_ms: i64,
+}
+
+impl Bronze {
+    /// A processor decoding through `registry` and encoding with `encoder`.
+    pub fn new(
+        settings: &BronzeSettings,
+        registry: Registry,
+        encoder: Encoder<CleanedData>,
+        instance: &str,
+    ) -> Self {
+        Self {
+            ingest: RawIngest::new(registry),
+            encoder,
+            output_topic: Arc::from(settings.output_topic.as_str()),
+            source: EventSource {
+                service: "bronze-processor".to_owned(),
+                instance: instance.to_owned(),
+            },
+            max_future_skew_ms: i64::try_from(settings.max_future_skew_ms).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+impl Processor for Bronze {
+    type Input = Raw;
+
+    fn output_topics(&self) -> Vec<Arc<str>> {
+        vec![Arc::clone(&self.output_topic)]
+    }
+
+    async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Raw, ProcessError> {
+        let payload = record.payload.unwrap_or_default();
+        let event = self.ingest.decode(payload).await?;
+        Ok(Raw {
+            event,
+            received_at: record.timestamp_ms,
+        })
+    }
+
+    fn event_id(&self, input: &Raw) -> Option<Uuid> {
+        Some(input.event.event_id)
+    }
+
+    fn process(&mut self, input: Raw, ctx: &mut ProcessContext<'_>) -> Result<(), ProcessError> {
+        let now = now_ms();
+        let raw = &input.event;
+        let identify =
+            |error: ProcessError| error.with_event_id(raw.event_id).with_org_id(raw.org_id);
+        let cleaned = clean(
+            raw,
+            input.received_at.unwrap_or(now),
+            now,
+            self.max_future_skew_ms,
+        )
+        .map_err(identify)?;
+        let output = Envelope::new(
+            derive_event_id(STAGE, raw.event_id),
+            now,
+            self.source.clone(),
+            raw.org_id,
+            cleaned,
+        )
+        .caused_by(raw);
+        let payload = self
+            .encoder
+            .encode(&output)
+            .map_err(|error| identify(error.into()))?;
+        ctx.emit(OutputRecord::new(
+            Arc::clone(&self.output_topic),
+            raw.org_id,
+            payload,
+        ));
+        Ok(())
+    }
+}
+
+/// Validates and normalises one raw event (pure: the clock is an argument).
+pub fn clean(
+    raw: &Envelope<RawData>,
+    received_at: i64,
+    now_ms: i64,
+    max_future_skew_ms: i64,
+) -> Result<CleanedData, ProcessError> {
+    if raw.event_type != "connector.data.raw" {
+        return Err(ProcessError::permanent(
+            "wrong_event_type",
+            format!(
+                "event_type is `{}`; connector.data.raw carries `connector.data.raw`",
+                raw.event_type
+            ),
+        ));
+    }
+    let payload = &raw.payload;
+    if payload.observed_at > now_ms.saturating_add(max_future_skew_ms) {
+        return Err(ProcessError::permanent(
+            "observed_at_in_future",
+            format!(
+                "payload.observed_at {} is more than {max_future_skew_ms} ms after now ({now_ms})",
+                payload.observed_at
+            ),
+        ));
+    }
+    let currency = match &payload.currency {
+        None => None,
+        Some(code) => {
+            let upper = code.trim().to_ascii_uppercase();
+            if upper.len() != 3 || !upper.bytes().all(|byte| byte.is_ascii_uppercase()) {
+                return Err(ProcessError::permanent(
+                    "invalid_currency",
+                    format!("payload.currency `{code}` is not an ISO 4217 code (three letters)"),
+                ));
+            }
+            Some(upper)
+        }
+    };
+    let mut metrics = BTreeMap::new();
+    for (name, value) in &payload.metrics {
+        let key = name.trim().to_lowercase();
+        if metrics.insert(key.clone(), *value).is_some() {
+            return Err(ProcessError::permanent(
+                "duplicate_metric",
+                format!("payload.metrics has `{key}` twice (names differ only in case or spaces)"),
+            ));
+        }
+    }
+    let mut dimensions = BTreeMap::new();
+    for (key, value) in &payload.dimensions {
+        dimensions.insert(key.trim().to_lowercase(), value.trim().to_owned());
+    }
+    Ok(CleanedData {
+        connector_id: payload.connector_id.trim().to_owned(),
+        run_id: payload.run_id.trim().to_owned(),
+        entity: EntityRef {
+            kind: payload.entity.kind.trim().to_lowercase(),
+            id: payload.entity.id.trim().to_owned(),
+            name: payload
+                .entity
+                .name
+                .as_ref()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty()),
+            attributes: BTreeMap::new(),
+        },
+        observed_at: payload.observed_at,
+        currency,
+        metrics,
+        dimensions,
+        received_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medallion_contracts::ingest::parse_json;
+    use serde_json::json;
+
+    const NOW: i64 = 1_735_210_000_000;
+
+    fn raw(edit: impl FnOnce(&mut serde_json::Value)) -> Envelope<RawData> {
+        let mut value = json!({
+          "event_id": "0b6f1c8e-5a3e-4c55-9d8a-2f5b1b7f9e11",
+          "event_type": "connector.data.raw",
+          "event_version": "1.0.0",
+          "timestamp": "2024-12-26T10:00:00Z",
+          "source": {"service": "connector-service", "instance": "c-1"},
+          "org_id": 456,
+          "payload": {
+            "connector_id": "dsp-tradedesk",
+            "run_id": "run-1",
+            "entity": {"type": "Campaign", "id": "cmp-981", "name": " Spring Sale "},
+            "observed_at": "2024-12-26T09:55:00+01:00",
+            "currency": "eur",
+            "metrics": {"Impressions": "1200", "clicks": 34},
+            "dimensions": {"Country": "DE ", "device": "mobile"}
+          }
+        });
+        edit(&mut value);
+        parse_json(&serde_json::to_vec(&value).expect("json")).expect("valid raw")
+    }
+
+    #[test]
+    fn normalises_case_and_currency() {
+        let cleaned = clean(&raw(|_| {}), 7, NOW, 86_400_000).expect("clean");
+        assert_eq!(cleaned.entity.kind, "campaign");
+        assert_eq!(cleaned.entity.name.as_deref(), Some("Spring Sale"));
+        assert_eq!(cleaned.currency.as_deref(), Some("EUR"));
+        assert_eq!(cleaned.metrics["impressions"], 1200.0);
+        assert_eq!(cleaned.dimensions["country"], "DE");
+        assert_eq!(cleaned.received_at, 7);
+    }
+
+    #[test]
+    fn rejections_carry_codes() {
+        let cases: Vec<(&str, Envelope<RawData>, i64)> = vec![
+            (
+                "wrong_event_type",
+                raw(|v| v["event_type"] = json!("bronze.data.cleaned")),
+                NOW,
+            ),
+            (
+                "invalid_currency",
+                raw(|v| v["payload"]["currency"] = json!("euro")),
+                NOW,
+            ),
+            (
+                "duplicate_metric",
+                raw(|v| v["payload"]["metrics"] = json!({"Clicks": 1, "clicks": 2})),
+                NOW,
+            ),
+            ("observed_at_in_future", raw(|_| {}), 1_000),
+        ];
+        for (code, event, now) in cases {
+            let error = clean(&event, 0, now, 86_400_000).expect_err(code);
+            assert_eq!(error.code, code, "{error}");
+            assert_eq!(error.class, medallion_core::ErrorClass::Permanent);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! What every stage binary shares, so each stage's `main.rs` stays a few lines: command-line
+//! arguments, configuration loading (runtime tables plus the stage's `[stage]` table), output
+//! schema registration with retries, and running the core runtime until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use medallion_contracts::{Contract, Encoder, Registry, RegistryConfig};
+use medallion_core::{shutdown::shutdown_on_signals, Processor, Runtime, Validate, WorkerConfig};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// The arguments every stage binary takes.
+#[derive(Debug, Parser)]
+pub struct StageArgs {
+    /// TOML configuration file, layered over the stage's defaults; `MEDALLION__TABLE__KEY`
+    /// environment variables override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Loads and validates a stage's configuration: `defaults` (the stage's `config/*.toml`), then
+/// the file, then the environment.
+pub fn load_config<S>(
+    defaults: &str,
+    file: Option<&std::path::Path>,
+    env: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<WorkerConfig<S>>
+where
+    S: DeserializeOwned + Validate + Default,
+{
+    let config: WorkerConfig<S> =
+        medallion_core::config::load(defaults, file, env).context("invalid configuration")?;
+    config.stage.validate().context("invalid configuration")?;
+    Ok(config)
+}
+
+/// How long start-up keeps retrying a registry that does not answer.
+pub const REGISTRATION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The registry `config` describes, with a log line saying which.
+pub fn registry(config: &RegistryConfig) -> anyhow::Result<Registry> {
+    let registry =
+        Registry::from_config(config).context("failed to set up the schema registry client")?;
+    tracing::info!(registry = %registry.describe(), "schema registry");
+    Ok(registry)
+}
+
+/// Registers (or looks up) `P`'s schema, retrying a registry that is unavailable for up to
+/// [`REGISTRATION_PATIENCE`]; any other refusal (incompatible, not registered) stops start-up.
+pub async fn register<P: Contract>(registry: &Registry) -> anyhow::Result<Encoder<P>> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Encoder::<P>::register(registry).await {
+            Ok(encoder) => {
+                tracing::info!(
+                    topic = P::TOPIC,
+                    schema_id = encoder.schema_id(),
+                    "output schema registered"
+                );
+                return Ok(encoder);
+            }
+            Err(error) if error.is_transient() && started.elapsed() < REGISTRATION_PATIENCE => {
+                tracing::warn!(topic = P::TOPIC, %error, "schema registry unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "failed to register the `{}` schema at {}",
+                        P::TOPIC,
+                        registry.describe()
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Runs `processor` under the runtime until SIGTERM or Ctrl-C (then drains and commits).
+pub async fn run<S, P: Processor>(config: &WorkerConfig<S>, processor: P) -> anyhow::Result<()> {
+    run_until(config, processor, shutdown_on_signals()).await
+}
+
+/// Runs `processor` until `shutdown` is cancelled (the demo runs several stages in one process).
+pub async fn run_until<S, P: Processor>(
+    config: &WorkerConfig<S>,
+    processor: P,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    Runtime::new(config)
+        .run(processor, shutdown)
+        .await
+        .with_context(|| format!("stage `{}` failed", config.worker.stage))
+}

@@ -1,0 +1,104 @@
+//! Stage binaries as separate processes, as they run in production: spawn with environment
+//! overrides, SIGKILL, SIGTERM with a measured exit. A process still running when its handle is
+//! dropped (a failed test) is killed, so nothing is left running against the shared broker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary, built first if needed (`cargo build` is a no-op when it is
+/// up to date). Tests of the `tests` crate cannot name other packages' binaries otherwise.
+pub fn stage_binary(package: &str, binary: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _serialised = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--package", package, "--bin", binary])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the {binary} binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(binary)
+}
+
+/// A running stage process.
+#[derive(Debug)]
+pub struct StageProcess {
+    child: Child,
+    label: String,
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl StageProcess {
+    /// Starts `program` with `envs`; its log goes to `target/tmp/worker-logs/{label}.log`.
+    pub fn spawn(program: &Path, envs: &[(&str, String)], label: &str) -> Self {
+        let log_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/worker-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log = std::fs::File::create(log_dir.join(format!("{label}.log"))).expect("log file");
+        let mut command = Command::new(program);
+        command
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the stage binary starts");
+        Self {
+            child,
+            label: label.to_owned(),
+        }
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill stage");
+        self.child.wait().expect("reap stage");
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "SIGTERM was delivered");
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait stage") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within 60 s of SIGTERM",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait stage") {
+            panic!(
+                "{} exited early with {status}; see target/tmp/worker-logs/{}.log",
+                self.label, self.label
+            );
+        }
+    }
+}
