@@ -16,6 +16,7 @@ pub mod codec;
 pub mod compat;
 pub mod error;
 pub mod ingest;
+pub mod operator;
 pub mod registry;
 pub mod schemas;
 pub mod types;

@@ -1,0 +1,351 @@
+//! silver's transformation: conform, convert, enrich, flag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use medallion_contracts::types::{CleanedData, EventSource, Metric, ProcessedData};
+use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_core::ids::derive_event_id;
+use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
+use uuid::Uuid;
+
+use crate::config::{CheckSpec, MetricSpec, SilverSettings};
+use crate::reference::Reference;
+
+/// The stage name in derived ids.
+pub const STAGE: &str = "silver";
+
+/// The silver processor.
+#[derive(Debug)]
+pub struct Silver {
+    decoder: Decoder<CleanedData>,
+    encoder: Encoder<ProcessedData>,
+    output_topic: Arc<str>,
+    source: EventSource,
+    rules: Rules,
+}
+
+/// Catalog, checks and reference data: everything [`conform`] needs.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    catalog: HashMap<String, MetricSpec>,
+    checks: Vec<CheckSpec>,
+    reference: Reference,
+    default_currency: String,
+}
+
+impl Rules {
+    /// Rules from the settings and reference data.
+    pub fn new(settings: &SilverSettings, reference: Reference) -> Self {
+        Self {
+            catalog: settings
+                .metrics
+                .iter()
+                .map(|metric| (metric.name.clone(), metric.clone()))
+                .collect(),
+            checks: settings.checks.clone(),
+            reference,
+            default_currency: settings.default_currency.clone(),
+        }
+    }
+}
+
+impl Silver {
+    /// A processor reading through `registry` and writing with `encoder`.
+    pub fn new(
+        settings: &SilverSettings,
+        reference: Reference,
+        registry: Registry,
+        encoder: Encoder<ProcessedData>,
+        instance: &str,
+    ) -> Self {
+        Self {
+            decoder: Decoder::new(registry),
+            encoder,
+            output_topic: Arc::from(settings.output_topic.as_str()),
+            source: EventSource {
+                service: "silver-processor".to_owned(),
+                instance: instance.to_owned(),
+            },
+            rules: Rules::new(settings, reference),
+        }
+    }
+}
+
+fn reject(code: &'static str, message: String) -> ProcessError {
+    ProcessError::permanent(code, message)
+}
+
+/// Conforms one cleaned record (pure).
+pub fn conform(
+    rules: &Rules,
+    org_id: i64,
+    cleaned: &CleanedData,
+) -> Result<ProcessedData, ProcessError> {
+    let mut flags = Vec::new();
+    let currency = match rules.reference.org(org_id) {
+        Some(org) => org.currency.clone(),
+        None => {
+            flags.push("unknown_org".to_owned());
+            rules.default_currency.clone()
+        }
+    };
+    let source_currency = match &cleaned.currency {
+        Some(code) => code.clone(),
+        None => {
+            flags.push("currency_assumed".to_owned());
+            currency.clone()
+        }
+    };
+    let fx_rate = rules
+        .reference
+        .rate(&source_currency, &currency)
+        .ok_or_else(|| {
+            reject(
+                "unknown_currency",
+                format!("no exchange rate for `{source_currency}` to `{currency}`"),
+            )
+        })?;
+    let mut metrics = Vec::with_capacity(cleaned.metrics.len());
+    for (name, value) in &cleaned.metrics {
+        let Some(spec) = rules.catalog.get(name) else {
+            return Err(reject(
+                "unknown_metric",
+                format!("metric `{name}` is not in the catalog (stage.metrics)"),
+            ));
+        };
+        if spec.integer && value.fract() != 0.0 {
+            return Err(reject(
+                "not_integer",
+                format!("metric `{name}` is {value}; it counts whole units"),
+            ));
+        }
+        let below = spec.min.is_some_and(|min| *value < min);
+        let above = spec.max.is_some_and(|max| *value > max);
+        if below || above {
+            return Err(reject(
+                "out_of_range",
+                format!(
+                    "metric `{name}` is {value}; allowed {}..{}",
+                    spec.min.map_or("".to_owned(), |min| min.to_string()),
+                    spec.max.map_or("".to_owned(), |max| max.to_string())
+                ),
+            ));
+        }
+        let converted = if spec.is_monetary() {
+            value * fx_rate
+        } else {
+            *value
+        };
+        metrics.push(Metric {
+            name: name.clone(),
+            value: converted,
+            unit: spec.unit.clone(),
+        });
+    }
+    for check in &rules.checks {
+        let (Some(left), Some(right)) = (
+            cleaned.metrics.get(&check.left),
+            cleaned.metrics.get(&check.right),
+        ) else {
+            continue;
+        };
+        if !check.op.holds(*left, *right) {
+            return Err(reject(
+                "cross_field_check",
+                format!(
+                    "{} ({left}) {} {} ({right}) does not hold",
+                    check.left,
+                    check.op.symbol(),
+                    check.right
+                ),
+            ));
+        }
+    }
+    let mut entity = cleaned.entity.clone();
+    match rules.reference.entity(org_id, &entity.kind, &entity.id) {
+        Some(known) => {
+            entity.attributes.extend(known.attributes.clone());
+            if let Some(name) = &known.name {
+                entity.name = Some(name.clone());
+            }
+        }
+        None => flags.push("unknown_entity".to_owned()),
+    }
+    Ok(ProcessedData {
+        connector_id: cleaned.connector_id.clone(),
+        run_id: cleaned.run_id.clone(),
+        entity,
+        observed_at: cleaned.observed_at,
+        currency,
+        source_currency,
+        fx_rate,
+        metrics,
+        dimensions: cleaned.dimensions.clone(),
+        quality_flags: flags,
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+impl Processor for Silver {
+    type Input = Envelope<CleanedData>;
+
+    fn output_topics(&self) -> Vec<Arc<str>> {
+        vec![Arc::clone(&self.output_topic)]
+    }
+
+    async fn decode(
+        &mut self,
+        record: &InputRecord<'_>,
+    ) -> Result<Envelope<CleanedData>, ProcessError> {
+        let payload = record.payload.unwrap_or_default();
+        Ok(self.decoder.decode(payload).await?)
+    }
+
+    fn event_id(&self, input: &Envelope<CleanedData>) -> Option<Uuid> {
+        Some(input.event_id)
+    }
+
+    fn process(
+        &mut self,
+        input: Envelope<CleanedData>,
+        ctx: &mut ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let identify = |error: ProcessError| {
+            error
+                .with_event_id(input.event_id)
+                .with_org_id(input.org_id)
+        };
+        let processed = conform(&self.rules, input.org_id, &input.payload).map_err(identify)?;
+        let output = Envelope::new(
+            derive_event_id(STAGE, input.event_id),
+            now_ms(),
+            self.source.clone(),
+            input.org_id,
+            processed,
+        )
+        .caused_by(&input);
+        let payload = self
+            .encoder
+            .encode(&output)
+            .map_err(|error| identify(error.into()))?;
+        ctx.emit(OutputRecord::new(
+            Arc::clone(&self.output_topic),
+            input.org_id,
+            payload,
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use medallion_contracts::types::EntityRef;
+
+    use super::*;
+    use crate::config::DEFAULTS;
+    use crate::reference::REFERENCE_DEFAULTS;
+
+    fn rules() -> Rules {
+        let config: crate::SilverConfig =
+            medallion_core::config::load(DEFAULTS, None, &HashMap::new()).expect("defaults");
+        Rules::new(
+            &config.stage,
+            Reference::parse(REFERENCE_DEFAULTS).expect("reference"),
+        )
+    }
+
+    fn cleaned(metrics: &[(&str, f64)], currency: Option<&str>) -> CleanedData {
+        CleanedData {
+            connector_id: "dsp".into(),
+            run_id: "run".into(),
+            entity: EntityRef {
+                kind: "campaign".into(),
+                id: "cmp-1".into(),
+                name: None,
+                attributes: BTreeMap::new(),
+            },
+            observed_at: 1,
+            currency: currency.map(str::to_owned),
+            metrics: metrics
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), *value))
+                .collect(),
+            dimensions: BTreeMap::new(),
+            received_at: 2,
+        }
+    }
+
+    #[test]
+    fn converts_money_and_enriches() {
+        // Org 1 reports in USD; spend arrives in EUR.
+        let processed = conform(
+            &rules(),
+            1,
+            &cleaned(
+                &[("spend", 100.0), ("clicks", 5.0), ("impressions", 50.0)],
+                Some("EUR"),
+            ),
+        )
+        .expect("valid");
+        assert_eq!(processed.currency, "USD");
+        assert_eq!(processed.source_currency, "EUR");
+        let spend = processed
+            .metrics
+            .iter()
+            .find(|m| m.name == "spend")
+            .expect("spend");
+        assert!((spend.value - 108.0).abs() < 1e-9);
+        let clicks = processed
+            .metrics
+            .iter()
+            .find(|m| m.name == "clicks")
+            .expect("clicks");
+        assert_eq!(clicks.value, 5.0, "counts are not converted");
+        assert_eq!(processed.entity.attributes["channel"], "display");
+        assert_eq!(processed.entity.name.as_deref(), Some("Spring Sale"));
+        assert!(processed.quality_flags.is_empty());
+        let names: Vec<&str> = processed.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["clicks", "impressions", "spend"], "sorted by name");
+    }
+
+    #[test]
+    fn flags_unknown_org_entity_and_assumed_currency() {
+        let processed = conform(&rules(), 99, &cleaned(&[("spend", 10.0)], None)).expect("valid");
+        assert_eq!(processed.currency, "USD");
+        assert_eq!(
+            processed.quality_flags,
+            ["unknown_org", "currency_assumed", "unknown_entity"]
+        );
+        assert_eq!(processed.fx_rate, 1.0);
+    }
+
+    #[test]
+    fn rejections_carry_codes() {
+        let cases = [
+            ("unknown_metric", cleaned(&[("likes", 1.0)], None)),
+            ("not_integer", cleaned(&[("clicks", 1.5)], None)),
+            ("out_of_range", cleaned(&[("spend", -1.0)], None)),
+            ("out_of_range", cleaned(&[("temperature", 200.0)], None)),
+            (
+                "cross_field_check",
+                cleaned(&[("clicks", 11.0), ("impressions", 10.0)], None),
+            ),
+            ("unknown_currency", cleaned(&[("spend", 1.0)], Some("XYZ"))),
+        ];
+        for (code, record) in cases {
+            let error = conform(&rules(), 1, &record).expect_err(code);
+            assert_eq!(error.code, code, "{error}");
+        }
+    }
+}
