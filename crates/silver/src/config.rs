@@ -139,7 +139,7 @@ mod tests {
             medallion_core::config::load(DEFAULTS, None, &HashMap::new()).expect("defaults");
         config.stage.validate().expect("valid");
         assert_eq!(config.consumer.group_id, "silver-processor");
-        let mut broken = config.stage.clone();
+        let mut broken = config.stage;
         broken.checks[0].left = "clikcs".into();
         let error = broken.validate().expect_err("typo").to_string();
         assert!(
