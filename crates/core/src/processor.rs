@@ -124,8 +124,9 @@ impl<'a> ProcessContext<'a> {
         self.holds.push(key);
     }
 
-    /// Releases `key` once this record's outputs are acknowledged (for example, when this record
-    /// closed the window and its aggregate is among the outputs).
+    /// Releases `key` once this record's outputs, and those of every earlier record of the
+    /// partition, are acknowledged (so an aggregate emitted by an earlier record is written before
+    /// the hold that protects its inputs goes).
     pub fn release(&mut self, key: HoldKey) {
         self.releases.push(key);
     }

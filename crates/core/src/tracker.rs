@@ -28,6 +28,8 @@ pub struct PartitionTracker {
     next_offset: Option<i64>,
     /// Offsets held back by the processor, by key (the lowest offset held under each key).
     holds: HashMap<HoldKey, i64>,
+    /// Releases waiting for every offset up to theirs to finish: (offset, key), in offset order.
+    deferred: VecDeque<(i64, HoldKey)>,
 }
 
 impl PartitionTracker {
@@ -57,7 +59,29 @@ impl PartitionTracker {
         while let Some((_, true)) = self.pending.front() {
             self.pending.pop_front();
         }
+        self.apply_deferred();
         true
+    }
+
+    /// The lowest offset not yet finished (one past the last seen when all are).
+    fn first_unfinished(&self) -> Option<i64> {
+        self.pending
+            .front()
+            .map(|(offset, _)| *offset)
+            .or(self.next_offset)
+    }
+
+    fn apply_deferred(&mut self) {
+        let Some(first_unfinished) = self.first_unfinished() else {
+            return;
+        };
+        while let Some(&(offset, key)) = self.deferred.front() {
+            if offset >= first_unfinished {
+                break;
+            }
+            self.deferred.pop_front();
+            self.holds.remove(&key);
+        }
     }
 
     /// Holds `offset` back under `key`; a key keeps the lowest offset it was given.
@@ -71,6 +95,17 @@ impl PartitionTracker {
     /// Releases the hold under `key`, if any.
     pub fn release(&mut self, key: HoldKey) {
         self.holds.remove(&key);
+    }
+
+    /// Releases `key` once `offset` and every offset before it are finished, so a hold is never
+    /// dropped while an earlier record's outputs (for example the aggregate of the window the
+    /// hold protects) are still unacknowledged. Call it from `offset`'s own completion or later.
+    pub fn release_after(&mut self, key: HoldKey, offset: i64) {
+        let position = self
+            .deferred
+            .partition_point(|(deferred, _)| *deferred <= offset);
+        self.deferred.insert(position, (offset, key));
+        self.apply_deferred();
     }
 
     /// Number of records begun and not yet finished.
@@ -118,6 +153,31 @@ mod tests {
         assert!(tracker.finish(13));
         assert_eq!(tracker.committable(), Some(15));
         assert!(!tracker.finish(13), "a released offset is unknown");
+    }
+
+    #[test]
+    fn a_deferred_release_waits_for_every_earlier_record() {
+        let mut tracker = PartitionTracker::new();
+        for offset in 0..6 {
+            tracker.begin(offset);
+        }
+        tracker.hold(1, 0);
+        // Record 3 emitted the window's aggregate; record 5 releases the window's hold.
+        tracker.finish(5);
+        tracker.release_after(1, 5);
+        tracker.finish(0);
+        tracker.finish(1);
+        tracker.finish(2);
+        tracker.finish(4);
+        assert_eq!(
+            tracker.committable(),
+            Some(0),
+            "3 unfinished: the hold stays"
+        );
+        assert_eq!(tracker.holds(), 1);
+        tracker.finish(3);
+        assert_eq!(tracker.holds(), 0);
+        assert_eq!(tracker.committable(), Some(6));
     }
 
     #[test]

@@ -758,7 +758,7 @@ impl<P: Processor> Worker<P> {
             partition_state.records = partition_state.records.saturating_sub(1);
             partition_state.tracker.finish(offset);
             for hold in state.releases {
-                partition_state.tracker.release(hold);
+                partition_state.tracker.release_after(hold, offset);
             }
         }
     }

@@ -1,0 +1,119 @@
+//! The `[stage]` table of gold: windows, grace, watermark step, derived metrics.
+
+use medallion_contracts::RegistryConfig;
+use medallion_core::{ConfigError, Validate, WorkerConfig};
+use serde::{Deserialize, Serialize};
+
+/// Compiled-in defaults (`config/gold.toml`).
+pub const DEFAULTS: &str = include_str!("../../../config/gold.toml");
+
+/// gold's whole configuration.
+pub type GoldConfig = WorkerConfig<GoldSettings>;
+
+/// A derived metric: `formula` is `numerator / denominator`, two metric names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedSpec {
+    /// Name of the derived metric, e.g. `ctr`.
+    pub name: String,
+    /// `numerator / denominator`, e.g. `clicks / impressions`.
+    pub formula: String,
+}
+
+impl DerivedSpec {
+    /// The two metric names of the formula.
+    pub fn operands(&self) -> Option<(&str, &str)> {
+        let (numerator, denominator) = self.formula.split_once('/')?;
+        let (numerator, denominator) = (numerator.trim(), denominator.trim());
+        let valid = |name: &str| !name.is_empty() && !name.contains(char::is_whitespace);
+        (valid(numerator) && valid(denominator)).then_some((numerator, denominator))
+    }
+}
+
+/// gold's own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GoldSettings {
+    /// Where window aggregates go.
+    #[serde(default)]
+    pub output_topic: String,
+    /// Tumbling window size.
+    #[serde(default)]
+    pub window_ms: i64,
+    /// How long after a window's end late events are still accepted.
+    #[serde(default)]
+    pub grace_ms: i64,
+    /// The watermark advances in steps of this size.
+    #[serde(default)]
+    pub watermark_step_ms: i64,
+    /// Derived metrics.
+    #[serde(default)]
+    pub derived: Vec<DerivedSpec>,
+    /// The schema registry (absent `url`: the embedded one).
+    #[serde(default)]
+    pub schema_registry: RegistryConfig,
+}
+
+impl Validate for GoldSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.output_topic.trim().is_empty() {
+            return Err(ConfigError::key(
+                "stage.output_topic",
+                "must name the output topic",
+            ));
+        }
+        if self.window_ms <= 0 {
+            return Err(ConfigError::key(
+                "stage.window_ms",
+                "must be positive, e.g. 300000",
+            ));
+        }
+        if self.grace_ms < 0 {
+            return Err(ConfigError::key("stage.grace_ms", "must be 0 or more"));
+        }
+        if self.watermark_step_ms <= 0 || self.watermark_step_ms > self.window_ms {
+            return Err(ConfigError::key(
+                "stage.watermark_step_ms",
+                format!("must be between 1 and stage.window_ms ({})", self.window_ms),
+            ));
+        }
+        for (index, derived) in self.derived.iter().enumerate() {
+            if derived.operands().is_none() {
+                return Err(ConfigError::key(
+                    format!("stage.derived[{index}].formula"),
+                    format!("`{}` is not `metric / metric`", derived.formula),
+                ));
+            }
+        }
+        self.schema_registry
+            .validate()
+            .map_err(|error| match error {
+                ConfigError::Key { key, message } => {
+                    ConfigError::key(format!("stage.{key}"), message)
+                }
+                other => other,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_validate_and_formulas_are_checked() {
+        let config: GoldConfig =
+            medallion_core::config::load(DEFAULTS, None, &HashMap::new()).expect("defaults");
+        config.stage.validate().expect("valid");
+        assert_eq!(config.stage.window_ms, 300_000);
+        assert_eq!(
+            config.stage.derived[0].operands(),
+            Some(("clicks", "impressions"))
+        );
+        let mut broken = config.stage;
+        broken.derived[1].formula = "spend * clicks".into();
+        let error = broken.validate().expect_err("not a ratio").to_string();
+        assert!(error.contains("stage.derived[1].formula"), "{error}");
+    }
+}

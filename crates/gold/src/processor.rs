@@ -1,0 +1,171 @@
+//! gold's processor: feeds records to the partition's windows, emits closed windows.
+
+use std::sync::Arc;
+
+use medallion_contracts::types::{DerivedMetric, EventSource, ProcessedData, WindowAggregate};
+use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_core::ids::derive_id;
+use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
+use uuid::Uuid;
+
+use crate::config::{DerivedSpec, GoldSettings};
+use crate::windows::{ClosedWindow, WindowKey, WindowSpec, Windows};
+
+/// The stage name in derived ids.
+pub const STAGE: &str = "gold";
+
+/// The gold processor.
+#[derive(Debug)]
+pub struct Gold {
+    decoder: Decoder<ProcessedData>,
+    encoder: Encoder<WindowAggregate>,
+    output_topic: Arc<str>,
+    source: EventSource,
+    derived: Vec<DerivedSpec>,
+    windows: Windows,
+}
+
+impl Gold {
+    /// A processor reading through `registry` and writing with `encoder`.
+    pub fn new(
+        settings: &GoldSettings,
+        registry: Registry,
+        encoder: Encoder<WindowAggregate>,
+        instance: &str,
+    ) -> Self {
+        Self {
+            decoder: Decoder::new(registry),
+            encoder,
+            output_topic: Arc::from(settings.output_topic.as_str()),
+            source: EventSource {
+                service: "gold-processor".to_owned(),
+                instance: instance.to_owned(),
+            },
+            derived: settings.derived.clone(),
+            windows: Windows::new(WindowSpec {
+                size_ms: settings.window_ms,
+                grace_ms: settings.grace_ms,
+                step_ms: settings.watermark_step_ms,
+            }),
+        }
+    }
+}
+
+/// The `event_id` of a window's aggregate: the same for every emission of the window.
+pub fn window_event_id(key: &WindowKey) -> Uuid {
+    derive_id(
+        STAGE,
+        &[
+            &key.org_id.to_be_bytes(),
+            key.kind.as_bytes(),
+            key.entity_id.as_bytes(),
+            &key.start.to_be_bytes(),
+            &key.end.to_be_bytes(),
+        ],
+    )
+}
+
+/// The payload of a closed window, derived metrics included.
+pub fn aggregate(window: &ClosedWindow, derived: &[DerivedSpec]) -> WindowAggregate {
+    let state = &window.state;
+    let sum = |name: &str| state.metrics.get(name).map(|aggregate| aggregate.sum);
+    let mut derived_metrics: Vec<DerivedMetric> = derived
+        .iter()
+        .map(|spec| {
+            let value = spec.operands().and_then(|(numerator, denominator)| {
+                match (sum(numerator), sum(denominator)) {
+                    (Some(top), Some(bottom)) if bottom != 0.0 => Some(top / bottom),
+                    _ => None,
+                }
+            });
+            DerivedMetric {
+                name: spec.name.clone(),
+                formula: spec.formula.clone(),
+                value,
+            }
+        })
+        .collect();
+    derived_metrics.sort_by(|a, b| a.name.cmp(&b.name));
+    WindowAggregate {
+        entity: state.entity.clone(),
+        window_start: window.key.start,
+        window_end: window.key.end,
+        currency: state.currency.clone(),
+        event_count: state.event_count,
+        metrics: state.metrics.values().cloned().collect(),
+        derived: derived_metrics,
+    }
+}
+
+impl Processor for Gold {
+    type Input = Envelope<ProcessedData>;
+
+    fn output_topics(&self) -> Vec<Arc<str>> {
+        vec![Arc::clone(&self.output_topic)]
+    }
+
+    async fn decode(
+        &mut self,
+        record: &InputRecord<'_>,
+    ) -> Result<Envelope<ProcessedData>, ProcessError> {
+        let payload = record.payload.unwrap_or_default();
+        Ok(self.decoder.decode(payload).await?)
+    }
+
+    fn event_id(&self, input: &Envelope<ProcessedData>) -> Option<Uuid> {
+        Some(input.event_id)
+    }
+
+    fn process(
+        &mut self,
+        input: Envelope<ProcessedData>,
+        ctx: &mut ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let partition = self.windows.partition(ctx.partition());
+        let watermark = partition.watermark();
+        let observed = partition.observe(ctx.offset(), input.org_id, &input.payload);
+        if observed.late {
+            return Err(ProcessError::permanent(
+                "late_event",
+                format!(
+                    "observed_at {} falls in a window already emitted (watermark {})",
+                    input.payload.observed_at,
+                    watermark.unwrap_or_default()
+                ),
+            )
+            .with_event_id(input.event_id)
+            .with_org_id(input.org_id));
+        }
+        // Encode everything before touching the context, so an error leaves it unchanged.
+        let mut outputs = Vec::with_capacity(observed.closed.len());
+        for window in &observed.closed {
+            let event = Envelope::new(
+                window_event_id(&window.key),
+                window.key.end,
+                self.source.clone(),
+                window.key.org_id,
+                aggregate(window, &self.derived),
+            );
+            let payload = self.encoder.encode(&event).map_err(ProcessError::from)?;
+            outputs.push(OutputRecord::new(
+                Arc::clone(&self.output_topic),
+                window.key.org_id,
+                payload,
+            ));
+        }
+        for output in outputs {
+            ctx.emit(output);
+        }
+        for key in observed.holds {
+            ctx.hold(key);
+        }
+        for key in observed.releases {
+            ctx.release(key);
+        }
+        Ok(())
+    }
+
+    fn partitions_revoked(&mut self, partitions: &[i32]) {
+        self.windows.revoke(partitions);
+    }
+}
