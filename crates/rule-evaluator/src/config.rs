@@ -1,0 +1,82 @@
+//! The `[stage]` table of the rule evaluator, and the rules file.
+
+use std::path::PathBuf;
+
+use medallion_contracts::RegistryConfig;
+use medallion_core::{ConfigError, Validate, WorkerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::RuleSpec;
+
+/// Compiled-in defaults (`config/rule-evaluator.toml`).
+pub const DEFAULTS: &str = include_str!("../../../config/rule-evaluator.toml");
+
+/// Compiled-in rules (`config/rules.toml`).
+pub const RULES_DEFAULTS: &str = include_str!("../../../config/rules.toml");
+
+/// The rule evaluator's whole configuration.
+pub type RuleEvaluatorConfig = WorkerConfig<RuleEvaluatorSettings>;
+
+/// The rule evaluator's own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEvaluatorSettings {
+    /// Where alerts go.
+    #[serde(default)]
+    pub output_topic: String,
+    /// Live rule changes.
+    #[serde(default)]
+    pub changes_topic: String,
+    /// Where applied changes are recorded.
+    #[serde(default)]
+    pub audit_topic: String,
+    /// Rules file; absent: the compiled-in `config/rules.toml`.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
+    /// The schema registry (absent `url`: the embedded one).
+    #[serde(default)]
+    pub schema_registry: RegistryConfig,
+}
+
+impl Validate for RuleEvaluatorSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, topic) in [
+            ("stage.output_topic", &self.output_topic),
+            ("stage.changes_topic", &self.changes_topic),
+            ("stage.audit_topic", &self.audit_topic),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(ConfigError::key(key, "must name a topic"));
+            }
+        }
+        self.schema_registry
+            .validate()
+            .map_err(|error| match error {
+                ConfigError::Key { key, message } => {
+                    ConfigError::key(format!("stage.{key}"), message)
+                }
+                other => other,
+            })
+    }
+}
+
+/// A rules file: `[[rules]]` entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// The rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+impl RulesFile {
+    /// Parses and checks a rules file; the error names the rule.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: RulesFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        for rule in &file.rules {
+            rule.check()
+                .map_err(|reason| format!("rule `{}`: {reason}", rule.id))?;
+        }
+        Ok(file)
+    }
+}

@@ -1,0 +1,151 @@
+//! The rule evaluator's processor: one window in, its alerts out.
+//!
+//! Cooldowns live in memory. So that a restart suppresses the same windows as before, the
+//! record that raised an alert keeps its offset held until the cooldown has passed (the
+//! partition's latest window start is past the alert's window start plus the cooldown): a
+//! replay then re-reads the alert (same `alert_id`, dropped downstream as a duplicate) and
+//! rebuilds the cooldown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use medallion_contracts::types::{Alert, EventSource, WindowAggregate};
+use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_core::{HoldKey, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
+use uuid::Uuid;
+
+use crate::rules::{evaluate, CooldownKey, RuleSet};
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    cooldowns: HashMap<CooldownKey, i64>,
+    latest_window_start: i64,
+    /// Holds of alerting records: (key, cooldown end).
+    holds: Vec<(HoldKey, i64)>,
+}
+
+/// The rule evaluator.
+#[derive(Debug)]
+pub struct RuleEvaluator {
+    decoder: Decoder<WindowAggregate>,
+    encoder: Encoder<Alert>,
+    output_topic: Arc<str>,
+    source: EventSource,
+    rules: Arc<RwLock<RuleSet>>,
+    partitions: HashMap<i32, PartitionState>,
+}
+
+impl RuleEvaluator {
+    /// An evaluator of the shared rule set (updated live by the changes listener).
+    pub fn new(
+        output_topic: &str,
+        rules: Arc<RwLock<RuleSet>>,
+        registry: Registry,
+        encoder: Encoder<Alert>,
+        instance: &str,
+    ) -> Self {
+        Self {
+            decoder: Decoder::new(registry),
+            encoder,
+            output_topic: Arc::from(output_topic),
+            source: EventSource {
+                service: "rule-evaluator".to_owned(),
+                instance: instance.to_owned(),
+            },
+            rules,
+            partitions: HashMap::new(),
+        }
+    }
+}
+
+fn hold_key(alert_id: Uuid) -> HoldKey {
+    let bytes = alert_id.as_bytes();
+    u64::from_be_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+impl Processor for RuleEvaluator {
+    type Input = Envelope<WindowAggregate>;
+
+    fn output_topics(&self) -> Vec<Arc<str>> {
+        vec![Arc::clone(&self.output_topic)]
+    }
+
+    async fn decode(
+        &mut self,
+        record: &InputRecord<'_>,
+    ) -> Result<Envelope<WindowAggregate>, ProcessError> {
+        let payload = record.payload.unwrap_or_default();
+        Ok(self.decoder.decode(payload).await?)
+    }
+
+    fn event_id(&self, input: &Envelope<WindowAggregate>) -> Option<Uuid> {
+        Some(input.event_id)
+    }
+
+    fn process(
+        &mut self,
+        input: Envelope<WindowAggregate>,
+        ctx: &mut ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let rules = self
+            .rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let state = self.partitions.entry(ctx.partition()).or_default();
+        let mut cooldowns = state.cooldowns.clone();
+        let alerts = evaluate(&rules, input.org_id, &input.payload, &mut cooldowns);
+        let mut outputs = Vec::with_capacity(alerts.len());
+        for (_, alert) in &alerts {
+            let event = Envelope::new(
+                alert.alert_id,
+                alert.window_end,
+                self.source.clone(),
+                input.org_id,
+                alert.clone(),
+            )
+            .caused_by(&input);
+            let payload = self.encoder.encode(&event).map_err(ProcessError::from)?;
+            outputs.push(OutputRecord::new(
+                Arc::clone(&self.output_topic),
+                input.org_id,
+                payload,
+            ));
+        }
+        // Nothing failed: commit the new state.
+        state.cooldowns = cooldowns;
+        state.latest_window_start = state.latest_window_start.max(input.payload.window_start);
+        for output in outputs {
+            ctx.emit(output);
+        }
+        for (key, alert) in &alerts {
+            let cooldown = rules
+                .rules()
+                .find(|rule| rule.id == key.0)
+                .map_or(0, |rule| rule.cooldown_ms);
+            if cooldown > 0 {
+                let hold = hold_key(alert.alert_id);
+                ctx.hold(hold);
+                state.holds.push((hold, alert.window_start + cooldown));
+            }
+        }
+        let latest = state.latest_window_start;
+        state.holds.retain(|(hold, until)| {
+            if latest >= *until {
+                ctx.release(*hold);
+                false
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+
+    fn partitions_revoked(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.partitions.remove(partition);
+        }
+    }
+}
