@@ -6,6 +6,7 @@
 //! test: a skipped broker test would pass without checking anything.
 
 pub mod passthrough;
+pub mod pipeline;
 pub mod process;
 pub mod registry_server;
 
