@@ -94,7 +94,7 @@ pub fn reference() -> (Rates, OrgCurrencies) {
     (rates, orgs)
 }
 
-fn envelope(n: u64, org_id: i64, payload: Value) -> Value {
+fn envelope(n: u64, org_id: i64, payload: &Value) -> Value {
     json!({
         "event_id": Uuid::from_u128(0xe2e0 << 64 | u128::from(n)).to_string(),
         "event_type": "connector.data.raw",
@@ -195,7 +195,7 @@ pub fn generate(seed: u64) -> Generated {
                     "currency": currency,
                     "metrics": json_metrics,
                 });
-                let value = serde_json::to_vec(&envelope(id, org_id, payload)).expect("json");
+                let value = serde_json::to_vec(&envelope(id, org_id, &payload)).expect("json");
                 records.push(RawRecord {
                     org_id,
                     value: value.clone(),
@@ -229,7 +229,7 @@ pub fn generate(seed: u64) -> Generated {
                     *dead_letters.entry(("bronze", "invalid_json")).or_default() += 1;
                 }
                 1 => {
-                    let mut value = envelope(next_id(), org_id, json!({}));
+                    let mut value = envelope(next_id(), org_id, &json!({}));
                     value.as_object_mut().expect("object").remove("org_id");
                     records.push(RawRecord {
                         org_id,
@@ -251,7 +251,7 @@ pub fn generate(seed: u64) -> Generated {
                     });
                     records.push(RawRecord {
                         org_id,
-                        value: serde_json::to_vec(&envelope(next_id(), org_id, payload))
+                        value: serde_json::to_vec(&envelope(next_id(), org_id, &payload))
                             .expect("json"),
                     });
                     let code = if unknown {
@@ -276,7 +276,7 @@ pub fn generate(seed: u64) -> Generated {
         });
         records.push(RawRecord {
             org_id,
-            value: serde_json::to_vec(&envelope(next_id(), org_id, payload)).expect("json"),
+            value: serde_json::to_vec(&envelope(next_id(), org_id, &payload)).expect("json"),
         });
     }
     // Late: events for the first window, after it was emitted.
@@ -289,7 +289,7 @@ pub fn generate(seed: u64) -> Generated {
         });
         records.push(RawRecord {
             org_id,
-            value: serde_json::to_vec(&envelope(next_id(), org_id, payload)).expect("json"),
+            value: serde_json::to_vec(&envelope(next_id(), org_id, &payload)).expect("json"),
         });
         *dead_letters.entry(("gold", "late_event")).or_default() += 1;
     }

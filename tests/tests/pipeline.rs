@@ -305,7 +305,7 @@ fn report(name: &str, text: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
     std::fs::create_dir_all(&dir).expect("report dir");
     std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n")).expect("report");
-    println!("{text}");
+    eprintln!("{text}");
 }
 
 fn summary(label: &str, generated: &Generated, figures: &Figures) -> String {
