@@ -1,4 +1,5 @@
 //! The `medallion` operator command. Each subcommand is a module with a function that writes
 //! its report to any `Write`, so tests can read what an operator would see.
 
+pub mod demo;
 pub mod schemas;

@@ -17,6 +17,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the whole pipeline on an embedded broker with a synthetic connector, and shows a
+    /// live summary. Ctrl-C stops it cleanly.
+    Demo {
+        /// Connector records per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Number of orgs (1 to 5 are in the reference data; others are flagged unknown).
+        #[arg(long, default_value_t = 5)]
+        orgs: i64,
+        /// Stop after this long, e.g. `60s` or `5m`; default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
     /// The event contracts: list, print, check compatibility, register.
     Schemas {
         #[command(subcommand)]
@@ -82,12 +95,28 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Command::Demo {
+        rate,
+        orgs,
+        duration,
+    } = cli.command
+    {
+        anyhow::ensure!(rate > 0 && orgs > 0, "--rate and --orgs must be positive");
+        medallion_core::telemetry::init_logging_at("error");
+        let options = medallion::demo::DemoOptions {
+            rate,
+            orgs,
+            duration,
+        };
+        return medallion::demo::run(&options).map(|()| true);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Demo { .. } => Ok(true),
         Command::Schemas { command } => match command {
             SchemasCommand::List => medallion::schemas::list(&mut out).map(|()| true),
             SchemasCommand::Print { topic } => {

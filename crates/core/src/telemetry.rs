@@ -5,7 +5,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at("info");
+}
+
+/// As [`init_logging`], with `default_level` when `RUST_LOG` is not set (the demo logs errors
+/// only, so its summary screen stays readable).
+pub fn init_logging_at(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let text = std::env::var("MEDALLION_LOG_FORMAT").is_ok_and(|format| format == "text");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,0 +1,547 @@
+//! `medallion demo`: the whole pipeline in one process on an embedded broker.
+//!
+//! Starts librdkafka's mock cluster (a Kafka-protocol broker in this process), creates the
+//! topics, runs a synthetic connector (several orgs; a share of malformed and duplicate
+//! records; entities that trip the default rules), runs bronze, silver, gold and the rule
+//! evaluator with their own consumer groups and the embedded schema registry, and redraws a
+//! one-screen summary every second until `--duration` passes or Ctrl-C. Gold uses 10 s windows
+//! with 2 s grace here so windows close while you watch (the stage default is 5 min / 1 min).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use medallion_contracts::registry::EmbeddedRegistry;
+use medallion_contracts::types::{
+    Alert, AuditEntry, CleanedData, EventSource, ProcessedData, WindowAggregate,
+};
+use medallion_contracts::{Decoder, Registry};
+use medallion_core::partitioner::{java_partition, org_key};
+use medallion_core::{MetricsSnapshot, Runtime, RuntimeMetrics, Validate, WorkerConfig};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::Message;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// The demo's knobs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Connector records per second.
+    pub rate: u32,
+    /// Number of orgs.
+    pub orgs: i64,
+    /// Stop after this long; `None`: until Ctrl-C.
+    pub duration: Option<Duration>,
+}
+
+const PARTITIONS: i32 = 6;
+const TOPICS: &[&str] = &[
+    "connector.data.raw",
+    "bronze.data.cleaned",
+    "silver.data.processed",
+    "gold.data.ready",
+    "rules.alerts.triggered",
+    "config.changes",
+    "audit.events",
+    "etl.execution",
+];
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn stage_config<S>(
+    defaults: &str,
+    bootstrap: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<WorkerConfig<S>>
+where
+    S: DeserializeOwned + Validate + Default,
+{
+    let mut env = HashMap::from([(
+        "MEDALLION__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+        format!("\"{bootstrap}\""),
+    )]);
+    env.insert(
+        "MEDALLION__WORKER__INSTANCE".to_owned(),
+        "\"demo\"".to_owned(),
+    );
+    for (key, value) in extra {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    medallion_stage::load_config(defaults, None, &env)
+}
+
+/// A running stage: its metrics and its task.
+struct Stage {
+    name: &'static str,
+    metrics: Arc<RuntimeMetrics>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn launch<S, P: medallion_core::Processor>(
+    name: &'static str,
+    config: &WorkerConfig<S>,
+    processor: P,
+    shutdown: CancellationToken,
+) -> Stage {
+    let runtime = Runtime::new(config);
+    let metrics = runtime.metrics();
+    let task = tokio::spawn(async move {
+        runtime
+            .run(processor, shutdown)
+            .await
+            .with_context(|| format!("stage {name} failed"))
+    });
+    Stage {
+        name,
+        metrics,
+        task,
+    }
+}
+
+/// Runs the demo; returns when the duration passed or on Ctrl-C.
+pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
+    // The mock cluster is not Send: it lives on this thread, the stages on the runtime's.
+    let cluster = MockCluster::new(1).context("failed to start the embedded broker")?;
+    for topic in TOPICS {
+        for name in [topic.to_string(), format!("{topic}.dlq")] {
+            cluster
+                .create_topic(&name, PARTITIONS, 1)
+                .with_context(|| format!("failed to create topic {name}"))?;
+        }
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let result = runtime.block_on(run_pipeline(&bootstrap, options));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(cluster);
+    result
+}
+
+async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<()> {
+    let shutdown = medallion_core::shutdown::shutdown_on_signals();
+    let registry = Registry::Embedded(Arc::new(EmbeddedRegistry::with_compiled_in()));
+
+    let bronze_config = stage_config::<medallion_bronze::BronzeSettings>(
+        medallion_bronze::DEFAULTS,
+        bootstrap,
+        &[],
+    )?;
+    let silver_config = stage_config::<medallion_silver::SilverSettings>(
+        medallion_silver::DEFAULTS,
+        bootstrap,
+        &[],
+    )?;
+    let gold_config = stage_config::<medallion_gold::GoldSettings>(
+        medallion_gold::DEFAULTS,
+        bootstrap,
+        &[
+            ("MEDALLION__STAGE__WINDOW_MS", "10000"),
+            ("MEDALLION__STAGE__GRACE_MS", "2000"),
+        ],
+    )?;
+    let rules_config = stage_config::<medallion_rule_evaluator::RuleEvaluatorSettings>(
+        medallion_rule_evaluator::DEFAULTS,
+        bootstrap,
+        &[],
+    )?;
+
+    let reference = medallion_silver::Reference::parse(medallion_silver::REFERENCE_DEFAULTS)
+        .map_err(anyhow::Error::msg)?;
+    let rules =
+        medallion_rule_evaluator::RulesFile::parse(medallion_rule_evaluator::RULES_DEFAULTS)
+            .map_err(anyhow::Error::msg)?;
+    let rules = Arc::new(RwLock::new(medallion_rule_evaluator::rules::RuleSet::new(
+        rules.rules,
+    )));
+
+    let stages = vec![
+        launch(
+            "bronze",
+            &bronze_config,
+            medallion_bronze::Bronze::new(
+                &bronze_config.stage,
+                registry.clone(),
+                medallion_stage::register::<CleanedData>(&registry).await?,
+                "demo",
+            ),
+            shutdown.child_token(),
+        ),
+        launch(
+            "silver",
+            &silver_config,
+            medallion_silver::Silver::new(
+                &silver_config.stage,
+                reference,
+                registry.clone(),
+                medallion_stage::register::<ProcessedData>(&registry).await?,
+                "demo",
+            ),
+            shutdown.child_token(),
+        ),
+        launch(
+            "gold",
+            &gold_config,
+            medallion_gold::Gold::new(
+                &gold_config.stage,
+                registry.clone(),
+                medallion_stage::register::<WindowAggregate>(&registry).await?,
+                "demo",
+            ),
+            shutdown.child_token(),
+        ),
+        launch(
+            "rule-evaluator",
+            &rules_config,
+            medallion_rule_evaluator::RuleEvaluator::new(
+                &rules_config.stage.output_topic,
+                Arc::clone(&rules),
+                registry.clone(),
+                medallion_stage::register::<Alert>(&registry).await?,
+                "demo",
+            ),
+            shutdown.child_token(),
+        ),
+    ];
+    let listener = medallion_rule_evaluator::ChangesListener {
+        bootstrap_servers: bootstrap.to_owned(),
+        changes_topic: rules_config.stage.changes_topic.clone(),
+        audit_topic: rules_config.stage.audit_topic.clone(),
+        rules,
+        registry: registry.clone(),
+        audit: medallion_stage::register::<AuditEntry>(&registry).await?,
+        source: EventSource {
+            service: "rule-evaluator".to_owned(),
+            instance: "demo".to_owned(),
+        },
+    };
+    let listening = tokio::spawn(listener.run(shutdown.child_token()));
+
+    let produced = Arc::new(medallion_core::metrics::Counter::default());
+    let connector = tokio::spawn(connector(
+        bootstrap.to_owned(),
+        options.clone(),
+        Arc::clone(&produced),
+        shutdown.child_token(),
+    ));
+    let alerts = Arc::new(Mutex::new(AlertLog::default()));
+    let watcher = tokio::spawn(watch_alerts(
+        bootstrap.to_owned(),
+        registry,
+        Arc::clone(&alerts),
+        shutdown.child_token(),
+    ));
+
+    let started = Instant::now();
+    let mut screen = Screen::new(bootstrap, options);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        screen.draw(started.elapsed(), produced.get(), &stages, &alerts)?;
+        if options
+            .duration
+            .is_some_and(|limit| started.elapsed() >= limit)
+        {
+            shutdown.cancel();
+            break;
+        }
+        if let Some(failed) = stages.iter().find(|stage| stage.task.is_finished()) {
+            shutdown.cancel();
+            anyhow::bail!("stage {} stopped unexpectedly", failed.name);
+        }
+    }
+    let mut failures = Vec::new();
+    for stage in stages {
+        match stage.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failures.push(format!("{error:#}")),
+            Err(error) => failures.push(format!("stage {} panicked: {error}", stage.name)),
+        }
+    }
+    let _ = connector.await;
+    let _ = watcher.await;
+    let _ = listening.await;
+    screen.final_line(started.elapsed(), produced.get());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(failures.join("; "))
+    }
+}
+
+/// The synthetic connector: `rate` records per second for `orgs` orgs.
+async fn connector(
+    bootstrap: String,
+    options: DemoOptions,
+    produced: Arc<medallion_core::metrics::Counter>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .context("failed to create the demo connector's producer")?;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = (options.rate / 10).max(1);
+    let mut previous: Option<(i64, Vec<u8>)> = None;
+    let mut n = 0u64;
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        for _ in 0..per_tick {
+            n += 1;
+            let org_id = rng.i64(1..=options.orgs.max(1));
+            let (org_id, value) = match rng.u8(0..100) {
+                // Duplicates: a connector retrying a send.
+                0..=2 if previous.is_some() => previous.clone().unwrap_or_default(),
+                3 => (org_id, b"{\"event_id\": \"broken".to_vec()),
+                4 => (
+                    org_id,
+                    demo_event(n, org_id, &mut rng, Some(json!({"likes": 3}))),
+                ),
+                _ => (org_id, demo_event(n, org_id, &mut rng, None)),
+            };
+            let key = org_key(org_id);
+            let record = FutureRecord::to("connector.data.raw")
+                .partition(java_partition(org_id, PARTITIONS))
+                .key(&key)
+                .payload(&value);
+            if producer.send_result(record).is_ok() {
+                produced.inc();
+            }
+            previous = Some((org_id, value));
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+fn demo_event(
+    n: u64,
+    org_id: i64,
+    rng: &mut fastrand::Rng,
+    metrics: Option<serde_json::Value>,
+) -> Vec<u8> {
+    let entity = rng.u8(1..=3);
+    let sensor = org_id == 5;
+    let metrics = metrics.unwrap_or_else(|| {
+        if sensor {
+            let hot = rng.u8(0..50) == 0;
+            json!({"temperature": if hot { 85.0 } else { 20.0 + f64::from(rng.u8(0..30)) }})
+        } else {
+            let impressions = rng.u32(500..2_000);
+            let low_ctr = org_id == 1 && entity == 2;
+            let clicks = if low_ctr {
+                rng.u32(0..2)
+            } else {
+                rng.u32(20..80)
+            };
+            let spend = if rng.u16(0..4_000) == 0 {
+                20_000.0
+            } else {
+                f64::from(rng.u16(100..5_000)) / 100.0
+            };
+            json!({"impressions": impressions.to_string(), "clicks": clicks, "spend": spend})
+        }
+    });
+    let value = json!({
+        "event_id": uuid::Uuid::new_v5(&medallion_core::ids::NAMESPACE, format!("demo-{n}").as_bytes()).to_string(),
+        "event_type": "connector.data.raw",
+        "event_version": "1.0.0",
+        "timestamp": now_ms(),
+        "source": {"service": "demo-connector", "instance": "demo"},
+        "org_id": org_id,
+        "payload": {
+            "connector_id": if sensor { "sensor-gateway" } else { "dsp-demo" },
+            "run_id": "demo",
+            "entity": {"type": if sensor { "sensor" } else { "campaign" }, "id": if sensor { format!("s-{entity}") } else { format!("cmp-{entity}") }},
+            "observed_at": now_ms() - i64::from(rng.u16(0..1_000)),
+            "currency": if org_id % 2 == 0 { "USD" } else { "EUR" },
+            "metrics": metrics,
+        }
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[derive(Debug, Default)]
+struct AlertLog {
+    total: u64,
+    recent: VecDeque<String>,
+}
+
+async fn watch_alerts(
+    bootstrap: String,
+    registry: Registry,
+    log: Arc<Mutex<AlertLog>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "demo-alert-watcher")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("failed to create the alert watcher")?;
+    consumer
+        .subscribe(&["rules.alerts.triggered"])
+        .context("failed to subscribe to alerts")?;
+    let decoder = Decoder::<Alert>::new(registry);
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        let Ok(message) = message else { continue };
+        let Ok(event) = decoder.decode(message.payload().unwrap_or_default()).await else {
+            continue;
+        };
+        if !seen.insert(event.event_id) {
+            continue;
+        }
+        let alert = event.payload;
+        let line = format!(
+            "{:<8} {:<16} org {:<3} {} {:<6} {} {:.4} ({} {})",
+            alert.severity,
+            alert.rule_id,
+            event.org_id,
+            alert.entity.kind,
+            alert.entity.id,
+            alert.metric,
+            alert.observed_value,
+            alert.operator,
+            alert.threshold
+        );
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.total += 1;
+        log.recent.push_front(line);
+        log.recent.truncate(8);
+    }
+}
+
+struct Screen {
+    header: String,
+    terminal: bool,
+    previous: HashMap<&'static str, MetricsSnapshot>,
+    previous_produced: u64,
+    last_plain: Option<Instant>,
+}
+
+impl Screen {
+    fn new(bootstrap: &str, options: &DemoOptions) -> Self {
+        Self {
+            header: format!(
+                "medallion demo: embedded broker {bootstrap}, {} records/s, {} orgs, gold windows 10 s (grace 2 s); Ctrl-C stops",
+                options.rate, options.orgs
+            ),
+            terminal: std::io::stdout().is_terminal(),
+            previous: HashMap::new(),
+            previous_produced: 0,
+            last_plain: None,
+        }
+    }
+
+    fn draw(
+        &mut self,
+        elapsed: Duration,
+        produced: u64,
+        stages: &[Stage],
+        alerts: &Mutex<AlertLog>,
+    ) -> anyhow::Result<()> {
+        // Off a terminal (CI, a pipe), print a plain block every 5 s instead of redrawing.
+        if !self.terminal
+            && self
+                .last_plain
+                .is_some_and(|last| last.elapsed() < Duration::from_secs(5))
+        {
+            return Ok(());
+        }
+        let seconds = self
+            .last_plain
+            .map_or(1.0, |last| last.elapsed().as_secs_f64().max(0.001));
+        let per_second = |delta: u64| (delta as f64 / seconds).round() as u64;
+        self.last_plain = Some(Instant::now());
+        let mut text = String::new();
+        if self.terminal {
+            text.push_str("\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(text, "{}", self.header);
+        let _ = writeln!(text, "elapsed {:>4} s", elapsed.as_secs());
+        let _ = writeln!(
+            text,
+            "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
+            "stage", "in/s", "out/s", "in", "out", "dlq", "dedup", "backlog"
+        );
+        let _ = writeln!(
+            text,
+            "{:<15} {:>8} {:>8} {:>10} {:>10}",
+            "connector",
+            "-",
+            per_second(produced.saturating_sub(self.previous_produced)),
+            "-",
+            produced
+        );
+        let mut upstream_out = produced;
+        for stage in stages {
+            let now = stage.metrics.snapshot();
+            let before = self.previous.get(stage.name).copied().unwrap_or_default();
+            let backlog = upstream_out.saturating_sub(now.records_in);
+            let _ = writeln!(
+                text,
+                "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
+                stage.name,
+                per_second(now.records_in.saturating_sub(before.records_in)),
+                per_second(now.records_out.saturating_sub(before.records_out)),
+                now.records_in,
+                now.records_out,
+                now.dlq_records,
+                now.dedup_hits,
+                backlog
+            );
+            upstream_out = now.records_out;
+            self.previous.insert(stage.name, now);
+        }
+        self.previous_produced = produced;
+        let log = alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(text, "\nalerts fired: {} (latest first)", log.total);
+        for line in &log.recent {
+            let _ = writeln!(text, "  {line}");
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        Ok(())
+    }
+
+    fn final_line(&self, elapsed: Duration, produced: u64) {
+        let _ = writeln!(
+            std::io::stdout(),
+            "demo stopped after {} s: {produced} connector records; stages drained and committed",
+            elapsed.as_secs()
+        );
+    }
+}
