@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medallion_contracts::registry::EmbeddedRegistry;
-use medallion_contracts::types::{Alert, WindowAggregate};
+use medallion_contracts::types::{Alert, Execution, WindowAggregate};
 use medallion_contracts::{Decoder, Registry};
 use medallion_core::dlq::header;
 use medallion_tests::pipeline::{
@@ -57,6 +57,7 @@ impl Pipeline {
             "rules.alerts.triggered",
             "config.changes",
             "audit.events",
+            "etl.execution",
         ];
         let mut topics = Vec::new();
         for name in names {
@@ -95,6 +96,10 @@ impl Pipeline {
             ),
             ("MEDALLION__STAGE__OUTPUT_TOPIC", self.topic(output)),
             ("MEDALLION__WORKER__INSTANCE", format!("{stage}-{attempt}")),
+            (
+                "MEDALLION__STAGE__SUMMARY__TOPIC",
+                self.topic("etl.execution"),
+            ),
         ];
         if stage == "gold" {
             envs.push(("MEDALLION__STAGE__WINDOW_MS", WINDOW_MS.to_string()));
@@ -337,6 +342,40 @@ async fn the_pipeline_produces_exactly_the_expected_results() {
         let (status, _) = stage.terminate();
         assert!(status.success(), "exit after SIGTERM: {status}");
     }
+
+    // Each stage wrote execution summaries, the last one `stopped`; bronze's count every record.
+    let summaries = pipeline
+        .read("etl.execution", 4, Duration::from_secs(3))
+        .await;
+    let decoder = Decoder::<Execution>::new(Registry::Embedded(Arc::new(
+        EmbeddedRegistry::with_compiled_in(),
+    )));
+    let mut records_in: HashMap<String, i64> = HashMap::new();
+    let mut stopped = HashSet::new();
+    for record in &summaries {
+        assert_eq!(
+            record.key.as_deref(),
+            Some(&b"medallion"[..]),
+            "keyed by pipeline_id"
+        );
+        let event = decoder
+            .decode(record.payload.as_deref().expect("value"))
+            .await
+            .expect("summary decodes");
+        *records_in.entry(event.payload.stage.clone()).or_default() += event.payload.records_in;
+        if event.payload.status == "stopped" {
+            stopped.insert(event.payload.stage);
+        }
+    }
+    let all: HashSet<String> = ["bronze", "silver", "gold", "rule-evaluator"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(stopped, all, "a final summary per stage");
+    assert_eq!(
+        records_in["bronze"],
+        generated.records.len() as i64,
+        "bronze summaries count every raw record"
+    );
     report("pipeline-test", &summary("pipeline", &generated, &figures));
 }
 

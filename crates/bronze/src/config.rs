@@ -23,6 +23,9 @@ pub struct BronzeSettings {
     /// The schema registry (absent `url`: the embedded one).
     #[serde(default)]
     pub schema_registry: RegistryConfig,
+    /// The periodic `etl.execution` summary.
+    #[serde(default)]
+    pub summary: medallion_stage::SummaryConfig,
 }
 
 fn default_output_topic() -> String {
@@ -39,6 +42,7 @@ impl Default for BronzeSettings {
             output_topic: default_output_topic(),
             max_future_skew_ms: default_max_future_skew_ms(),
             schema_registry: RegistryConfig::default(),
+            summary: medallion_stage::SummaryConfig::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ impl Validate for BronzeSettings {
                 "is more than a year; use at most 31536000000",
             ));
         }
+        self.summary.validate()?;
         self.schema_registry
             .validate()
             .map_err(|error| match error {

@@ -17,11 +17,12 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let registry = medallion_stage::registry(&config.stage.schema_registry)?;
     let encoder = medallion_stage::register::<CleanedData>(&registry).await?;
+    let summary_registry = registry.clone();
     let processor = Bronze::new(
         &config.stage,
         registry,
         encoder,
         &config.worker.instance_name(),
     );
-    medallion_stage::run(&config, processor).await
+    medallion_stage::run(&config, processor, &config.stage.summary, &summary_registry).await
 }

@@ -52,6 +52,9 @@ pub struct GoldSettings {
     /// The schema registry (absent `url`: the embedded one).
     #[serde(default)]
     pub schema_registry: RegistryConfig,
+    /// The periodic `etl.execution` summary.
+    #[serde(default)]
+    pub summary: medallion_stage::SummaryConfig,
 }
 
 impl Validate for GoldSettings {
@@ -85,6 +88,7 @@ impl Validate for GoldSettings {
                 ));
             }
         }
+        self.summary.validate()?;
         self.schema_registry
             .validate()
             .map_err(|error| match error {

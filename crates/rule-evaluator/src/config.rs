@@ -36,6 +36,9 @@ pub struct RuleEvaluatorSettings {
     /// The schema registry (absent `url`: the embedded one).
     #[serde(default)]
     pub schema_registry: RegistryConfig,
+    /// The periodic `etl.execution` summary.
+    #[serde(default)]
+    pub summary: medallion_stage::SummaryConfig,
 }
 
 impl Validate for RuleEvaluatorSettings {
@@ -49,6 +52,7 @@ impl Validate for RuleEvaluatorSettings {
                 return Err(ConfigError::key(key, "must name a topic"));
             }
         }
+        self.summary.validate()?;
         self.schema_registry
             .validate()
             .map_err(|error| match error {

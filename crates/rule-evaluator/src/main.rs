@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let audit = medallion_stage::register::<AuditEntry>(&registry).await?;
     let instance = config.worker.instance_name();
     let shutdown = shutdown_on_signals();
+    let summary_registry = registry.clone();
     let listener = ChangesListener {
         bootstrap_servers: config.kafka.bootstrap_servers.clone(),
         changes_topic: config.stage.changes_topic.clone(),
@@ -56,7 +57,14 @@ async fn main() -> anyhow::Result<()> {
         alerts,
         &instance,
     );
-    let result = medallion_stage::run_until(&config, processor, shutdown.clone()).await;
+    let result = medallion_stage::run_until(
+        &config,
+        processor,
+        &config.stage.summary,
+        &summary_registry,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     match listening.await {
         Ok(Err(error)) => {

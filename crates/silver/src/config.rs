@@ -74,6 +74,9 @@ pub struct SilverSettings {
     /// The schema registry (absent `url`: the embedded one).
     #[serde(default)]
     pub schema_registry: RegistryConfig,
+    /// The periodic `etl.execution` summary.
+    #[serde(default)]
+    pub summary: medallion_stage::SummaryConfig,
 }
 
 impl Validate for SilverSettings {
@@ -117,6 +120,7 @@ impl Validate for SilverSettings {
                 }
             }
         }
+        self.summary.validate()?;
         self.schema_registry
             .validate()
             .map_err(|error| match error {

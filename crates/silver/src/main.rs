@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let registry = medallion_stage::registry(&config.stage.schema_registry)?;
     let encoder = medallion_stage::register::<ProcessedData>(&registry).await?;
+    let summary_registry = registry.clone();
     let processor = Silver::new(
         &config.stage,
         reference,
@@ -38,5 +39,5 @@ async fn main() -> anyhow::Result<()> {
         encoder,
         &config.worker.instance_name(),
     );
-    medallion_stage::run(&config, processor).await
+    medallion_stage::run(&config, processor, &config.stage.summary, &summary_registry).await
 }

@@ -2,14 +2,19 @@
 //! arguments, configuration loading (runtime tables plus the stage's `[stage]` table), output
 //! schema registration with retries, and running the core runtime until SIGTERM or Ctrl-C.
 
+pub mod summary;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use medallion_contracts::types::{EventSource, Execution};
 use medallion_contracts::{Contract, Encoder, Registry, RegistryConfig};
 use medallion_core::{shutdown::shutdown_on_signals, Processor, Runtime, Validate, WorkerConfig};
 use serde::de::DeserializeOwned;
+pub use summary::SummaryConfig;
+use summary::SummaryIdentity;
 use tokio_util::sync::CancellationToken;
 
 /// The arguments every stage binary takes.
@@ -81,19 +86,56 @@ pub async fn register<P: Contract>(registry: &Registry) -> anyhow::Result<Encode
     }
 }
 
-/// Runs `processor` under the runtime until SIGTERM or Ctrl-C (then drains and commits).
-pub async fn run<S, P: Processor>(config: &WorkerConfig<S>, processor: P) -> anyhow::Result<()> {
-    run_until(config, processor, shutdown_on_signals()).await
+/// Runs `processor` under the runtime until SIGTERM or Ctrl-C (then drains and commits),
+/// writing execution summaries as `summary` says.
+pub async fn run<S, P: Processor>(
+    config: &WorkerConfig<S>,
+    processor: P,
+    summary: &SummaryConfig,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    run_until(config, processor, summary, registry, shutdown_on_signals()).await
 }
 
-/// Runs `processor` until `shutdown` is cancelled (the demo runs several stages in one process).
+/// Runs `processor` until `shutdown` is cancelled.
 pub async fn run_until<S, P: Processor>(
     config: &WorkerConfig<S>,
     processor: P,
+    summary: &SummaryConfig,
+    registry: &Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Runtime::new(config)
+    let runtime = Runtime::new(config);
+    let reporter = if summary.enabled {
+        let encoder = register::<Execution>(registry).await?;
+        let identity = SummaryIdentity {
+            stage: config.worker.stage.clone(),
+            group: config.consumer.group_id.clone(),
+            source: EventSource {
+                service: config.consumer.group_id.clone(),
+                instance: config.worker.instance_name(),
+            },
+            bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(summary::report(
+            summary.clone(),
+            identity,
+            encoder,
+            runtime.metrics(),
+            stop.clone(),
+        ));
+        Some((stop, task))
+    } else {
+        None
+    };
+    let result = runtime
         .run(processor, shutdown)
         .await
-        .with_context(|| format!("stage `{}` failed", config.worker.stage))
+        .with_context(|| format!("stage `{}` failed", config.worker.stage));
+    if let Some((stop, task)) = reporter {
+        stop.cancel();
+        let _ = task.await;
+    }
+    result
 }
