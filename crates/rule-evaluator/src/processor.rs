@@ -92,8 +92,7 @@ impl Processor for RuleEvaluator {
         let rules = self
             .rules
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = self.partitions.entry(ctx.partition()).or_default();
         let mut cooldowns = state.cooldowns.clone();
         let alerts = evaluate(&rules, input.org_id, &input.payload, &mut cooldowns);
