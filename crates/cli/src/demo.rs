@@ -219,7 +219,7 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
         ),
     ];
     let listener = medallion_rule_evaluator::ChangesListener {
-        bootstrap_servers: bootstrap.to_owned(),
+        client: medallion_stage::client_config(&rules_config),
         changes_topic: rules_config.stage.changes_topic.clone(),
         audit_topic: rules_config.stage.audit_topic.clone(),
         rules,

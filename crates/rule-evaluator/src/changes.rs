@@ -26,8 +26,8 @@ use crate::rules::{ChangeOutcome, RuleSet};
 /// Everything the listener needs.
 #[derive(Debug)]
 pub struct ChangesListener {
-    /// Brokers.
-    pub bootstrap_servers: String,
+    /// Brokers and shared client properties (`medallion_stage::client_config`).
+    pub client: ClientConfig,
     /// `config.changes`.
     pub changes_topic: String,
     /// `audit.events`.
@@ -53,8 +53,9 @@ fn now_ms() -> i64 {
 impl ChangesListener {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap_servers)
+        let consumer: StreamConsumer = self
+            .client
+            .clone()
             .set("group.id", "rule-evaluator-changes-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -74,8 +75,9 @@ impl ChangesListener {
         consumer
             .assign(&assignment)
             .context("failed to assign config.changes")?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap_servers)
+        let producer: FutureProducer = self
+            .client
+            .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()

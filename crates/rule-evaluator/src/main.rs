@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     let summary_registry = registry.clone();
     let listener = ChangesListener {
-        bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+        client: medallion_stage::client_config(&config),
         changes_topic: config.stage.changes_topic.clone(),
         audit_topic: config.stage.audit_topic.clone(),
         rules: Arc::clone(&rules),

@@ -42,6 +42,17 @@ where
     Ok(config)
 }
 
+/// A client configuration with the brokers and the shared `[kafka.librdkafka]` properties (TLS,
+/// SASL), for the clients a stage creates besides the runtime's.
+pub fn client_config<S>(config: &WorkerConfig<S>) -> rdkafka::config::ClientConfig {
+    let mut client = rdkafka::config::ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (key, value) in &config.kafka.librdkafka.0 {
+        client.set(key, value);
+    }
+    client
+}
+
 /// How long start-up keeps retrying a registry that does not answer.
 pub const REGISTRATION_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -115,7 +126,7 @@ pub async fn run_until<S, P: Processor>(
                 service: config.consumer.group_id.clone(),
                 instance: config.worker.instance_name(),
             },
-            bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+            client: client_config(config),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(summary::report(

@@ -88,8 +88,8 @@ pub struct SummaryIdentity {
     pub group: String,
     /// The emitting instance.
     pub source: EventSource,
-    /// Brokers.
-    pub bootstrap_servers: String,
+    /// Brokers and shared client properties.
+    pub client: ClientConfig,
 }
 
 fn now_ms() -> i64 {
@@ -146,8 +146,9 @@ pub async fn report(
     metrics: Arc<RuntimeMetrics>,
     shutdown: CancellationToken,
 ) {
-    let producer: FutureProducer = match ClientConfig::new()
-        .set("bootstrap.servers", &identity.bootstrap_servers)
+    let producer: FutureProducer = match identity
+        .client
+        .clone()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
@@ -203,7 +204,7 @@ mod tests {
                 service: "gold-processor".into(),
                 instance: "gold-0".into(),
             },
-            bootstrap_servers: String::new(),
+            client: ClientConfig::new(),
         };
         let before = MetricsSnapshot {
             records_in: 10,
