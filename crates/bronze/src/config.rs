@@ -61,15 +61,7 @@ impl Validate for BronzeSettings {
                 "is more than a year; use at most 31536000000",
             ));
         }
-        self.summary.validate()?;
-        self.schema_registry
-            .validate()
-            .map_err(|error| match error {
-                ConfigError::Key { key, message } => {
-                    ConfigError::key(format!("stage.{key}"), message)
-                }
-                other => other,
-            })
+        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use medallion_contracts::ingest::RawIngest;
 use medallion_contracts::types::{CleanedData, EntityRef, EventSource, RawData};
@@ -12,6 +11,7 @@ use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Pr
 use uuid::Uuid;
 
 use crate::config::BronzeSettings;
+use medallion_stage::now_ms;
 
 /// The stage name in derived ids and in `source.service`.
 pub const STAGE: &str = "bronze";
@@ -54,14 +54,6 @@ impl Bronze {
             max_future_skew_ms: i64::try_from(settings.max_future_skew_ms).unwrap_or(i64::MAX),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 impl Processor for Bronze {
@@ -121,7 +113,7 @@ impl Processor for Bronze {
 pub fn clean(
     raw: &Envelope<RawData>,
     received_at: i64,
-    now_ms: i64,
+    now: i64,
     max_future_skew_ms: i64,
 ) -> Result<CleanedData, ProcessError> {
     if raw.event_type != "connector.data.raw" {
@@ -134,11 +126,11 @@ pub fn clean(
         ));
     }
     let payload = &raw.payload;
-    if payload.observed_at > now_ms.saturating_add(max_future_skew_ms) {
+    if payload.observed_at > now.saturating_add(max_future_skew_ms) {
         return Err(ProcessError::permanent(
             "observed_at_in_future",
             format!(
-                "payload.observed_at {} is more than {max_future_skew_ms} ms after now ({now_ms})",
+                "payload.observed_at {} is more than {max_future_skew_ms} ms after now ({now})",
                 payload.observed_at
             ),
         ));

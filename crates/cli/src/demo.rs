@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use medallion_contracts::registry::EmbeddedRegistry;
@@ -21,6 +21,7 @@ use medallion_contracts::types::{
 use medallion_contracts::{Decoder, Registry};
 use medallion_core::partitioner::{java_partition, org_key};
 use medallion_core::{MetricsSnapshot, Runtime, RuntimeMetrics, Validate, WorkerConfig};
+use medallion_stage::now_ms;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
@@ -52,14 +53,6 @@ const TOPICS: &[&str] = &[
     "audit.events",
     "etl.execution",
 ];
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
 
 fn stage_config<S>(
     defaults: &str,

@@ -88,15 +88,7 @@ impl Validate for GoldSettings {
                 ));
             }
         }
-        self.summary.validate()?;
-        self.schema_registry
-            .validate()
-            .map_err(|error| match error {
-                ConfigError::Key { key, message } => {
-                    ConfigError::key(format!("stage.{key}"), message)
-                }
-                other => other,
-            })
+        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
     }
 }
 

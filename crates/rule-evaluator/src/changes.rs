@@ -8,7 +8,7 @@
 //! logged and skipped (changes are not dead-lettered; they are re-read at every start).
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use medallion_contracts::types::{AuditEntry, ConfigChange, EventSource};
@@ -22,6 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::rules::{ChangeOutcome, RuleSet};
+use medallion_stage::now_ms;
 
 /// Everything the listener needs.
 #[derive(Debug)]
@@ -40,14 +41,6 @@ pub struct ChangesListener {
     pub audit: Encoder<AuditEntry>,
     /// This instance, for the audit's actor.
     pub source: EventSource,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 impl ChangesListener {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use medallion_contracts::types::{CleanedData, EventSource, Metric, ProcessedData};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
@@ -12,6 +11,7 @@ use uuid::Uuid;
 
 use crate::config::{CheckSpec, MetricSpec, SilverSettings};
 use crate::reference::Reference;
+use medallion_stage::now_ms;
 
 /// The stage name in derived ids.
 pub const STAGE: &str = "silver";
@@ -185,14 +185,6 @@ pub fn conform(
         dimensions: cleaned.dimensions.clone(),
         quality_flags: flags,
     })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 impl Processor for Silver {

@@ -42,6 +42,30 @@ where
     Ok(config)
 }
 
+/// Validates the tables every stage's `[stage]` has: `schema_registry` and `summary`, with
+/// errors naming the full key (`stage.schema_registry.url`).
+pub fn validate_shared(
+    registry: &RegistryConfig,
+    summary: &SummaryConfig,
+) -> Result<(), medallion_core::ConfigError> {
+    summary.validate()?;
+    registry.validate().map_err(|error| match error {
+        medallion_core::ConfigError::Key { key, message } => {
+            medallion_core::ConfigError::key(format!("stage.{key}"), message)
+        }
+        other => other,
+    })
+}
+
+/// Wall-clock time in UTC epoch milliseconds (0 before 1970, saturating far in the future).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// A client configuration with the brokers and the shared `[kafka.librdkafka]` properties (TLS,
 /// SASL), for the clients a stage creates besides the runtime's.
 pub fn client_config<S>(config: &WorkerConfig<S>) -> rdkafka::config::ClientConfig {

@@ -6,8 +6,9 @@
 //! never holds up the stage (dashboards read them; no guarantee depends on them).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::now_ms;
 use medallion_contracts::types::{EventSource, Execution};
 use medallion_contracts::{Encoder, Envelope};
 use medallion_core::{ConfigError, MetricsSnapshot, RuntimeMetrics, Validate};
@@ -90,14 +91,6 @@ pub struct SummaryIdentity {
     pub source: EventSource,
     /// Brokers and shared client properties.
     pub client: ClientConfig,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 fn delta(now: u64, before: u64) -> i64 {
