@@ -1,0 +1,214 @@
+//! Live rule updates on the real broker: the `rule-evaluator` binary applies versioned changes
+//! from `config.changes` in order, records each on `audit.events`, and evaluates windows with
+//! the new rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use medallion_contracts::registry::EmbeddedRegistry;
+use medallion_contracts::types::{
+    Alert, AuditEntry, ConfigChange, EntityRef, EventSource, MetricAggregate, RuleDefinition,
+    WindowAggregate,
+};
+use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
+use medallion_tests::process::{stage_binary, StageProcess};
+use medallion_tests::{
+    create_topics, produce_raw, read_all, real_broker, test_producer, unique_name,
+};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+const ORG: i64 = 7;
+
+fn encoder<P: Contract>(embedded: &EmbeddedRegistry) -> Encoder<P> {
+    Encoder::with_id(embedded.current_id(P::TOPIC).expect("compiled in"))
+}
+
+fn change(id: u128, action: &str, version: i64, threshold: f64) -> Envelope<ConfigChange> {
+    Envelope::new(
+        Uuid::from_u128(id),
+        1,
+        EventSource {
+            service: "admin-tool".into(),
+            instance: "admin-0".into(),
+        },
+        ORG,
+        ConfigChange {
+            kind: "rule".into(),
+            action: action.into(),
+            rule_id: "many-clicks".into(),
+            version,
+            rule: (action == "upsert").then(|| RuleDefinition {
+                metric: "clicks".into(),
+                operator: "gt".into(),
+                threshold,
+                scope: "org".into(),
+                severity: "info".into(),
+                cooldown_ms: 0,
+                enabled: true,
+            }),
+            changed_by: Some("ops@example.com".into()),
+        },
+    )
+}
+
+fn window(start: i64, clicks: f64) -> Envelope<WindowAggregate> {
+    Envelope::new(
+        Uuid::from_u128(0x77 << 64 | start as u128),
+        start + 300_000,
+        EventSource {
+            service: "gold-processor".into(),
+            instance: "gold-0".into(),
+        },
+        ORG,
+        WindowAggregate {
+            entity: EntityRef {
+                kind: "campaign".into(),
+                id: "cmp-9".into(),
+                name: None,
+                attributes: BTreeMap::new(),
+            },
+            window_start: start,
+            window_end: start + 300_000,
+            currency: "USD".into(),
+            event_count: 1,
+            metrics: vec![MetricAggregate {
+                name: "clicks".into(),
+                unit: "count".into(),
+                count: 1,
+                sum: clicks,
+                min: clicks,
+                max: clicks,
+            }],
+            derived: Vec::new(),
+        },
+    )
+}
+
+async fn read(bootstrap: &str, topic: &str, at_least: usize) -> Vec<medallion_tests::ReadRecord> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        read_all(
+            &bootstrap,
+            &topic,
+            at_least,
+            Duration::from_secs(2),
+            Duration::from_secs(120),
+        )
+    })
+    .await
+    .expect("join")
+    .expect("read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_apply_in_order_are_audited_and_take_effect() {
+    let bootstrap = real_broker();
+    let run = unique_name("rules").replace('-', "");
+    let ready = format!("gold.data.ready.{run}");
+    let alerts = format!("rules.alerts.triggered.{run}");
+    let changes = format!("config.changes.{run}");
+    let audit = format!("audit.events.{run}");
+    let dlq = format!("{ready}.dlq");
+    let summaries = format!("etl.execution.{run}");
+    let topics: Vec<(&str, i32)> = [&ready, &alerts, &changes, &audit, &dlq, &summaries]
+        .into_iter()
+        .map(|topic| (topic.as_str(), PARTITIONS))
+        .collect();
+    create_topics(&bootstrap, &topics).await.expect("topics");
+
+    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
+    let changes_encoder = encoder::<ConfigChange>(&embedded);
+    let producer = test_producer(&bootstrap).expect("producer");
+    // Version 2 upserts the rule; a stale version 1 arrives after it and must be ignored.
+    let applied = changes_encoder
+        .encode(&change(1, "upsert", 2, 10.0))
+        .expect("encode");
+    let stale = changes_encoder
+        .encode(&change(2, "upsert", 1, 1_000.0))
+        .expect("encode");
+    produce_raw(
+        &producer,
+        &changes,
+        PARTITIONS,
+        [(ORG, applied.as_slice()), (ORG, stale.as_slice())],
+    )
+    .await
+    .expect("changes produced");
+
+    let group = format!("rule-evaluator-{run}");
+    let envs = [
+        ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("MEDALLION__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
+        ("MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS", "4000".to_owned()),
+        ("MEDALLION__CONSUMER__INPUT_TOPIC", ready.clone()),
+        ("MEDALLION__CONSUMER__GROUP_ID", group.clone()),
+        ("MEDALLION__STAGE__OUTPUT_TOPIC", alerts.clone()),
+        ("MEDALLION__STAGE__CHANGES_TOPIC", changes.clone()),
+        ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
+        ("MEDALLION__STAGE__SUMMARY__TOPIC", summaries.clone()),
+    ];
+    let binary = stage_binary("medallion-rule-evaluator", "rule-evaluator");
+    let mut evaluator = StageProcess::spawn(&binary, &envs, &group);
+
+    // Both changes are audited, in order: applied, then ignored.
+    let audited = read(&bootstrap, &audit, 2).await;
+    let audit_decoder = Decoder::<AuditEntry>::new(Registry::Embedded(Arc::clone(&embedded)));
+    let mut outcomes = Vec::new();
+    for record in &audited {
+        let event = audit_decoder
+            .decode(record.payload.as_deref().expect("value"))
+            .await
+            .expect("audit decodes");
+        assert_eq!(event.payload.target_id, "many-clicks");
+        assert_eq!(event.payload.actor, "ops@example.com");
+        outcomes.push((
+            event.payload.details["version"].clone(),
+            event.payload.outcome,
+        ));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            ("2".to_owned(), "applied".to_owned()),
+            ("1".to_owned(), "ignored".to_owned())
+        ]
+    );
+
+    // The new rule (clicks > 10 for org 7) fires on a window with 50 clicks, not on one with 5.
+    let windows = encoder::<WindowAggregate>(&embedded);
+    let busy = windows.encode(&window(0, 50.0)).expect("encode");
+    let quiet = windows.encode(&window(300_000, 5.0)).expect("encode");
+    produce_raw(
+        &producer,
+        &ready,
+        PARTITIONS,
+        [(ORG, busy.as_slice()), (ORG, quiet.as_slice())],
+    )
+    .await
+    .expect("windows produced");
+    let fired = read(&bootstrap, &alerts, 1).await;
+    let alert_decoder = Decoder::<Alert>::new(Registry::Embedded(embedded));
+    let mut rules = Vec::new();
+    for record in &fired {
+        let event = alert_decoder
+            .decode(record.payload.as_deref().expect("value"))
+            .await
+            .expect("alert decodes");
+        rules.push((
+            event.payload.rule_id,
+            event.payload.rule_version,
+            event.payload.window_start,
+        ));
+    }
+    assert_eq!(
+        rules,
+        [("many-clicks".to_owned(), 2, 0)],
+        "only the busy window alerts, with version 2"
+    );
+
+    evaluator.assert_running();
+    let (status, _) = evaluator.terminate();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
