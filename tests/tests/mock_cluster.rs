@@ -335,6 +335,7 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
             ("MEDALLION__RETRY__INITIAL_BACKOFF_MS", "100"),
             ("MEDALLION__RETRY__MAX_BACKOFF_MS", "500"),
             ("MEDALLION__CONSUMER__MAX_IN_FLIGHT", "200"),
+            ("MEDALLION__CONSUMER__LAG_INTERVAL_MS", "200"),
         ],
     );
     let metrics = Arc::clone(&worker.metrics);
@@ -368,6 +369,16 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
         later < 3_000,
         "the outage stopped the stream (committed {later})"
     );
+    // librdkafka's lag report sees the stalled commits.
+    assert!(
+        wait_until(Duration::from_secs(10), || metrics
+            .snapshot()
+            .consumer_lag
+            .is_some_and(|lag| lag > 0))
+        .await,
+        "lag during the outage: {:?}",
+        metrics.snapshot().consumer_lag
+    );
     let written_before_outage = metrics.snapshot().records_out;
     assert!(
         later <= written_before_outage as i64,
@@ -381,6 +392,13 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     })
     .await;
     assert!(done, "the stream resumes after the broker is back");
+    assert!(
+        wait_until(Duration::from_secs(10), || metrics.snapshot().consumer_lag
+            == Some(0))
+        .await,
+        "lag once everything is committed: {:?}",
+        metrics.snapshot().consumer_lag
+    );
     let snapshot = metrics.snapshot();
     worker.stop().await;
     assert!(snapshot.retries > 0, "failed writes were retried");

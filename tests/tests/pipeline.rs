@@ -352,6 +352,7 @@ async fn the_pipeline_produces_exactly_the_expected_results() {
     )));
     let mut records_in: HashMap<String, i64> = HashMap::new();
     let mut stopped = HashSet::new();
+    let mut lags = HashMap::new();
     for record in &summaries {
         assert_eq!(
             record.key.as_deref(),
@@ -364,6 +365,7 @@ async fn the_pipeline_produces_exactly_the_expected_results() {
             .expect("summary decodes");
         *records_in.entry(event.payload.stage.clone()).or_default() += event.payload.records_in;
         if event.payload.status == "stopped" {
+            lags.insert(event.payload.stage.clone(), event.payload.consumer_lag);
             stopped.insert(event.payload.stage);
         }
     }
@@ -371,6 +373,10 @@ async fn the_pipeline_produces_exactly_the_expected_results() {
         .map(str::to_owned)
         .into();
     assert_eq!(stopped, all, "a final summary per stage");
+    assert!(
+        lags["bronze"].is_some(),
+        "bronze's final summary reports its consumer lag: {lags:?}"
+    );
     assert_eq!(
         records_in["bronze"],
         generated.records.len() as i64,

@@ -70,6 +70,11 @@ where
         "MEDALLION__WORKER__INSTANCE".to_owned(),
         "\"demo\"".to_owned(),
     );
+    // The screen refreshes every second; so does the lag it shows.
+    env.insert(
+        "MEDALLION__CONSUMER__LAG_INTERVAL_MS".to_owned(),
+        "1000".to_owned(),
+    );
     for (key, value) in extra {
         env.insert((*key).to_owned(), (*value).to_owned());
     }
@@ -485,7 +490,7 @@ impl Screen {
         let _ = writeln!(
             text,
             "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
-            "stage", "in/s", "out/s", "in", "out", "dlq", "dedup", "backlog"
+            "stage", "in/s", "out/s", "in", "out", "dlq", "dedup", "lag"
         );
         let _ = writeln!(
             text,
@@ -496,11 +501,12 @@ impl Screen {
             "-",
             produced
         );
-        let mut upstream_out = produced;
         for stage in stages {
             let now = stage.metrics.snapshot();
             let before = self.previous.get(stage.name).copied().unwrap_or_default();
-            let backlog = upstream_out.saturating_sub(now.records_in);
+            let lag = now
+                .consumer_lag
+                .map_or_else(|| "-".to_owned(), |lag| lag.to_string());
             let _ = writeln!(
                 text,
                 "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
@@ -511,9 +517,8 @@ impl Screen {
                 now.records_out,
                 now.dlq_records,
                 now.dedup_hits,
-                backlog
+                lag
             );
-            upstream_out = now.records_out;
             self.previous.insert(stage.name, now);
         }
         self.previous_produced = produced;

@@ -171,6 +171,7 @@ const MANAGED_PROPERTIES: &[&str] = &[
     "request.required.acks",
     "auto.offset.reset",
     "session.timeout.ms",
+    "statistics.interval.ms",
 ];
 
 fn is_secret_property(name: &str) -> bool {
@@ -243,11 +244,19 @@ pub struct ConsumerConfig {
     /// Records received and not yet finished, per process; at the bound partitions are paused.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// How often librdkafka reports the consumer lag (records between the group's committed
+    /// offsets and the ends of this worker's partitions), which the runtime publishes in its
+    /// metrics and `etl.execution` summaries. 0 turns the reports off (the lag is then unknown).
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
     /// Extra librdkafka properties for the consumer only (for example `max.partition.fetch.bytes`).
     #[serde(default)]
     pub librdkafka: LibrdkafkaProperties,
 }
 
+fn default_lag_interval_ms() -> u64 {
+    5_000
+}
 fn default_commit_interval_ms() -> u64 {
     1_000
 }
@@ -480,6 +489,15 @@ impl<S> WorkerConfig<S> {
                     "is {} but must be below kafka.session_timeout_ms ({}), or the group evicts \
                      this worker while it drains; lower it or raise the session timeout",
                     self.consumer.drain_timeout_ms, self.kafka.session_timeout_ms
+                ),
+            ));
+        }
+        if self.consumer.lag_interval_ms > 86_400_000 {
+            return Err(ConfigError::key(
+                "consumer.lag_interval_ms",
+                format!(
+                    "is {} but must be at most 86400000 (one day); 0 turns lag reports off",
+                    self.consumer.lag_interval_ms
                 ),
             ));
         }

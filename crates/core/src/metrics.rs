@@ -36,6 +36,31 @@ impl Gauge {
     }
 }
 
+/// A value that goes up and down and may be unknown.
+#[derive(Debug)]
+pub struct OptionalGauge(AtomicU64);
+
+impl Default for OptionalGauge {
+    fn default() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl OptionalGauge {
+    /// Sets the value (`None`: unknown).
+    pub fn set(&self, value: Option<u64>) {
+        // u64::MAX stands for unknown; a real value is capped just below it.
+        let stored = value.map_or(u64::MAX, |value| value.min(u64::MAX - 1));
+        self.0.store(stored, Ordering::Relaxed);
+    }
+
+    /// The current value, if known.
+    pub fn get(&self) -> Option<u64> {
+        let value = self.0.load(Ordering::Relaxed);
+        (value != u64::MAX).then_some(value)
+    }
+}
+
 /// What one worker has done since it started.
 #[derive(Debug, Default)]
 pub struct RuntimeMetrics {
@@ -53,6 +78,10 @@ pub struct RuntimeMetrics {
     pub commits: Counter,
     /// Records received and not yet finished.
     pub in_flight: Gauge,
+    /// Records between the group's committed offsets and the ends of this worker's partitions,
+    /// as librdkafka last reported it (every `consumer.lag_interval_ms`); unknown before its
+    /// first report or when no partition's lag is known.
+    pub consumer_lag: OptionalGauge,
 }
 
 /// A copy of the counters at one moment.
@@ -72,6 +101,8 @@ pub struct MetricsSnapshot {
     pub commits: u64,
     /// Records in flight.
     pub in_flight: u64,
+    /// Consumer lag, if known.
+    pub consumer_lag: Option<u64>,
 }
 
 impl RuntimeMetrics {
@@ -85,6 +116,24 @@ impl RuntimeMetrics {
             retries: self.retries.get(),
             commits: self.commits.get(),
             in_flight: self.in_flight.get(),
+            consumer_lag: self.consumer_lag.get(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_gauge_starts_unknown_and_can_become_unknown_again() {
+        let gauge = OptionalGauge::default();
+        assert_eq!(gauge.get(), None);
+        gauge.set(Some(0));
+        assert_eq!(gauge.get(), Some(0));
+        gauge.set(Some(u64::MAX));
+        assert_eq!(gauge.get(), Some(u64::MAX - 1));
+        gauge.set(None);
+        assert_eq!(gauge.get(), None);
     }
 }

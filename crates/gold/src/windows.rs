@@ -7,28 +7,29 @@
 //!
 //! # Replays
 //! The runtime commits the minimum of the offsets held by the processor and the first unfinished
-//! one. A restart re-reads from there (R) with empty state, so the rebuilt windows, watermark and
-//! late decisions are the same as before the crash only if no *span* straddles R:
-//! - a window's span runs from its first to its last record: an open window must be re-read
-//!   whole, and so must an emitted one whose records reach past R (otherwise it would be
-//!   re-emitted with part of its records);
-//! - a watermark epoch runs from the record that raised the (stepped) watermark to the record
-//!   before the next raise: a replay starting inside one would compute a lower watermark and
-//!   accept events that were late before.
+//! one. A restart re-reads from there (R) with empty state.
+//! - Windows: each open window holds the offset of its first record, so R never passes the oldest
+//!   record of an open window (DESIGN.md) and every window still open at a crash is rebuilt
+//!   whole. A window's hold goes once it is emitted and that output, and every earlier record's,
+//!   is acknowledged.
+//! - Watermark epochs: an epoch runs from the record that raised the (stepped) watermark to the
+//!   record before the next raise. The current epoch is held, and R is moved back to the start
+//!   of a closed epoch it would fall inside, so the replay recomputes the same watermark and
+//!   makes the same late decisions. Epochs do not overlap, so this never stalls.
+//!   The step keeps the number of epochs small (one per step of event-time progress).
 //!
-//! Each span holds the offset of its first record. The barrier is the first offset of the oldest
-//! open span, moved back to the first offset of any closed span that reaches across it; spans
-//! that end before the barrier are released, the others stay held. The barrier never moves
-//! back, so the committed position always falls on a span boundary.
-//! The step keeps the number of epochs small (one per step of event-time progress); without it
-//! every new maximum would open a span. (With aligned windows that close in end order, the
-//! window holds may already keep the barrier out of every epoch, since the window of the latest
-//! maximum is always open; the property test passes without the epoch holds too. They are kept
-//! as a guard that does not depend on that argument.)
+//! Limit (out-of-order input): a window that was already emitted may have records after R when
+//! its stragglers arrived after the first record of a newer window (within the grace period).
+//! After a crash the replay rebuilds it from those records only and emits it again, with the
+//! same `event_id` and partial aggregates; a consumer that already holds that `event_id` (the
+//! rule evaluator's deduplication) drops it. Holding such windows too would make every crash
+//! exact, but with stragglers at every boundary the held spans chain and the committed position
+//! never moves (tried first; the demo's lag showed it). Exact replays need the finished position
+//! stored with the commit (offset-commit metadata), which the test broker does not return.
 //!
-//! Limit: a duplicate whose first copy lies before R is dropped by deduplication before the
-//! crash but not after it (deduplication is in memory); if its window was already emitted, the
-//! replay dead-letters it as `late_event`. Aggregates are unaffected.
+//! Limit (deduplication): a duplicate whose first copy lies before R is dropped by
+//! deduplication before the crash but not after it (deduplication is in memory); if its window
+//! was already emitted, the replay dead-letters it as `late_event`. Aggregates are unaffected.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -235,23 +236,23 @@ impl PartitionWindows {
             },
         );
 
-        // Close what the watermark passed, oldest end first.
+        // Close what the watermark passed, oldest end first. A closed window's hold goes once
+        // this record's outputs (its aggregate) and every earlier record's are written.
         if let Some(watermark) = self.watermark() {
             while let Some(entry) = self.windows.first_entry() {
                 if entry.key().end > watermark {
                     break;
                 }
                 let (key, state) = entry.remove_entry();
-                if let Some(span) = self.spans.get_mut(&(state.first_offset, WINDOW)) {
-                    span.open = false;
-                    span.last = state.last_offset;
-                }
+                self.spans.remove(&(state.first_offset, WINDOW));
+                observed.releases.push(hold_key(state.first_offset, WINDOW));
                 observed.closed.push(ClosedWindow { key, state });
             }
         }
 
-        // The barrier: the oldest open span's start, lowered to the start of any closed span
-        // that reaches across it. Spans wholly before the barrier are released.
+        // The barrier: the oldest open span's start (open windows and the current epoch), moved
+        // back to the start of the closed epoch it falls inside, if any. Closed epochs wholly
+        // before it are released.
         let mut barrier = self
             .spans
             .iter()
@@ -259,10 +260,13 @@ impl PartitionWindows {
             .map(|(&(first, _), _)| first)
             .min()
             .unwrap_or(offset + 1);
-        for (&(first, _), span) in self.spans.range(..(barrier, 0)).rev() {
-            if span.last >= barrier {
-                barrier = first;
-            }
+        if let Some((&(first, _), _)) = self
+            .spans
+            .range(..(barrier, 0))
+            .rev()
+            .find(|(_, span)| span.last >= barrier)
+        {
+            barrier = first;
         }
         let released: Vec<(i64, u8)> = self
             .spans

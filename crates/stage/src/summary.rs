@@ -118,7 +118,9 @@ pub fn summary_record(
         records_dlq: delta(now.dlq_records, before.dlq_records),
         dedup_hits: delta(now.dedup_hits, before.dedup_hits),
         retries: delta(now.retries, before.retries),
-        consumer_lag: None,
+        consumer_lag: now
+            .consumer_lag
+            .map(|lag| i64::try_from(lag).unwrap_or(i64::MAX)),
     };
     let id = medallion_core::ids::derive_id(
         "etl.execution",

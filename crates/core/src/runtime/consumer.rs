@@ -14,8 +14,11 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::RuntimeMetrics;
 
 /// What the polling thread tells the worker.
 #[derive(Debug)]
@@ -36,6 +39,8 @@ pub(crate) enum PollEvent {
 pub(crate) struct RebalanceContext {
     pub(crate) topic: String,
     pub(crate) events: mpsc::Sender<PollEvent>,
+    /// Where the lag from librdkafka's statistics goes.
+    pub(crate) metrics: Arc<RuntimeMetrics>,
 }
 
 fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
@@ -45,9 +50,28 @@ fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The consumer lag of `topic` in a librdkafka statistics report: the sum over this client's
+/// partitions whose lag is known (librdkafka reports -1 until it knows a partition's committed
+/// offset and end), or `None` when none is.
+pub(crate) fn topic_lag(statistics: &Statistics, topic: &str) -> Option<u64> {
+    let partitions = statistics.topics.get(topic)?.partitions.values();
+    partitions
+        .filter(|partition| partition.partition >= 0 && partition.desired)
+        .filter_map(|partition| u64::try_from(partition.consumer_lag).ok())
+        .fold(None, |sum, lag| {
+            Some(sum.unwrap_or(0u64).saturating_add(lag))
+        })
+}
+
 impl ClientContext for RebalanceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka consumer error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics
+            .consumer_lag
+            .set(topic_lag(&statistics, &self.topic));
     }
 }
 

@@ -114,6 +114,10 @@ impl Runtime {
             .set(
                 "session.timeout.ms",
                 config.kafka.session_timeout_ms.to_string(),
+            )
+            .set(
+                "statistics.interval.ms",
+                config.consumer.lag_interval_ms.to_string(),
             );
         for (name, value) in &config.consumer.librdkafka.0 {
             consumer_config.set(name, value);
@@ -173,6 +177,7 @@ impl Runtime {
         let context = RebalanceContext {
             topic: self.settings.input_topic.to_string(),
             events: events_tx.clone(),
+            metrics: Arc::clone(&self.metrics),
         };
         let consumer: BaseConsumer<RebalanceContext> = self
             .consumer_config
