@@ -1,6 +1,6 @@
 //! Live rule updates on the real broker: the `rule-evaluator` binary applies versioned changes
-//! from `config.changes` in order, records each on `audit.events`, and evaluates windows with
-//! the new rules.
+//! from `config.changes` in order, records each on `audit.events`, catches up with the changes
+//! already on the topic before it evaluates a window, and evaluates windows with the new rules.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,12 +20,20 @@ use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
 const ORG: i64 = 7;
+/// Changes to other rules ahead of the ones under test, so catching up takes a while.
+const FILLERS: usize = 300;
 
 fn encoder<P: Contract>(embedded: &EmbeddedRegistry) -> Encoder<P> {
     Encoder::with_id(embedded.current_id(P::TOPIC).expect("compiled in"))
 }
 
-fn change(id: u128, action: &str, version: i64, threshold: f64) -> Envelope<ConfigChange> {
+fn change(
+    id: u128,
+    rule_id: &str,
+    action: &str,
+    version: i64,
+    threshold: f64,
+) -> Envelope<ConfigChange> {
     Envelope::new(
         Uuid::from_u128(id),
         1,
@@ -37,7 +45,7 @@ fn change(id: u128, action: &str, version: i64, threshold: f64) -> Envelope<Conf
         ConfigChange {
             kind: "rule".into(),
             action: action.into(),
-            rule_id: "many-clicks".into(),
+            rule_id: rule_id.into(),
             version,
             rule: (action == "upsert").then(|| RuleDefinition {
                 metric: "clicks".into(),
@@ -121,21 +129,49 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
     let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
     let changes_encoder = encoder::<ConfigChange>(&embedded);
     let producer = test_producer(&bootstrap).expect("producer");
-    // Version 2 upserts the rule; a stale version 1 arrives after it and must be ignored.
-    let applied = changes_encoder
-        .encode(&change(1, "upsert", 2, 10.0))
-        .expect("encode");
-    let stale = changes_encoder
-        .encode(&change(2, "upsert", 1, 1_000.0))
-        .expect("encode");
+    // Rules nobody tests come first; then version 2 upserts the rule under test, and a stale
+    // version 1 arrives after it and must be ignored.
+    let mut encoded: Vec<Vec<u8>> = (0..FILLERS)
+        .map(|index| {
+            let rule = format!("filler-{index}");
+            changes_encoder
+                .encode(&change(100 + index as u128, &rule, "upsert", 1, 1e12))
+                .expect("encode")
+        })
+        .collect();
+    encoded.push(
+        changes_encoder
+            .encode(&change(1, "many-clicks", "upsert", 2, 10.0))
+            .expect("encode"),
+    );
+    encoded.push(
+        changes_encoder
+            .encode(&change(2, "many-clicks", "upsert", 1, 1_000.0))
+            .expect("encode"),
+    );
     produce_raw(
         &producer,
         &changes,
         PARTITIONS,
-        [(ORG, applied.as_slice()), (ORG, stale.as_slice())],
+        encoded.iter().map(|value| (ORG, value.as_slice())),
     )
     .await
     .expect("changes produced");
+
+    // The windows are waiting before the evaluator starts: it must not evaluate them before it
+    // has applied the changes above. The new rule (clicks > 10 for org 7) fires on the window
+    // with 50 clicks, not on the one with 5.
+    let windows = encoder::<WindowAggregate>(&embedded);
+    let busy = windows.encode(&window(0, 50.0)).expect("encode");
+    let quiet = windows.encode(&window(300_000, 5.0)).expect("encode");
+    produce_raw(
+        &producer,
+        &ready,
+        PARTITIONS,
+        [(ORG, busy.as_slice()), (ORG, quiet.as_slice())],
+    )
+    .await
+    .expect("windows produced");
 
     let group = format!("rule-evaluator-{run}");
     let envs = [
@@ -152,8 +188,8 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
     let binary = stage_binary("medallion-rule-evaluator", "rule-evaluator");
     let mut evaluator = StageProcess::spawn(&binary, &envs, &group);
 
-    // Both changes are audited, in order: applied, then ignored.
-    let audited = read(&bootstrap, &audit, 2).await;
+    // Every change is audited; the two under test in order: applied, then ignored.
+    let audited = read(&bootstrap, &audit, FILLERS + 2).await;
     let audit_decoder = Decoder::<AuditEntry>::new(Registry::Embedded(Arc::clone(&embedded)));
     let mut outcomes = Vec::new();
     for record in &audited {
@@ -161,7 +197,9 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
             .decode(record.payload.as_deref().expect("value"))
             .await
             .expect("audit decodes");
-        assert_eq!(event.payload.target_id, "many-clicks");
+        if event.payload.target_id != "many-clicks" {
+            continue;
+        }
         assert_eq!(event.payload.actor, "ops@example.com");
         outcomes.push((
             event.payload.details["version"].clone(),
@@ -176,18 +214,6 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         ]
     );
 
-    // The new rule (clicks > 10 for org 7) fires on a window with 50 clicks, not on one with 5.
-    let windows = encoder::<WindowAggregate>(&embedded);
-    let busy = windows.encode(&window(0, 50.0)).expect("encode");
-    let quiet = windows.encode(&window(300_000, 5.0)).expect("encode");
-    produce_raw(
-        &producer,
-        &ready,
-        PARTITIONS,
-        [(ORG, busy.as_slice()), (ORG, quiet.as_slice())],
-    )
-    .await
-    .expect("windows produced");
     let fired = read(&bootstrap, &alerts, 1).await;
     let alert_decoder = Decoder::<Alert>::new(Registry::Embedded(embedded));
     let mut rules = Vec::new();

@@ -228,7 +228,9 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
             instance: "demo".to_owned(),
         },
     };
-    let listening = tokio::spawn(listener.run(shutdown.child_token()));
+    // The demo's config.changes starts empty: nothing to wait for.
+    let (caught_up, _) = tokio::sync::oneshot::channel();
+    let listening = tokio::spawn(listener.run(shutdown.child_token(), caught_up));
 
     let produced = Arc::new(medallion_core::metrics::Counter::default());
     let connector = tokio::spawn(connector(

@@ -2,11 +2,17 @@
 //! group, nothing committed), applies each change to the shared rule set in order, and records
 //! what it did on `audit.events`.
 //!
-//! Limits: an instance starts evaluating before it has caught up with old changes; every
-//! instance writes its own audit record per change, with the same `event_id` (derived from the
-//! change's), so the audit's consumers deduplicate them; a change that cannot be decoded is
-//! logged and skipped (changes are not dead-lettered; they are re-read at every start).
+//! Start-up: the listener notes the end of every `config.changes` partition when it starts and
+//! reports when it has read up to them ([`ChangesListener::run`]'s `caught_up`); the binary waits
+//! for that before it evaluates any window, so a restarted instance evaluates with the same rules
+//! as before (`stage.catch_up_timeout_ms` bounds the wait).
+//!
+//! Limits: every instance writes its own audit record per change, at every start, with the same
+//! `event_id` (derived from the change's), so the audit's consumers deduplicate them; a change
+//! that cannot be decoded is logged and skipped (changes are not dead-lettered; they are re-read
+//! at every start).
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,6 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::rules::{ChangeOutcome, RuleSet};
@@ -44,8 +51,13 @@ pub struct ChangesListener {
 }
 
 impl ChangesListener {
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Runs until `shutdown`. `caught_up` is sent once every change that was on the topic when
+    /// the listener started has been applied.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        caught_up: oneshot::Sender<()>,
+    ) -> anyhow::Result<()> {
         let consumer: StreamConsumer = self
             .client
             .clone()
@@ -58,11 +70,25 @@ impl ChangesListener {
             .fetch_metadata(Some(&self.changes_topic), Duration::from_secs(10))
             .with_context(|| format!("failed to read metadata of `{}`", self.changes_topic))?;
         let mut assignment = TopicPartitionList::new();
+        // The end of each partition at start-up: the changes to apply before evaluating.
+        let mut pending = HashMap::new();
         for topic in metadata.topics() {
             for partition in topic.partitions() {
                 assignment
                     .add_partition_offset(&self.changes_topic, partition.id(), Offset::Beginning)
                     .context("failed to build the config.changes assignment")?;
+                let (low, high) = consumer
+                    .fetch_watermarks(&self.changes_topic, partition.id(), Duration::from_secs(10))
+                    .with_context(|| {
+                        format!(
+                            "failed to read the end of `{}` partition {}",
+                            self.changes_topic,
+                            partition.id()
+                        )
+                    })?;
+                if high > low {
+                    pending.insert(partition.id(), high);
+                }
             }
         }
         consumer
@@ -76,9 +102,30 @@ impl ChangesListener {
             .create()
             .context("failed to create the audit producer")?;
         let decoder = Decoder::<ConfigChange>::new(self.registry.clone());
+        let mut caught_up = Some(caught_up);
+        let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
+            if pending.is_empty() {
+                if let Some(caught_up) = caught_up.take() {
+                    tracing::info!(topic = %self.changes_topic, "rules caught up with config changes");
+                    let _ = caught_up.send(());
+                }
+            }
             let message = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = check.tick(), if !pending.is_empty() => {
+                    // Positions also move over offsets that hold no record (compaction).
+                    if let Ok(positions) = consumer.position() {
+                        for element in positions.elements() {
+                            if let Offset::Offset(position) = element.offset() {
+                                if pending.get(&element.partition()).is_some_and(|end| position >= *end) {
+                                    pending.remove(&element.partition());
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
                 message = consumer.recv() => message,
             };
             let message = match message {
@@ -88,6 +135,13 @@ impl ChangesListener {
                     continue;
                 }
             };
+            // Reported at the top of the next turn, after this change is applied.
+            if pending
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                pending.remove(&message.partition());
+            }
             let change = match decoder.decode(message.payload().unwrap_or_default()).await {
                 Ok(change) => change,
                 Err(error) => {

@@ -18,7 +18,7 @@ pub const RULES_DEFAULTS: &str = include_str!("../../../config/rules.toml");
 pub type RuleEvaluatorConfig = WorkerConfig<RuleEvaluatorSettings>;
 
 /// The rule evaluator's own settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleEvaluatorSettings {
     /// Where alerts go.
@@ -30,6 +30,11 @@ pub struct RuleEvaluatorSettings {
     /// Where applied changes are recorded.
     #[serde(default)]
     pub audit_topic: String,
+    /// How long start-up waits for the rules to catch up with the changes already on
+    /// `changes_topic` before any window is evaluated; past it the process stops with an error
+    /// (a restarted instance must not evaluate with outdated rules). 0: do not wait.
+    #[serde(default = "default_catch_up_timeout_ms")]
+    pub catch_up_timeout_ms: u64,
     /// Rules file; absent: the compiled-in `config/rules.toml`.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
@@ -39,6 +44,24 @@ pub struct RuleEvaluatorSettings {
     /// The periodic `etl.execution` summary.
     #[serde(default)]
     pub summary: medallion_stage::SummaryConfig,
+}
+
+fn default_catch_up_timeout_ms() -> u64 {
+    60_000
+}
+
+impl Default for RuleEvaluatorSettings {
+    fn default() -> Self {
+        Self {
+            output_topic: String::new(),
+            changes_topic: String::new(),
+            audit_topic: String::new(),
+            catch_up_timeout_ms: default_catch_up_timeout_ms(),
+            rules_file: None,
+            schema_registry: RegistryConfig::default(),
+            summary: medallion_stage::SummaryConfig::default(),
+        }
+    }
 }
 
 impl Validate for RuleEvaluatorSettings {

@@ -49,7 +49,25 @@ async fn main() -> anyhow::Result<()> {
             instance: instance.clone(),
         },
     };
-    let listening = tokio::spawn(listener.run(shutdown.clone()));
+    let (caught_up, rules_current) = tokio::sync::oneshot::channel();
+    let mut listening = tokio::spawn(listener.run(shutdown.clone(), caught_up));
+    if config.stage.catch_up_timeout_ms > 0 {
+        let timeout = std::time::Duration::from_millis(config.stage.catch_up_timeout_ms);
+        tokio::select! {
+            caught_up = tokio::time::timeout(timeout, rules_current) => match caught_up {
+                Ok(Ok(())) => {}
+                // The listener stopped: its error says why.
+                Ok(Err(_)) => return listener_outcome(listening.await),
+                Err(_) => anyhow::bail!(
+                    "the rules did not catch up with `{}` within stage.catch_up_timeout_ms \
+                     ({} ms); check that the broker is reachable, or raise the timeout",
+                    config.stage.changes_topic,
+                    config.stage.catch_up_timeout_ms
+                ),
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
     let processor = RuleEvaluator::new(
         &config.stage.output_topic,
         rules,
@@ -66,12 +84,20 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     shutdown.cancel();
-    match listening.await {
-        Ok(Err(error)) => {
-            tracing::error!(error = %format!("{error:#}"), "config.changes listener failed")
-        }
-        Err(error) => tracing::error!(%error, "config.changes listener panicked"),
-        Ok(Ok(())) => {}
+    if let Err(error) = listener_outcome((&mut listening).await) {
+        tracing::error!(error = %format!("{error:#}"), "config.changes listener failed");
     }
     result
+}
+
+/// What the listener task ended with.
+fn listener_outcome(
+    joined: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match joined {
+        Ok(result) => result.context("the config.changes listener failed"),
+        Err(error) => Err(anyhow::anyhow!(
+            "the config.changes listener panicked: {error}"
+        )),
+    }
 }
