@@ -160,6 +160,10 @@ fn poll_loop(
     events: &mpsc::Sender<PollEvent>,
     stop: &AtomicBool,
 ) {
+    // The thread keeps polling until it is told to stop, even once the worker has gone: the
+    // worker's handle on the consumer must be dropped first, so that the last handle, whose drop
+    // closes the consumer and runs the rebalance callback, is this thread's.
+    let mut worker_gone = false;
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -169,11 +173,13 @@ fn poll_loop(
                     offset = message.offset(),
                     "record received"
                 );
-                if events
-                    .blocking_send(PollEvent::Message(message.detach()))
-                    .is_err()
+                // Once the worker has gone, records are dropped uncommitted.
+                if !worker_gone
+                    && events
+                        .blocking_send(PollEvent::Message(message.detach()))
+                        .is_err()
                 {
-                    break;
+                    worker_gone = true;
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, "kafka consumer poll error"),
