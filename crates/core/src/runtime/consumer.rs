@@ -41,6 +41,9 @@ pub(crate) struct RebalanceContext {
     pub(crate) events: mpsc::Sender<PollEvent>,
     /// Where the lag from librdkafka's statistics goes.
     pub(crate) metrics: Arc<RuntimeMetrics>,
+    /// Set when the worker starts shutting down: the reports that follow describe a consumer
+    /// giving its partitions up, so the last lag measured while running is kept.
+    pub(crate) lag_frozen: AtomicBool,
 }
 
 fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
@@ -69,6 +72,9 @@ impl ClientContext for RebalanceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if self.lag_frozen.load(Ordering::Relaxed) {
+            return;
+        }
         self.metrics
             .consumer_lag
             .set(topic_lag(&statistics, &self.topic));

@@ -30,6 +30,7 @@ mod consumer;
 mod worker;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,6 +179,7 @@ impl Runtime {
             topic: self.settings.input_topic.to_string(),
             events: events_tx.clone(),
             metrics: Arc::clone(&self.metrics),
+            lag_frozen: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceContext> = self
             .consumer_config

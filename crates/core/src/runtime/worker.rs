@@ -246,6 +246,10 @@ impl<P: Processor> Worker<P> {
     /// finished synchronously.
     async fn drain_for_shutdown(&mut self) {
         self.draining = true;
+        self.consumer
+            .context()
+            .lag_frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let deadline = Instant::now() + self.settings.drain_timeout;
         tracing::info!(
             in_flight = self.in_flight,
