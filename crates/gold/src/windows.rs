@@ -74,7 +74,6 @@ pub struct WindowState {
     /// Aggregates by metric name.
     pub metrics: BTreeMap<String, MetricAggregate>,
     first_offset: i64,
-    last_offset: i64,
 }
 
 /// A window the watermark has passed.
@@ -204,11 +203,9 @@ impl PartitionWindows {
                 event_count: 0,
                 metrics: BTreeMap::new(),
                 first_offset: offset,
-                last_offset: offset,
             }
         });
         state.event_count += 1;
-        state.last_offset = offset;
         for metric in &event.metrics {
             let aggregate =
                 state

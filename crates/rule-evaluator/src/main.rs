@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let (caught_up, rules_current) = tokio::sync::oneshot::channel();
-    let mut listening = tokio::spawn(listener.run(shutdown.clone(), caught_up));
+    let listening = tokio::spawn(listener.run(shutdown.clone(), caught_up));
     if config.stage.catch_up_timeout_ms > 0 {
         let timeout = std::time::Duration::from_millis(config.stage.catch_up_timeout_ms);
         tokio::select! {
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     shutdown.cancel();
-    if let Err(error) = listener_outcome((&mut listening).await) {
+    if let Err(error) = listener_outcome(listening.await) {
         tracing::error!(error = %format!("{error:#}"), "config.changes listener failed");
     }
     result
