@@ -225,6 +225,24 @@ impl ReadRecord {
     }
 }
 
+/// [`read_all`] from async code, on a blocking thread; panics (naming the topic) when the read
+/// fails or times out.
+pub async fn read_all_async(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        read_all(&bootstrap, &topic, at_least, quiet, timeout)
+            .unwrap_or_else(|error| panic!("reading {at_least} records of {topic}: {error:#}"))
+    })
+    .await
+    .expect("the reading thread")
+}
+
 /// Reads every record of `topic` from the beginning (no group), until `at_least` records were
 /// read and nothing new arrived for `quiet`, or `timeout` passed.
 pub fn read_all(

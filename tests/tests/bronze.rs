@@ -13,7 +13,7 @@ use medallion_core::dlq::header;
 use medallion_core::ids::derive_event_id;
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
-    create_topics, produce_raw, read_all, real_broker, test_producer, unique_name,
+    create_topics, produce_raw, read_all_async, real_broker, test_producer, unique_name,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -170,36 +170,22 @@ async fn bronze_cleans_dedups_and_dead_letters_with_codes() {
         StageProcess::spawn(&stage_binary("medallion-bronze", "bronze"), &envs, &group);
 
     let expected_out = valid_ids.len();
-    let outputs = tokio::task::spawn_blocking({
-        let bootstrap = bootstrap.clone();
-        move || {
-            read_all(
-                &bootstrap,
-                &cleaned_topic,
-                expected_out,
-                Duration::from_secs(3),
-                Duration::from_secs(180),
-            )
-        }
-    })
-    .await
-    .expect("join")
-    .expect("cleaned read");
-    let dead = tokio::task::spawn_blocking({
-        let bootstrap = bootstrap.clone();
-        move || {
-            read_all(
-                &bootstrap,
-                &dlq_topic,
-                rejected,
-                Duration::from_secs(2),
-                Duration::from_secs(60),
-            )
-        }
-    })
-    .await
-    .expect("join")
-    .expect("dlq read");
+    let outputs = read_all_async(
+        &bootstrap,
+        &cleaned_topic,
+        expected_out,
+        Duration::from_secs(3),
+        Duration::from_secs(180),
+    )
+    .await;
+    let dead = read_all_async(
+        &bootstrap,
+        &dlq_topic,
+        rejected,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .await;
     bronze.assert_running();
     let (status, _) = bronze.terminate();
     assert!(

@@ -16,7 +16,7 @@ use medallion_tests::pipeline::{
 };
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
-    create_topics, produce_raw, read_all, real_broker, test_producer, unique_name, ReadRecord,
+    create_topics, produce_raw, read_all_async, real_broker, test_producer, unique_name, ReadRecord,
 };
 
 const PARTITIONS: i32 = 6;
@@ -49,18 +49,12 @@ impl Pipeline {
                 ),
             ]),
         };
-        let names = [
-            "connector.data.raw",
-            "bronze.data.cleaned",
-            "silver.data.processed",
-            "gold.data.ready",
-            "rules.alerts.triggered",
-            "config.changes",
-            "audit.events",
-            "etl.execution",
-        ];
+        // Every pipeline topic has a contract: the schema catalog lists them all.
         let mut topics = Vec::new();
-        for name in names {
+        for name in medallion_contracts::schemas::catalog()
+            .iter()
+            .map(|schema| schema.topic)
+        {
             topics.push(pipeline.topic(name));
             topics.push(format!("{}.dlq", pipeline.topic(name)));
         }
@@ -139,19 +133,14 @@ impl Pipeline {
     }
 
     async fn read_topic(&self, topic: String, at_least: usize, quiet: Duration) -> Vec<ReadRecord> {
-        let bootstrap = self.bootstrap.clone();
-        tokio::task::spawn_blocking(move || {
-            read_all(
-                &bootstrap,
-                &topic,
-                at_least,
-                quiet,
-                Duration::from_secs(240),
-            )
-        })
+        read_all_async(
+            &self.bootstrap,
+            &topic,
+            at_least,
+            quiet,
+            Duration::from_secs(240),
+        )
         .await
-        .expect("join")
-        .unwrap_or_else(|error| panic!("reading {at_least} records: {error:#}"))
     }
 
     async fn count(&self, topic: &str) -> usize {

@@ -14,7 +14,7 @@ use medallion_contracts::types::{
 use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
-    create_topics, produce_raw, read_all, real_broker, test_producer, unique_name,
+    create_topics, produce_raw, read_all_async, real_broker, test_producer, unique_name,
 };
 use uuid::Uuid;
 
@@ -95,19 +95,14 @@ fn window(start: i64, clicks: f64) -> Envelope<WindowAggregate> {
 }
 
 async fn read(bootstrap: &str, topic: &str, at_least: usize) -> Vec<medallion_tests::ReadRecord> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        read_all(
-            &bootstrap,
-            &topic,
-            at_least,
-            Duration::from_secs(2),
-            Duration::from_secs(120),
-        )
-    })
+    read_all_async(
+        bootstrap,
+        topic,
+        at_least,
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    )
     .await
-    .expect("join")
-    .expect("read")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

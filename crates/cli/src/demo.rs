@@ -43,16 +43,6 @@ pub struct DemoOptions {
 }
 
 const PARTITIONS: i32 = 6;
-const TOPICS: &[&str] = &[
-    "connector.data.raw",
-    "bronze.data.cleaned",
-    "silver.data.processed",
-    "gold.data.ready",
-    "rules.alerts.triggered",
-    "config.changes",
-    "audit.events",
-    "etl.execution",
-];
 
 fn stage_config<S>(
     defaults: &str,
@@ -113,7 +103,11 @@ fn launch<S, P: medallion_core::Processor>(
 pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     // The mock cluster is not Send: it lives on this thread, the stages on the runtime's.
     let cluster = MockCluster::new(1).context("failed to start the embedded broker")?;
-    for topic in TOPICS {
+    // Every pipeline topic has a contract: the schema catalog lists them all.
+    for topic in medallion_contracts::schemas::catalog()
+        .iter()
+        .map(|schema| schema.topic)
+    {
         for name in [topic.to_string(), format!("{topic}.dlq")] {
             cluster
                 .create_topic(&name, PARTITIONS, 1)
