@@ -369,16 +369,6 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
         later < 3_000,
         "the outage stopped the stream (committed {later})"
     );
-    // librdkafka's lag report sees the stalled commits.
-    assert!(
-        wait_until(Duration::from_secs(10), || metrics
-            .snapshot()
-            .consumer_lag
-            .is_some_and(|lag| lag > 0))
-        .await,
-        "lag during the outage: {:?}",
-        metrics.snapshot().consumer_lag
-    );
     let written_before_outage = metrics.snapshot().records_out;
     assert!(
         later <= written_before_outage as i64,
@@ -392,6 +382,8 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     })
     .await;
     assert!(done, "the stream resumes after the broker is back");
+    // (During the outage the polling thread waits at the in-flight bound, so librdkafka's lag
+    // reports pause; see `RuntimeMetrics::consumer_lag`.)
     assert!(
         wait_until(Duration::from_secs(10), || metrics.snapshot().consumer_lag
             == Some(0))

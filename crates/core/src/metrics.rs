@@ -80,7 +80,10 @@ pub struct RuntimeMetrics {
     pub in_flight: Gauge,
     /// Records between the group's committed offsets and the ends of this worker's partitions,
     /// as librdkafka last reported it (every `consumer.lag_interval_ms`); unknown before its
-    /// first report or when no partition's lag is known.
+    /// first report or when no partition's lag is known. Limit: the reports arrive through the
+    /// consumer's poll, so while the worker is at `consumer.max_in_flight` and the polling thread
+    /// waits to hand over a record (for example during an output outage) the value stays as it
+    /// was.
     pub consumer_lag: OptionalGauge,
 }
 
