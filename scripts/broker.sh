@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once, cached) and starts the real Kafka-protocol broker the tests use: Tansu 0.6.0
 # with durable SQLite storage on a free loopback port. Meant to be sourced:
-#   source scripts/broker.sh && broker_start   # exports MEDALLION_TEST_BOOTSTRAP
+#   source scripts/broker.sh && broker_start   # exports MEDALLION_TEST_BOOTSTRAP, MEDALLION_TEST_TANSU
 #   broker_stop
 # The binary is cached under $MEDALLION_TOOLS_ROOT/bin (default ~/.cargo/bin).
 
@@ -38,6 +38,8 @@ broker_start() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; then
       broker_index_headers || return 1
       export MEDALLION_TEST_BOOTSTRAP="127.0.0.1:$BROKER_PORT"
+      # Tests that stop and restart a broker start their own from the same binary.
+      export MEDALLION_TEST_TANSU="$TANSU_BIN"
       echo "broker: tansu $TANSU_VERSION on $MEDALLION_TEST_BOOTSTRAP (pid $BROKER_PID, data $BROKER_DIR)" >&2
       return 0
     fi

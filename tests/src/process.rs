@@ -31,6 +31,15 @@ pub fn stage_binary(package: &str, binary: &str) -> PathBuf {
 pub struct StageProcess {
     child: Child,
     label: String,
+    http_port: u16,
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
 }
 
 impl Drop for StageProcess {
@@ -43,7 +52,9 @@ impl Drop for StageProcess {
 }
 
 impl StageProcess {
-    /// Starts `program` with `envs`; its log goes to `target/tmp/worker-logs/{label}.log`.
+    /// Starts `program` with `envs`; its log goes to `target/tmp/worker-logs/{label}.log`. Its
+    /// HTTP endpoint listens on a free loopback port ([`StageProcess::http_url`]) unless `envs`
+    /// sets `MEDALLION__TELEMETRY__PORT`.
     pub fn spawn(program: &Path, envs: &[(&str, String)], label: &str) -> Self {
         let log_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/worker-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
@@ -53,14 +64,27 @@ impl StageProcess {
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log);
+        let mut http_port = free_port();
+        command
+            .env("MEDALLION__TELEMETRY__BIND", "\"127.0.0.1\"")
+            .env("MEDALLION__TELEMETRY__PORT", http_port.to_string());
         for (key, value) in envs {
+            if *key == "MEDALLION__TELEMETRY__PORT" {
+                http_port = value.parse().unwrap_or(0);
+            }
             command.env(key, value);
         }
         let child = command.spawn().expect("the stage binary starts");
         Self {
             child,
             label: label.to_owned(),
+            http_port,
         }
+    }
+
+    /// The URL of `path` (`/metrics`, `/readyz`) on the process's HTTP endpoint.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// SIGKILL: no drain, no commit.

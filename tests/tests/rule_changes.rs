@@ -178,7 +178,7 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         ("MEDALLION__STAGE__OUTPUT_TOPIC", alerts.clone()),
         ("MEDALLION__STAGE__CHANGES_TOPIC", changes.clone()),
         ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
-        ("MEDALLION__STAGE__SUMMARY__TOPIC", summaries.clone()),
+        ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
     ];
     let binary = stage_binary("medallion-rule-evaluator", "rule-evaluator");
     let mut evaluator = StageProcess::spawn(&binary, &envs, &group);

@@ -1,14 +1,13 @@
 //! The `[stage]` table of bronze.
 
-use medallion_contracts::RegistryConfig;
-use medallion_core::{ConfigError, Validate, WorkerConfig};
+use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Compiled-in defaults (`config/bronze.toml`).
 pub const DEFAULTS: &str = include_str!("../../../config/bronze.toml");
 
 /// bronze's whole configuration.
-pub type BronzeConfig = WorkerConfig<BronzeSettings>;
+pub type BronzeConfig = medallion_stage::StageConfig<BronzeSettings>;
 
 /// bronze's own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,12 +19,6 @@ pub struct BronzeSettings {
     /// Measurements whose `observed_at` is further than this in the future are rejected.
     #[serde(default = "default_max_future_skew_ms")]
     pub max_future_skew_ms: u64,
-    /// The schema registry (absent `url`: the embedded one).
-    #[serde(default)]
-    pub schema_registry: RegistryConfig,
-    /// The periodic `etl.execution` summary.
-    #[serde(default)]
-    pub summary: medallion_stage::SummaryConfig,
 }
 
 fn default_output_topic() -> String {
@@ -41,8 +34,6 @@ impl Default for BronzeSettings {
         Self {
             output_topic: default_output_topic(),
             max_future_skew_ms: default_max_future_skew_ms(),
-            schema_registry: RegistryConfig::default(),
-            summary: medallion_stage::SummaryConfig::default(),
         }
     }
 }
@@ -61,7 +52,7 @@ impl Validate for BronzeSettings {
                 "is more than a year; use at most 31536000000",
             ));
         }
-        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
+        Ok(())
     }
 }
 
@@ -79,13 +70,15 @@ mod tests {
         assert_eq!(config.consumer.input_topic, "connector.data.raw");
         assert_eq!(config.stage.output_topic, "bronze.data.cleaned");
         let env = HashMap::from([(
-            "MEDALLION__STAGE__SCHEMA_REGISTRY__URL".to_owned(),
+            "MEDALLION__SCHEMA_REGISTRY__URL".to_owned(),
             "\"registry:8081\"".to_owned(),
         )]);
-        let config: BronzeConfig =
-            medallion_core::config::load(DEFAULTS, None, &env).expect("parses");
-        let error = config.stage.validate().expect_err("bad url").to_string();
-        assert!(error.contains("stage.schema_registry.url"), "{error}");
+        let error = format!(
+            "{:#}",
+            medallion_stage::load_config::<BronzeSettings>(DEFAULTS, None, &env)
+                .expect_err("bad url")
+        );
+        assert!(error.contains("`schema_registry.url`"), "{error}");
         let env = HashMap::from([("MEDALLION__STAGE__OUTPUT".to_owned(), "\"x\"".to_owned())]);
         let error = medallion_core::config::load::<BronzeConfig>(DEFAULTS, None, &env)
             .expect_err("unknown key")

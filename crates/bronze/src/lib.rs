@@ -16,3 +16,27 @@ mod processor;
 
 pub use config::{BronzeConfig, BronzeSettings, DEFAULTS};
 pub use processor::{clean, Bronze, Raw, STAGE};
+
+use medallion_contracts::types::CleanedData;
+use medallion_stage::{Setup, Stage};
+
+/// bronze, as the stage harness runs it.
+#[derive(Debug)]
+pub struct BronzeStage;
+
+impl Stage for BronzeStage {
+    const NAME: &'static str = STAGE;
+    const DEFAULTS: &'static str = DEFAULTS;
+    type Settings = BronzeSettings;
+    type Processor = Bronze;
+
+    async fn build(setup: &mut Setup<'_, BronzeSettings>) -> anyhow::Result<Bronze> {
+        let encoder = setup.register::<CleanedData>().await?;
+        Ok(Bronze::new(
+            &setup.config.stage,
+            setup.registry.clone(),
+            encoder,
+            &setup.instance,
+        ))
+    }
+}

@@ -72,6 +72,10 @@ impl Processor for Bronze {
         })
     }
 
+    fn event_time_ms(&self, input: &Raw) -> Option<i64> {
+        Some(input.event.payload.observed_at)
+    }
+
     fn event_id(&self, input: &Raw) -> Option<Uuid> {
         Some(input.event.event_id)
     }

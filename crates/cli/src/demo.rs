@@ -10,24 +10,25 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use medallion_bronze::BronzeStage;
 use medallion_contracts::registry::EmbeddedRegistry;
-use medallion_contracts::types::{
-    Alert, AuditEntry, CleanedData, EventSource, ProcessedData, WindowAggregate,
-};
+use medallion_contracts::types::Alert;
 use medallion_contracts::{Decoder, Registry};
 use medallion_core::partitioner::{java_partition, org_key};
-use medallion_core::{MetricsSnapshot, Runtime, RuntimeMetrics, Validate, WorkerConfig};
-use medallion_stage::now_ms;
+use medallion_core::MetricsSnapshot;
+use medallion_gold::GoldStage;
+use medallion_rule_evaluator::RuleEvaluatorStage;
+use medallion_silver::SilverStage;
+use medallion_stage::{now_ms, Launched, Stage};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +45,12 @@ pub struct DemoOptions {
 
 const PARTITIONS: i32 = 6;
 
-fn stage_config<S>(
-    defaults: &str,
+/// Starts stage `S` through the harness, as its binary would, on the embedded broker.
+fn launch<S: Stage>(
     bootstrap: &str,
     extra: &[(&str, &str)],
-) -> anyhow::Result<WorkerConfig<S>>
-where
-    S: DeserializeOwned + Validate + Default,
-{
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Launched> {
     let mut env = HashMap::from([(
         "MEDALLION__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
         format!("\"{bootstrap}\""),
@@ -65,38 +64,16 @@ where
         "MEDALLION__CONSUMER__LAG_INTERVAL_MS".to_owned(),
         "1000".to_owned(),
     );
+    // Four stages share the process: none serves its own HTTP endpoint.
+    env.insert(
+        "MEDALLION__TELEMETRY__ENABLED".to_owned(),
+        "false".to_owned(),
+    );
     for (key, value) in extra {
         env.insert((*key).to_owned(), (*value).to_owned());
     }
-    medallion_stage::load_config(defaults, None, &env)
-}
-
-/// A running stage: its metrics and its task.
-struct Stage {
-    name: &'static str,
-    metrics: Arc<RuntimeMetrics>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn launch<S, P: medallion_core::Processor>(
-    name: &'static str,
-    config: &WorkerConfig<S>,
-    processor: P,
-    shutdown: CancellationToken,
-) -> Stage {
-    let runtime = Runtime::new(config);
-    let metrics = runtime.metrics();
-    let task = tokio::spawn(async move {
-        runtime
-            .run(processor, shutdown)
-            .await
-            .with_context(|| format!("stage {name} failed"))
-    });
-    Stage {
-        name,
-        metrics,
-        task,
-    }
+    let config = medallion_stage::load_config::<S::Settings>(S::DEFAULTS, None, &env)?;
+    medallion_stage::launch::<S>(config, shutdown.child_token())
 }
 
 /// Runs the demo; returns when the duration passed or on Ctrl-C.
@@ -128,103 +105,19 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
 async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<()> {
     let shutdown = medallion_core::shutdown::shutdown_on_signals();
     let registry = Registry::Embedded(Arc::new(EmbeddedRegistry::with_compiled_in()));
-
-    let bronze_config = stage_config::<medallion_bronze::BronzeSettings>(
-        medallion_bronze::DEFAULTS,
-        bootstrap,
-        &[],
-    )?;
-    let silver_config = stage_config::<medallion_silver::SilverSettings>(
-        medallion_silver::DEFAULTS,
-        bootstrap,
-        &[],
-    )?;
-    let gold_config = stage_config::<medallion_gold::GoldSettings>(
-        medallion_gold::DEFAULTS,
-        bootstrap,
-        &[
-            ("MEDALLION__STAGE__WINDOW_MS", "10000"),
-            ("MEDALLION__STAGE__GRACE_MS", "2000"),
-        ],
-    )?;
-    let rules_config = stage_config::<medallion_rule_evaluator::RuleEvaluatorSettings>(
-        medallion_rule_evaluator::DEFAULTS,
-        bootstrap,
-        &[],
-    )?;
-
-    let reference = medallion_silver::Reference::parse(medallion_silver::REFERENCE_DEFAULTS)
-        .map_err(anyhow::Error::msg)?;
-    let rules =
-        medallion_rule_evaluator::RulesFile::parse(medallion_rule_evaluator::RULES_DEFAULTS)
-            .map_err(anyhow::Error::msg)?;
-    let rules = Arc::new(RwLock::new(medallion_rule_evaluator::rules::RuleSet::new(
-        rules.rules,
-    )));
-
     let stages = vec![
-        launch(
-            "bronze",
-            &bronze_config,
-            medallion_bronze::Bronze::new(
-                &bronze_config.stage,
-                registry.clone(),
-                medallion_stage::register::<CleanedData>(&registry).await?,
-                "demo",
-            ),
-            shutdown.child_token(),
-        ),
-        launch(
-            "silver",
-            &silver_config,
-            medallion_silver::Silver::new(
-                &silver_config.stage,
-                reference,
-                registry.clone(),
-                medallion_stage::register::<ProcessedData>(&registry).await?,
-                "demo",
-            ),
-            shutdown.child_token(),
-        ),
-        launch(
-            "gold",
-            &gold_config,
-            medallion_gold::Gold::new(
-                &gold_config.stage,
-                registry.clone(),
-                medallion_stage::register::<WindowAggregate>(&registry).await?,
-                "demo",
-            ),
-            shutdown.child_token(),
-        ),
-        launch(
-            "rule-evaluator",
-            &rules_config,
-            medallion_rule_evaluator::RuleEvaluator::new(
-                &rules_config.stage.output_topic,
-                Arc::clone(&rules),
-                registry.clone(),
-                medallion_stage::register::<Alert>(&registry).await?,
-                "demo",
-            ),
-            shutdown.child_token(),
-        ),
+        launch::<BronzeStage>(bootstrap, &[], &shutdown)?,
+        launch::<SilverStage>(bootstrap, &[], &shutdown)?,
+        launch::<GoldStage>(
+            bootstrap,
+            &[
+                ("MEDALLION__STAGE__WINDOW_MS", "10000"),
+                ("MEDALLION__STAGE__GRACE_MS", "2000"),
+            ],
+            &shutdown,
+        )?,
+        launch::<RuleEvaluatorStage>(bootstrap, &[], &shutdown)?,
     ];
-    let listener = medallion_rule_evaluator::ChangesListener {
-        client: medallion_stage::client_config(&rules_config),
-        changes_topic: rules_config.stage.changes_topic.clone(),
-        audit_topic: rules_config.stage.audit_topic.clone(),
-        rules,
-        registry: registry.clone(),
-        audit: medallion_stage::register::<AuditEntry>(&registry).await?,
-        source: EventSource {
-            service: "rule-evaluator".to_owned(),
-            instance: "demo".to_owned(),
-        },
-    };
-    // The demo's config.changes starts empty: nothing to wait for.
-    let (caught_up, _) = tokio::sync::oneshot::channel();
-    let listening = tokio::spawn(listener.run(shutdown.child_token(), caught_up));
 
     let produced = Arc::new(medallion_core::metrics::Counter::default());
     let connector = tokio::spawn(connector(
@@ -257,22 +150,19 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
             shutdown.cancel();
             break;
         }
-        if let Some(failed) = stages.iter().find(|stage| stage.task.is_finished()) {
+        if let Some(failed) = stages.iter().find(|stage| stage.is_finished()) {
             shutdown.cancel();
             anyhow::bail!("stage {} stopped unexpectedly", failed.name);
         }
     }
     let mut failures = Vec::new();
     for stage in stages {
-        match stage.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failures.push(format!("{error:#}")),
-            Err(error) => failures.push(format!("stage {} panicked: {error}", stage.name)),
+        if let Err(error) = stage.join().await {
+            failures.push(format!("{error:#}"));
         }
     }
     let _ = connector.await;
     let _ = watcher.await;
-    let _ = listening.await;
     screen.final_line(started.elapsed(), produced.get());
     if failures.is_empty() {
         Ok(())
@@ -461,7 +351,7 @@ impl Screen {
         &mut self,
         elapsed: Duration,
         produced: u64,
-        stages: &[Stage],
+        stages: &[Launched],
         alerts: &Mutex<AlertLog>,
     ) -> anyhow::Result<()> {
         // Off a terminal (CI, a pipe), print a plain block every 5 s instead of redrawing.

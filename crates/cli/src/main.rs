@@ -1,5 +1,6 @@
 //! `medallion`: the operator command.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -29,6 +30,21 @@ enum Command {
         /// Stop after this long, e.g. `60s` or `5m`; default: until Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
+    },
+    /// Runs one stage as its own binary would (the container image's entrypoint).
+    Run {
+        /// `bronze`, `silver`, `gold` or `rule-evaluator`.
+        stage: String,
+        /// TOML configuration file, layered over the stage's defaults; `MEDALLION__TABLE__KEY`
+        /// environment variables override both.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Configuration: `config keys [STAGE]` lists every key a stage accepts, `config defaults
+    /// STAGE` prints its compiled-in configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// The event contracts: list, print, check compatibility, register.
     Schemas {
@@ -64,6 +80,20 @@ impl RegistryArgs {
         config.validate().context("invalid registry settings")?;
         Ok(Some(Registry::from_config(&config)?))
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Lists every configuration key of STAGE (or of every stage, as `stage key`).
+    Keys {
+        /// A stage name; all stages when absent.
+        stage: Option<String>,
+    },
+    /// Prints STAGE's compiled-in configuration as JSON.
+    Defaults {
+        /// A stage name.
+        stage: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,13 +140,26 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         };
         return medallion::demo::run(&options).map(|()| true);
     }
+    if let Command::Run { stage, config } = &cli.command {
+        return medallion::stages::run(stage, config.as_deref()).map(|()| true);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Demo { .. } => Ok(true),
+        Command::Demo { .. } | Command::Run { .. } => Ok(true),
+        Command::Config {
+            command: ConfigCommand::Keys { stage },
+        } => medallion::stages::print_keys(stage.as_deref(), &mut out).map(|()| true),
+        Command::Config {
+            command: ConfigCommand::Defaults { stage },
+        } => {
+            let defaults = medallion::stages::defaults(&stage)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&defaults)?)?;
+            Ok(true)
+        }
         Command::Schemas { command } => match command {
             SchemasCommand::List => medallion::schemas::list(&mut out).map(|()| true),
             SchemasCommand::Print { topic } => {

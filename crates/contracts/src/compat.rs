@@ -1,7 +1,7 @@
 //! Schema compatibility as Confluent Schema Registry defines it, and the gate over the
 //! compiled-in schema history.
 //!
-//! BACKWARD (the default, seed 000): data written with the previous schema can be read with the
+//! BACKWARD (the default, docs/design.md): data written with the previous schema can be read with the
 //! new one, so consumers upgrade first. In practice: new fields need defaults, fields may be
 //! removed, types do not change. FORWARD is the reverse, FULL both; the `_TRANSITIVE` levels
 //! check against every earlier version instead of the latest only.
@@ -162,7 +162,7 @@ impl fmt::Display for GateViolation {
 
 /// The compatibility gate: each published version must be BACKWARD compatible with the one
 /// before it, and the current schema with the latest published one. A change that breaks this
-/// needs a new topic (seed 002: "new topic for incompatible schemas"), not an edit.
+/// needs a new topic, not an edit.
 pub fn gate() -> Vec<GateViolation> {
     let mut violations = Vec::new();
     for entry in catalog() {

@@ -1,4 +1,4 @@
-//! Ingest of `connector.data.raw`: connectors send the envelope as JSON (DESIGN.md "The
+//! Ingest of `connector.data.raw`: connectors send the envelope as JSON (docs/design.md, "The
 //! connector contract"); some send Confluent-framed Avro. [`RawIngest::decode`] tells them apart
 //! by the first byte (0 is the Avro magic byte and never starts JSON) and returns the same
 //! normalised [`Envelope<RawData>`] either way.

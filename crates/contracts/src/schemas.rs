@@ -1,7 +1,7 @@
 //! The compiled-in Avro schemas: one current schema per topic, plus every published version kept
 //! for the compatibility gate and for decoding old data.
 //!
-//! Sources live in the repository's `schemas/` folder, one folder per domain (seed 000 layout):
+//! Sources live in the repository's `schemas/` folder, one folder per domain :
 //! `schemas/<domain>/<name>.avsc` is the current schema, `schemas/<domain>/<name>.vN.avsc` the
 //! published version N. Topic schemas refer to the shared records of `schemas/common/` by full
 //! name (`medallion.common.EventSource`, `medallion.common.EntityRef`); [`expand`] inlines them

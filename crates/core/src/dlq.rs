@@ -90,13 +90,16 @@ pub struct DlqFailure<'a> {
     pub event_id: Option<Uuid>,
     /// The record's `org_id`, if known.
     pub org_id: Option<i64>,
+    /// The `traceparent` of the failed processing's span, when it was traced.
+    pub traceparent: Option<&'a [u8]>,
 }
 
 /// A header as Kafka carries it: a name and an optional value.
 pub type Header = (String, Option<Vec<u8>>);
 
-/// The headers of a dead-letter record: the original ones unchanged, then the `medallion.*` set.
-/// A `traceparent` is added only when the original headers lack one.
+/// The headers of a dead-letter record: the original ones unchanged, then the `medallion.*` set,
+/// then the failed processing's `traceparent` when it was traced (after the original one, so a
+/// reader taking the last `traceparent` follows the failure's trace).
 pub fn dlq_headers(
     original: &[Header],
     source: &DlqSource<'_>,
@@ -132,6 +135,9 @@ pub fn dlq_headers(
     }
     if let Some(org_id) = failure.org_id {
         add(header::ORG_ID, org_id.to_string());
+    }
+    if let Some(traceparent) = failure.traceparent {
+        headers.push((header::TRACEPARENT.to_owned(), Some(traceparent.to_vec())));
     }
     headers
 }
@@ -177,6 +183,7 @@ mod tests {
             last_failure: at,
             event_id: Some(Uuid::from_u128(1)),
             org_id: None,
+            traceparent: None,
         };
         let headers = dlq_headers(&original, &source, &failure);
         assert_eq!(&headers[..3], &original[..]);
@@ -203,5 +210,16 @@ mod tests {
         );
         assert_eq!(text(header::ORG_ID), None);
         assert_eq!(text(header::TRACEPARENT), Some("00-abc-def-01"));
+        // A traced failure adds its own trace context after the original one.
+        let traced = DlqFailure {
+            traceparent: Some(b"00-11-22-01"),
+            ..failure
+        };
+        let headers = dlq_headers(&original, &source, &traced);
+        assert_eq!(&headers[..3], &original[..]);
+        assert_eq!(
+            header_text(&headers, header::TRACEPARENT),
+            Some("00-11-22-01")
+        );
     }
 }

@@ -10,25 +10,31 @@
 //! - transient retries with backoff ([`backoff`]) and dead-letter routing ([`dlq`]),
 //! - draining and synchronous commits on revoke and shutdown ([`runtime`], [`shutdown`]),
 //! - layered, validated configuration ([`config`]),
-//! - deterministic output ids ([`ids`]).
+//! - deterministic output ids ([`ids`]),
+//! - metrics, liveness and readiness ([`metrics`], [`health`]) and a dead-letter circuit
+//!   breaker that pauses a stage whose records all fail.
 //!
 //! Each module's docs state its guarantee and its limits.
 
 pub mod backoff;
+mod breaker;
 pub mod config;
 pub mod dedup;
 pub mod dlq;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod metrics;
 pub mod partitioner;
 pub mod processor;
 pub mod runtime;
 pub mod shutdown;
+pub mod side;
 pub mod telemetry;
+pub mod trace;
 pub mod tracker;
 
-pub use config::{ConfigError, NoStageSettings, Validate, WorkerConfig};
+pub use config::{ConfigError, NoRegistry, NoStageSettings, Validate, WorkerConfig};
 pub use error::{ErrorClass, ProcessError, RuntimeError};
 pub use metrics::{MetricsSnapshot, RuntimeMetrics};
 pub use processor::{InputRecord, OutputRecord, ProcessContext, Processor};

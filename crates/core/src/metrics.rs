@@ -1,38 +1,130 @@
 //! Counters the runtime keeps about itself, shared with whoever reports them (logs, the demo's
-//! screen, a Prometheus endpoint). Plain atomics: cheap on the per-record path.
-//! No label ever carries an `org_id` or an `event_id`.
+//! screen, `etl.execution` summaries) and exported through the `metrics` facade (the stage
+//! harness installs a Prometheus recorder; without one the exported side does nothing).
+//! Plain atomics plus pre-registered handles: cheap on the per-record path.
+//! No label ever carries an `org_id` or an `event_id`; `docs/metrics.md` lists every metric.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use crate::health::Health;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
+/// The names of the metrics the runtime exports.
+pub mod names {
+    /// Counter: input records received.
+    pub const RECORDS_IN: &str = "medallion_records_in_total";
+    /// Counter: input bytes received (values and keys).
+    pub const BYTES_IN: &str = "medallion_bytes_in_total";
+    /// Counter: output records acknowledged, by output topic.
+    pub const RECORDS_OUT: &str = "medallion_records_out_total";
+    /// Counter: output bytes acknowledged, by output topic.
+    pub const BYTES_OUT: &str = "medallion_bytes_out_total";
+    /// Counter: dead letters acknowledged, by error code.
+    pub const DLQ_RECORDS: &str = "medallion_dlq_records_total";
+    /// Counter: duplicates dropped.
+    pub const DEDUP_HITS: &str = "medallion_dedup_hits_total";
+    /// Counter: retries scheduled.
+    pub const RETRIES: &str = "medallion_retries_total";
+    /// Counter: offset commits, by outcome.
+    pub const COMMITS: &str = "medallion_commits_total";
+    /// Histogram: seconds an offset commit took.
+    pub const COMMIT_SECONDS: &str = "medallion_commit_duration_seconds";
+    /// Gauge: records received and not finished.
+    pub const IN_FLIGHT: &str = "medallion_records_in_flight";
+    /// Gauge: input partitions paused (backpressure, retries, breaker).
+    pub const PAUSED_PARTITIONS: &str = "medallion_partitions_paused";
+    /// Gauge: input partitions assigned.
+    pub const ASSIGNED_PARTITIONS: &str = "medallion_partitions_assigned";
+    /// Counter: rebalance events, by kind (`assign`, `revoke`).
+    pub const REBALANCES: &str = "medallion_rebalances_total";
+    /// Gauge: log end minus committed offset, by partition.
+    pub const CONSUMER_LAG: &str = "medallion_consumer_lag";
+    /// Histogram: seconds from an input record's timestamp to its outputs' acknowledgement.
+    pub const PROCESSING_SECONDS: &str = "medallion_processing_latency_seconds";
+    /// Histogram: seconds from a record's event time to when the stage read it.
+    pub const EVENT_TIME_LAG_SECONDS: &str = "medallion_event_time_lag_seconds";
+    /// Gauge: 1 when ready, 0 when not.
+    pub const READY: &str = "medallion_ready";
+    /// Gauge: 1 while the dead-letter circuit breaker is open.
+    pub const BREAKER_OPEN: &str = "medallion_breaker_open";
+    /// Counter: times the dead-letter circuit breaker opened.
+    pub const BREAKER_TRIPS: &str = "medallion_breaker_trips_total";
+    /// Counter: librdkafka client errors, by client and code.
+    pub const CLIENT_ERRORS: &str = "medallion_client_errors_total";
+}
 
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+/// A monotonically increasing count, kept locally and exported.
+#[derive(Debug)]
+pub struct Counter {
+    local: AtomicU64,
+    exported: metrics::Counter,
+}
+
+impl Default for Counter {
+    /// A counter that is not exported.
+    fn default() -> Self {
+        Self::exported(metrics::Counter::noop())
     }
 }
 
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
+impl Default for Gauge {
+    /// A gauge that is not exported.
+    fn default() -> Self {
+        Self::exported(metrics::Gauge::noop())
+    }
+}
 
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, value: u64) {
-        self.0.store(value, Ordering::Relaxed);
+impl Counter {
+    /// A counter also exported through `handle`.
+    pub fn exported(handle: metrics::Counter) -> Self {
+        Self {
+            local: AtomicU64::new(0),
+            exported: handle,
+        }
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.local.fetch_add(n, Ordering::Relaxed);
+        self.exported.increment(n);
     }
 
     /// The current value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down, kept locally and exported.
+#[derive(Debug)]
+pub struct Gauge {
+    local: AtomicU64,
+    exported: metrics::Gauge,
+}
+
+impl Gauge {
+    /// A gauge also exported through `handle`.
+    pub fn exported(handle: metrics::Gauge) -> Self {
+        Self {
+            local: AtomicU64::new(0),
+            exported: handle,
+        }
+    }
+
+    /// Sets the value.
+    pub fn set(&self, value: u64) {
+        self.local.store(value, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        self.exported.set(value as f64);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
     }
 }
 
@@ -85,6 +177,27 @@ pub struct RuntimeMetrics {
     /// waits to hand over a record (for example during an output outage) the value stays as it
     /// was.
     pub consumer_lag: OptionalGauge,
+    /// Liveness and readiness.
+    pub health: Health,
+}
+
+impl RuntimeMetrics {
+    /// Counters exported with the labels `stage` and `topic` (the input topic). Call after the
+    /// process installed its metrics recorder: handles taken before it export nothing.
+    pub fn new(stage: &str, topic: &str) -> Self {
+        let labels = [("stage", stage.to_owned()), ("topic", topic.to_owned())];
+        Self {
+            records_in: Counter::exported(metrics::counter!(names::RECORDS_IN, &labels)),
+            records_out: Counter::default(),
+            dlq_records: Counter::default(),
+            dedup_hits: Counter::exported(metrics::counter!(names::DEDUP_HITS, &labels)),
+            retries: Counter::exported(metrics::counter!(names::RETRIES, &labels)),
+            commits: Counter::default(),
+            in_flight: Gauge::exported(metrics::gauge!(names::IN_FLIGHT, &labels)),
+            consumer_lag: OptionalGauge::default(),
+            health: Health::default(),
+        }
+    }
 }
 
 /// A copy of the counters at one moment.

@@ -1,6 +1,6 @@
 //! Output partition selection: every record is keyed by `org_id`.
 //!
-//! The default rule is the one the platform's Java services use (seeds/000, "Partitioning
+//! The default rule is the one the platform's Java services use (docs/design.md, "Partitioning
 //! Strategy"): `Math.abs(Long.valueOf(orgId).hashCode()) % numPartitions`. Kafka's own default
 //! partitioner (murmur2 of the key bytes) can be selected instead, for topics that other Kafka
 //! clients also write with their default settings.

@@ -150,6 +150,12 @@ pub trait Processor: Send + 'static {
     /// The `event_id` used for deduplication, if the record has one.
     fn event_id(&self, input: &Self::Input) -> Option<Uuid>;
 
+    /// The record's event time in epoch millis, if it has one (for the event-time lag metric).
+    fn event_time_ms(&self, input: &Self::Input) -> Option<i64> {
+        let _ = input;
+        None
+    }
+
     /// Turns a decoded record into outputs through `ctx`.
     fn process(
         &mut self,

@@ -1,5 +1,7 @@
-//! Structured logs: JSON lines by default (`MEDALLION_LOG_FORMAT=text` for humans), filtered by
-//! `RUST_LOG` (default `info`).
+//! Structured logs: JSON lines by default (`MEDALLION_LOG_FORMAT=text` for humans, coloured only
+//! when stderr is a terminal), filtered by `RUST_LOG` (default `info`).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,7 +18,8 @@ pub fn init_logging_at(default_level: &str) {
     let text = std::env::var("MEDALLION_LOG_FORMAT").is_ok_and(|format| format == "text");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = if text {
         builder.try_init()
     } else {

@@ -1,14 +1,13 @@
 //! The `[stage]` table of gold: windows, grace, watermark step, derived metrics.
 
-use medallion_contracts::RegistryConfig;
-use medallion_core::{ConfigError, Validate, WorkerConfig};
+use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Compiled-in defaults (`config/gold.toml`).
 pub const DEFAULTS: &str = include_str!("../../../config/gold.toml");
 
 /// gold's whole configuration.
-pub type GoldConfig = WorkerConfig<GoldSettings>;
+pub type GoldConfig = medallion_stage::StageConfig<GoldSettings>;
 
 /// A derived metric: `formula` is `numerator / denominator`, two metric names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,12 +48,6 @@ pub struct GoldSettings {
     /// Derived metrics.
     #[serde(default)]
     pub derived: Vec<DerivedSpec>,
-    /// The schema registry (absent `url`: the embedded one).
-    #[serde(default)]
-    pub schema_registry: RegistryConfig,
-    /// The periodic `etl.execution` summary.
-    #[serde(default)]
-    pub summary: medallion_stage::SummaryConfig,
 }
 
 impl Validate for GoldSettings {
@@ -88,7 +81,7 @@ impl Validate for GoldSettings {
                 ));
             }
         }
-        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
+        Ok(())
     }
 }
 

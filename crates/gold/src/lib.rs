@@ -18,4 +18,28 @@ mod processor;
 pub mod windows;
 
 pub use config::{DerivedSpec, GoldConfig, GoldSettings, DEFAULTS};
-pub use processor::{aggregate, window_event_id, Gold, STAGE};
+pub use processor::{aggregate, window_event_id, Gold, HELD_OFFSETS, OPEN_WINDOWS, STAGE};
+
+use medallion_contracts::types::WindowAggregate;
+use medallion_stage::{Setup, Stage};
+
+/// gold, as the stage harness runs it.
+#[derive(Debug)]
+pub struct GoldStage;
+
+impl Stage for GoldStage {
+    const NAME: &'static str = STAGE;
+    const DEFAULTS: &'static str = DEFAULTS;
+    type Settings = GoldSettings;
+    type Processor = Gold;
+
+    async fn build(setup: &mut Setup<'_, GoldSettings>) -> anyhow::Result<Gold> {
+        let encoder = setup.register::<WindowAggregate>().await?;
+        Ok(Gold::new(
+            &setup.config.stage,
+            setup.registry.clone(),
+            encoder,
+            &setup.instance,
+        ))
+    }
+}

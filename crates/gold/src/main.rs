@@ -1,28 +1,5 @@
 //! `gold`: the gold-processor binary. `--config FILE` plus `MEDALLION__` overrides.
 
-use clap::Parser;
-use medallion_contracts::types::WindowAggregate;
-use medallion_core::telemetry::init_logging;
-use medallion_gold::{Gold, GoldSettings, DEFAULTS};
-use medallion_stage::StageArgs;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    init_logging();
-    let args = StageArgs::parse();
-    let config = medallion_stage::load_config::<GoldSettings>(
-        DEFAULTS,
-        args.config.as_deref(),
-        &medallion_core::config::process_env(),
-    )?;
-    let registry = medallion_stage::registry(&config.stage.schema_registry)?;
-    let encoder = medallion_stage::register::<WindowAggregate>(&registry).await?;
-    let summary_registry = registry.clone();
-    let processor = Gold::new(
-        &config.stage,
-        registry,
-        encoder,
-        &config.worker.instance_name(),
-    );
-    medallion_stage::run(&config, processor, &config.stage.summary, &summary_registry).await
+fn main() -> anyhow::Result<()> {
+    medallion_stage::main::<medallion_gold::GoldStage>()
 }

@@ -1,5 +1,6 @@
 //! gold's processor: feeds records to the partition's windows, emits closed windows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use medallion_contracts::types::{DerivedMetric, EventSource, ProcessedData, WindowAggregate};
@@ -23,7 +24,14 @@ pub struct Gold {
     source: EventSource,
     derived: Vec<DerivedSpec>,
     windows: Windows,
+    /// Per partition: the open-windows and held-offsets gauges.
+    gauges: HashMap<i32, (metrics::Gauge, metrics::Gauge)>,
 }
+
+/// Gauge: open windows, by partition.
+pub const OPEN_WINDOWS: &str = "medallion_gold_open_windows";
+/// Gauge: offsets held back from the commit (window and watermark spans), by partition.
+pub const HELD_OFFSETS: &str = "medallion_gold_held_offsets";
 
 impl Gold {
     /// A processor reading through `registry` and writing with `encoder`.
@@ -47,6 +55,7 @@ impl Gold {
                 grace_ms: settings.grace_ms,
                 step_ms: settings.watermark_step_ms,
             }),
+            gauges: HashMap::new(),
         }
     }
 }
@@ -112,6 +121,10 @@ impl Processor for Gold {
         Ok(self.decoder.decode(payload).await?)
     }
 
+    fn event_time_ms(&self, input: &Envelope<ProcessedData>) -> Option<i64> {
+        Some(input.payload.observed_at)
+    }
+
     fn event_id(&self, input: &Envelope<ProcessedData>) -> Option<Uuid> {
         Some(input.event_id)
     }
@@ -121,7 +134,8 @@ impl Processor for Gold {
         input: Envelope<ProcessedData>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        let partition = self.windows.partition(ctx.partition());
+        let partition_id = ctx.partition();
+        let partition = self.windows.partition(partition_id);
         let watermark = partition.watermark();
         let observed = partition.observe(ctx.offset(), input.org_id, &input.payload);
         if observed.late {
@@ -156,16 +170,38 @@ impl Processor for Gold {
         for output in outputs {
             ctx.emit(output);
         }
+        let changed = !observed.holds.is_empty() || !observed.releases.is_empty();
         for key in observed.holds {
             ctx.hold(key);
         }
         for key in observed.releases {
             ctx.release(key);
         }
+        if changed {
+            let (open, held) = (partition.open_windows(), partition.held_spans());
+            let (open_gauge, held_gauge) = self.gauges.entry(partition_id).or_insert_with(|| {
+                let label = partition_id.to_string();
+                (
+                    metrics::gauge!(OPEN_WINDOWS, "stage" => STAGE, "partition" => label.clone()),
+                    metrics::gauge!(HELD_OFFSETS, "stage" => STAGE, "partition" => label),
+                )
+            });
+            #[allow(clippy::cast_precision_loss)]
+            {
+                open_gauge.set(open as f64);
+                held_gauge.set(held as f64);
+            }
+        }
         Ok(())
     }
 
     fn partitions_revoked(&mut self, partitions: &[i32]) {
         self.windows.revoke(partitions);
+        for partition in partitions {
+            if let Some((open, held)) = self.gauges.remove(partition) {
+                open.set(0.0);
+                held.set(0.0);
+            }
+        }
     }
 }

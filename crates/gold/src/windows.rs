@@ -9,7 +9,7 @@
 //! The runtime commits the minimum of the offsets held by the processor and the first unfinished
 //! one. A restart re-reads from there (R) with empty state.
 //! - Windows: each open window holds the offset of its first record, so R never passes the oldest
-//!   record of an open window (DESIGN.md) and every window still open at a crash is rebuilt
+//!   record of an open window (docs/design.md) and every window still open at a crash is rebuilt
 //!   whole. A window's hold goes once it is emitted and that output, and every earlier record's,
 //!   is acknowledged.
 //! - Watermark epochs: an epoch runs from the record that raised the (stepped) watermark to the

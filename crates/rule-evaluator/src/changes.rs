@@ -7,37 +7,36 @@
 //! for that before it evaluates any window, so a restarted instance evaluates with the same rules
 //! as before (`stage.catch_up_timeout_ms` bounds the wait).
 //!
+//! Audit records are written through the stage's side producer (the runtime's producer settings,
+//! partitioned by `org_id` like every output) and retried until acknowledged.
+//!
 //! Limits: every instance writes its own audit record per change, at every start, with the same
 //! `event_id` (derived from the change's), so the audit's consumers deduplicate them; a change
 //! that cannot be decoded is logged and skipped (changes are not dead-lettered; they are re-read
 //! at every start).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use anyhow::Context;
 use medallion_contracts::types::{AuditEntry, ConfigChange, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::ids::derive_event_id;
-use medallion_core::partitioner::org_key;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use medallion_core::side::{SideError, SideProducer, TopicReader};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::rules::{ChangeOutcome, RuleSet};
 use medallion_stage::now_ms;
 
+/// Gauge: rules currently loaded.
+pub const RULES_LOADED: &str = "medallion_rules_loaded";
+
 /// Everything the listener needs.
 #[derive(Debug)]
 pub struct ChangesListener {
-    /// Brokers and shared client properties (`medallion_stage::client_config`).
-    pub client: ClientConfig,
-    /// `config.changes`.
-    pub changes_topic: String,
+    /// The reader of `config.changes`, opened from its beginning.
+    pub reader: TopicReader,
+    /// Writes the audit records.
+    pub producer: SideProducer,
     /// `audit.events`.
     pub audit_topic: String,
     /// The shared rules.
@@ -52,100 +51,32 @@ pub struct ChangesListener {
 
 impl ChangesListener {
     /// Runs until `shutdown`. `caught_up` is sent once every change that was on the topic when
-    /// the listener started has been applied.
+    /// the reader opened has been applied.
     pub async fn run(
-        self,
+        mut self,
         shutdown: CancellationToken,
         caught_up: oneshot::Sender<()>,
     ) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = self
-            .client
-            .clone()
-            .set("group.id", "rule-evaluator-changes-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create()
-            .context("failed to create the config.changes reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.changes_topic), Duration::from_secs(10))
-            .with_context(|| format!("failed to read metadata of `{}`", self.changes_topic))?;
-        let mut assignment = TopicPartitionList::new();
-        // The end of each partition at start-up: the changes to apply before evaluating.
-        let mut pending = HashMap::new();
-        for topic in metadata.topics() {
-            for partition in topic.partitions() {
-                assignment
-                    .add_partition_offset(&self.changes_topic, partition.id(), Offset::Beginning)
-                    .context("failed to build the config.changes assignment")?;
-                let (low, high) = consumer
-                    .fetch_watermarks(&self.changes_topic, partition.id(), Duration::from_secs(10))
-                    .with_context(|| {
-                        format!(
-                            "failed to read the end of `{}` partition {}",
-                            self.changes_topic,
-                            partition.id()
-                        )
-                    })?;
-                if high > low {
-                    pending.insert(partition.id(), high);
-                }
-            }
-        }
-        consumer
-            .assign(&assignment)
-            .context("failed to assign config.changes")?;
-        let producer: FutureProducer = self
-            .client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()
-            .context("failed to create the audit producer")?;
         let decoder = Decoder::<ConfigChange>::new(self.registry.clone());
         let mut caught_up = Some(caught_up);
-        let mut check = tokio::time::interval(Duration::from_millis(500));
+        self.publish_rule_count();
         loop {
-            if pending.is_empty() {
+            if self.reader.caught_up() {
                 if let Some(caught_up) = caught_up.take() {
-                    tracing::info!(topic = %self.changes_topic, "rules caught up with config changes");
+                    tracing::info!("rules caught up with config changes");
                     let _ = caught_up.send(());
                 }
             }
-            let message = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                _ = check.tick(), if !pending.is_empty() => {
-                    // Positions also move over offsets that hold no record (compaction).
-                    if let Ok(positions) = consumer.position() {
-                        for element in positions.elements() {
-                            if let Offset::Offset(position) = element.offset() {
-                                if pending.get(&element.partition()).is_some_and(|end| position >= *end) {
-                                    pending.remove(&element.partition());
-                                }
-                            }
-                        }
-                    }
-                    continue;
-                }
-                message = consumer.recv() => message,
+            let Some(message) = self.reader.next(&shutdown).await else {
+                return Ok(());
             };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "config.changes read failed");
-                    continue;
-                }
-            };
-            // Reported at the top of the next turn, after this change is applied.
-            if pending
-                .get(&message.partition())
-                .is_some_and(|end| message.offset() + 1 >= *end)
+            let change = match decoder
+                .decode(message.payload.as_deref().unwrap_or_default())
+                .await
             {
-                pending.remove(&message.partition());
-            }
-            let change = match decoder.decode(message.payload().unwrap_or_default()).await {
                 Ok(change) => change,
                 Err(error) => {
-                    tracing::warn!(%error, offset = message.offset(), "skipping an undecodable config change");
+                    tracing::warn!(%error, offset = message.offset, "skipping an undecodable config change");
                     continue;
                 }
             };
@@ -155,16 +86,32 @@ impl ChangesListener {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .apply(&change.payload, change.org_id);
             tracing::info!(rule = %change.payload.rule_id, version = change.payload.version, ?outcome, "config change");
-            self.audit(&producer, &change, &outcome).await;
+            self.publish_rule_count();
+            match self.audit(&change, &outcome, &shutdown).await {
+                Ok(()) => {}
+                Err(SideError::Stopped { .. }) => return Ok(()),
+                Err(error) => tracing::error!(%error, "audit record not written"),
+            }
         }
+    }
+
+    fn publish_rule_count(&self) {
+        let count = self
+            .rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rules()
+            .count();
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(RULES_LOADED, "stage" => crate::STAGE).set(count as f64);
     }
 
     async fn audit(
         &self,
-        producer: &FutureProducer,
         change: &Envelope<ConfigChange>,
         outcome: &ChangeOutcome,
-    ) {
+        shutdown: &CancellationToken,
+    ) -> Result<(), SideError> {
         let (label, reason) = match outcome {
             ChangeOutcome::Applied => ("applied", None),
             ChangeOutcome::Ignored(reason) => ("ignored", Some(reason.clone())),
@@ -201,15 +148,11 @@ impl ChangesListener {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::error!(%error, "audit record does not encode");
-                return;
+                return Ok(());
             }
         };
-        let key = org_key(change.org_id);
-        let record = FutureRecord::to(&self.audit_topic)
-            .key(&key)
-            .payload(&payload);
-        if let Err((error, _)) = producer.send(record, Duration::from_secs(30)).await {
-            tracing::error!(%error, "audit record not written");
-        }
+        self.producer
+            .send_for_org(&self.audit_topic, change.org_id, &payload, shutdown)
+            .await
     }
 }

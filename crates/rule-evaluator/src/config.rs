@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use medallion_contracts::RegistryConfig;
-use medallion_core::{ConfigError, Validate, WorkerConfig};
+use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::rules::RuleSpec;
@@ -15,7 +14,7 @@ pub const DEFAULTS: &str = include_str!("../../../config/rule-evaluator.toml");
 pub const RULES_DEFAULTS: &str = include_str!("../../../config/rules.toml");
 
 /// The rule evaluator's whole configuration.
-pub type RuleEvaluatorConfig = WorkerConfig<RuleEvaluatorSettings>;
+pub type RuleEvaluatorConfig = medallion_stage::StageConfig<RuleEvaluatorSettings>;
 
 /// The rule evaluator's own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,12 +37,6 @@ pub struct RuleEvaluatorSettings {
     /// Rules file; absent: the compiled-in `config/rules.toml`.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
-    /// The schema registry (absent `url`: the embedded one).
-    #[serde(default)]
-    pub schema_registry: RegistryConfig,
-    /// The periodic `etl.execution` summary.
-    #[serde(default)]
-    pub summary: medallion_stage::SummaryConfig,
 }
 
 fn default_catch_up_timeout_ms() -> u64 {
@@ -58,8 +51,6 @@ impl Default for RuleEvaluatorSettings {
             audit_topic: String::new(),
             catch_up_timeout_ms: default_catch_up_timeout_ms(),
             rules_file: None,
-            schema_registry: RegistryConfig::default(),
-            summary: medallion_stage::SummaryConfig::default(),
         }
     }
 }
@@ -75,7 +66,7 @@ impl Validate for RuleEvaluatorSettings {
                 return Err(ConfigError::key(key, "must name a topic"));
             }
         }
-        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
+        Ok(())
     }
 }
 

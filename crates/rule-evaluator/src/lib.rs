@@ -17,6 +17,82 @@ mod config;
 mod processor;
 pub mod rules;
 
-pub use changes::ChangesListener;
+pub use changes::{ChangesListener, RULES_LOADED};
 pub use config::{RuleEvaluatorConfig, RuleEvaluatorSettings, RulesFile, DEFAULTS, RULES_DEFAULTS};
-pub use processor::RuleEvaluator;
+pub use processor::{RuleEvaluator, ALERTS};
+
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use medallion_contracts::types::{Alert, AuditEntry, EventSource};
+use medallion_stage::{Setup, Stage};
+
+pub use rules::STAGE;
+
+/// The rule evaluator, as the stage harness runs it: the rules from the file, then every change
+/// already on `config.changes` (waiting up to `stage.catch_up_timeout_ms`), then windows.
+#[derive(Debug)]
+pub struct RuleEvaluatorStage;
+
+impl Stage for RuleEvaluatorStage {
+    const NAME: &'static str = STAGE;
+    const DEFAULTS: &'static str = DEFAULTS;
+    type Settings = RuleEvaluatorSettings;
+    type Processor = RuleEvaluator;
+
+    async fn build(setup: &mut Setup<'_, RuleEvaluatorSettings>) -> anyhow::Result<RuleEvaluator> {
+        let settings = &setup.config.stage;
+        let rules_text = match &settings.rules_file {
+            None => RULES_DEFAULTS.to_owned(),
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read stage.rules_file `{}`", path.display()))?,
+        };
+        let rules = RulesFile::parse(&rules_text)
+            .map_err(anyhow::Error::msg)
+            .context("invalid rules")?;
+        let rules = Arc::new(RwLock::new(rules::RuleSet::new(rules.rules)));
+        let alerts = setup.register::<Alert>().await?;
+        let audit = setup.register::<AuditEntry>().await?;
+        let listener = ChangesListener {
+            reader: setup.topic_reader(&settings.changes_topic).await?,
+            producer: setup.side_producer()?,
+            audit_topic: settings.audit_topic.clone(),
+            rules: Arc::clone(&rules),
+            registry: setup.registry.clone(),
+            audit,
+            source: EventSource {
+                service: STAGE.to_owned(),
+                instance: setup.instance.clone(),
+            },
+        };
+        let (caught_up, rules_current) = tokio::sync::oneshot::channel();
+        let shutdown = setup.shutdown();
+        setup.spawn(
+            "config.changes listener",
+            listener.run(shutdown.clone(), caught_up),
+        );
+        if settings.catch_up_timeout_ms > 0 {
+            let timeout = std::time::Duration::from_millis(settings.catch_up_timeout_ms);
+            tokio::select! {
+                caught_up = tokio::time::timeout(timeout, rules_current) => match caught_up {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => anyhow::bail!("the config.changes listener stopped before the rules caught up"),
+                    Err(_) => anyhow::bail!(
+                        "the rules did not catch up with `{}` within stage.catch_up_timeout_ms \
+                         ({} ms); check that the broker is reachable, or raise the timeout",
+                        settings.changes_topic,
+                        settings.catch_up_timeout_ms
+                    ),
+                },
+                () = shutdown.cancelled() => anyhow::bail!("stopped while catching up with config.changes"),
+            }
+        }
+        Ok(RuleEvaluator::new(
+            &settings.output_topic,
+            rules,
+            setup.registry.clone(),
+            alerts,
+            &setup.instance,
+        ))
+    }
+}

@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 use crate::rules::{evaluate, CooldownKey, RuleSet};
 
+/// Counter: alerts written, by rule and severity (an alert repeated after a restart counts again).
+pub const ALERTS: &str = "medallion_alerts_total";
+
 #[derive(Debug, Default)]
 struct PartitionState {
     cooldowns: HashMap<CooldownKey, i64>,
@@ -49,7 +52,7 @@ impl RuleEvaluator {
             encoder,
             output_topic: Arc::from(output_topic),
             source: EventSource {
-                service: "rule-evaluator".to_owned(),
+                service: crate::STAGE.to_owned(),
                 instance: instance.to_owned(),
             },
             rules,
@@ -78,6 +81,10 @@ impl Processor for RuleEvaluator {
     ) -> Result<Envelope<WindowAggregate>, ProcessError> {
         let payload = record.payload.unwrap_or_default();
         Ok(self.decoder.decode(payload).await?)
+    }
+
+    fn event_time_ms(&self, input: &Envelope<WindowAggregate>) -> Option<i64> {
+        Some(input.payload.window_end)
     }
 
     fn event_id(&self, input: &Envelope<WindowAggregate>) -> Option<Uuid> {
@@ -118,6 +125,15 @@ impl Processor for RuleEvaluator {
         state.latest_window_start = state.latest_window_start.max(input.payload.window_start);
         for output in outputs {
             ctx.emit(output);
+        }
+        for (_, alert) in &alerts {
+            metrics::counter!(
+                ALERTS,
+                "stage" => crate::STAGE,
+                "rule" => alert.rule_id.clone(),
+                "severity" => alert.severity.clone()
+            )
+            .increment(1);
         }
         for (key, alert) in &alerts {
             let cooldown = rules

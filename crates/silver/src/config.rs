@@ -4,15 +4,14 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use medallion_contracts::operator::Operator;
-use medallion_contracts::RegistryConfig;
-use medallion_core::{ConfigError, Validate, WorkerConfig};
+use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
 /// Compiled-in defaults (`config/silver.toml`).
 pub const DEFAULTS: &str = include_str!("../../../config/silver.toml");
 
 /// silver's whole configuration.
-pub type SilverConfig = WorkerConfig<SilverSettings>;
+pub type SilverConfig = medallion_stage::StageConfig<SilverSettings>;
 
 /// One metric of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,12 +70,6 @@ pub struct SilverSettings {
     /// Cross-field checks.
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
-    /// The schema registry (absent `url`: the embedded one).
-    #[serde(default)]
-    pub schema_registry: RegistryConfig,
-    /// The periodic `etl.execution` summary.
-    #[serde(default)]
-    pub summary: medallion_stage::SummaryConfig,
 }
 
 impl Validate for SilverSettings {
@@ -120,7 +113,7 @@ impl Validate for SilverSettings {
                 }
             }
         }
-        medallion_stage::validate_shared(&self.schema_registry, &self.summary)
+        Ok(())
     }
 }
 

@@ -17,3 +17,42 @@ mod reference;
 pub use config::{CheckSpec, MetricSpec, SilverConfig, SilverSettings, DEFAULTS};
 pub use processor::{conform, Rules, Silver, STAGE};
 pub use reference::{Reference, REFERENCE_DEFAULTS};
+
+use anyhow::Context;
+use medallion_contracts::types::ProcessedData;
+use medallion_stage::{Setup, Stage};
+
+/// silver, as the stage harness runs it.
+#[derive(Debug)]
+pub struct SilverStage;
+
+impl Stage for SilverStage {
+    const NAME: &'static str = STAGE;
+    const DEFAULTS: &'static str = DEFAULTS;
+    type Settings = SilverSettings;
+    type Processor = Silver;
+
+    async fn build(setup: &mut Setup<'_, SilverSettings>) -> anyhow::Result<Silver> {
+        let reference = match &setup.config.stage.reference_file {
+            None => Reference::parse(REFERENCE_DEFAULTS)
+                .map_err(anyhow::Error::msg)
+                .context("compiled-in reference data")?,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("failed to read stage.reference_file `{}`", path.display())
+                })?;
+                Reference::parse(&text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("invalid stage.reference_file `{}`", path.display()))?
+            }
+        };
+        let encoder = setup.register::<ProcessedData>().await?;
+        Ok(Silver::new(
+            &setup.config.stage,
+            reference,
+            setup.registry.clone(),
+            encoder,
+            &setup.instance,
+        ))
+    }
+}

@@ -202,6 +202,10 @@ impl Processor for Silver {
         Ok(self.decoder.decode(payload).await?)
     }
 
+    fn event_time_ms(&self, input: &Envelope<CleanedData>) -> Option<i64> {
+        Some(input.payload.observed_at)
+    }
+
     fn event_id(&self, input: &Envelope<CleanedData>) -> Option<Uuid> {
         Some(input.event_id)
     }

@@ -1,21 +1,60 @@
-//! What every stage binary shares, so each stage's `main.rs` stays a few lines: command-line
-//! arguments, configuration loading (runtime tables plus the stage's `[stage]` table), output
-//! schema registration with retries, and running the core runtime until SIGTERM or Ctrl-C.
+//! The stage harness: everything a medallion stage binary shares, so each stage's `main.rs` is
+//! one line and `medallion demo` runs the same path.
+//!
+//! A stage implements [`Stage`]: its name, its compiled-in defaults, its `[stage]` table and how
+//! to build its [`Processor`] (read its files, register its output schemas, start side tasks
+//! through [`Setup`]). [`main`] then does the rest, in this order:
+//!
+//! 1. command line (`--config FILE`), logs, configuration (defaults, file, `MEDALLION__`
+//!    variables; a bad key stops start-up with one line naming it);
+//! 2. the Prometheus recorder and the HTTP endpoint (`/metrics`, `/livez`, `/readyz`), so a pod
+//!    is live (and not yet ready) while it starts;
+//! 3. the schema registry, the stage's [`Stage::build`], the `etl.execution` summaries;
+//! 4. the core runtime until SIGTERM or Ctrl-C, then drain, final commit and final summary.
+//!
+//! Side tasks a stage starts with [`Setup::spawn`] share one cancellation tree with the
+//! runtime: a side task that fails stops the stage, and the stage stopping stops them.
 
+mod http;
 pub mod summary;
+pub mod telemetry;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use medallion_contracts::types::{EventSource, Execution};
+use medallion_contracts::types::Execution;
 use medallion_contracts::{Contract, Encoder, Registry, RegistryConfig};
-use medallion_core::{shutdown::shutdown_on_signals, Processor, Runtime, Validate, WorkerConfig};
+use medallion_core::side::{SideProducer, TopicReader};
+use medallion_core::{Processor, Runtime, RuntimeMetrics, Validate, WorkerConfig};
 use serde::de::DeserializeOwned;
-pub use summary::SummaryConfig;
-use summary::SummaryIdentity;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// A stage's whole configuration: the runtime's tables, `[schema_registry]`, and `[stage]`.
+pub type StageConfig<S> = WorkerConfig<S, RegistryConfig>;
+
+/// One medallion stage: what it is called, its defaults, its settings and its processor.
+pub trait Stage: 'static {
+    /// The stage name (`bronze`): log field, metric label, `worker.stage`'s default.
+    const NAME: &'static str;
+    /// The compiled-in defaults (`config/<stage>.toml`).
+    const DEFAULTS: &'static str;
+    /// The stage's `[stage]` table.
+    type Settings: DeserializeOwned + Validate + Default + Send + Sync + 'static;
+    /// The stage's transformation.
+    type Processor: Processor;
+
+    /// Builds the processor: reads the files its settings name, registers its output schemas
+    /// ([`Setup::register`]), starts side tasks ([`Setup::spawn`]).
+    fn build(
+        setup: &mut Setup<'_, Self::Settings>,
+    ) -> impl Future<Output = anyhow::Result<Self::Processor>> + Send;
+}
 
 /// The arguments every stage binary takes.
 #[derive(Debug, Parser)]
@@ -30,31 +69,231 @@ pub struct StageArgs {
 /// the file, then the environment.
 pub fn load_config<S>(
     defaults: &str,
-    file: Option<&std::path::Path>,
-    env: &std::collections::HashMap<String, String>,
-) -> anyhow::Result<WorkerConfig<S>>
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<StageConfig<S>>
 where
     S: DeserializeOwned + Validate + Default,
 {
-    let config: WorkerConfig<S> =
+    let config: StageConfig<S> =
         medallion_core::config::load(defaults, file, env).context("invalid configuration")?;
+    config
+        .schema_registry
+        .validate()
+        .context("invalid configuration")?;
     config.stage.validate().context("invalid configuration")?;
     Ok(config)
 }
 
-/// Validates the tables every stage's `[stage]` has: `schema_registry` and `summary`, with
-/// errors naming the full key (`stage.schema_registry.url`).
-pub fn validate_shared(
-    registry: &RegistryConfig,
-    summary: &SummaryConfig,
-) -> Result<(), medallion_core::ConfigError> {
-    summary.validate()?;
-    registry.validate().map_err(|error| match error {
-        medallion_core::ConfigError::Key { key, message } => {
-            medallion_core::ConfigError::key(format!("stage.{key}"), message)
+/// The stage binary's `main`: arguments, logs, configuration from the process environment, and
+/// [`run`] until SIGTERM or Ctrl-C.
+pub fn main<S: Stage>() -> anyhow::Result<()> {
+    let args = StageArgs::parse();
+    main_with::<S>(args.config.as_deref())
+}
+
+/// [`main`] with the configuration file already chosen (`medallion run STAGE --config FILE`).
+pub fn main_with<S: Stage>(config_file: Option<&Path>) -> anyhow::Result<()> {
+    medallion_core::telemetry::init_logging();
+    let config = load_config::<S::Settings>(
+        S::DEFAULTS,
+        config_file,
+        &medallion_core::config::process_env(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = medallion_core::shutdown::shutdown_on_signals();
+        launch::<S>(config, shutdown)?.join().await
+    });
+    telemetry::shutdown_tracing();
+    result
+}
+
+/// A stage started by [`launch`]: its counters, and its task.
+#[derive(Debug)]
+pub struct Launched {
+    /// The stage name.
+    pub name: &'static str,
+    /// The runtime's counters and health, readable while it runs.
+    pub metrics: Arc<RuntimeMetrics>,
+    /// The address the HTTP endpoint listens on, when it is enabled.
+    pub http_address: Option<std::net::SocketAddr>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Launched {
+    /// Whether the stage has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the stage to stop.
+    pub async fn join(self) -> anyhow::Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) => Err(anyhow::anyhow!("stage {} panicked: {error}", self.name)),
         }
-        other => other,
+    }
+}
+
+/// Starts stage `S` on the current tokio runtime until `shutdown` is cancelled. The HTTP
+/// endpoint is bound before this returns (a port in use is an error here); everything else
+/// happens in the returned task.
+pub fn launch<S: Stage>(
+    config: StageConfig<S::Settings>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Launched> {
+    telemetry::install_recorder();
+    telemetry::init_tracing(&config);
+    let runtime = Runtime::new(&config);
+    let metrics = runtime.metrics();
+    let http_address = if config.telemetry.enabled {
+        Some(http::serve(
+            &config,
+            Arc::clone(&metrics),
+            shutdown.child_token(),
+        )?)
+    } else {
+        None
+    };
+    let task = tokio::spawn(run_stage::<S>(config, runtime, shutdown));
+    Ok(Launched {
+        name: S::NAME,
+        metrics,
+        http_address,
+        task,
     })
+}
+
+/// What [`Stage::build`] gets: the configuration, the registry, and the means to start side
+/// tasks and side clients.
+#[derive(Debug)]
+pub struct Setup<'a, S> {
+    /// The whole configuration.
+    pub config: &'a StageConfig<S>,
+    /// The schema registry.
+    pub registry: Registry,
+    /// This instance's name (`worker.instance`, else `$HOSTNAME`).
+    pub instance: String,
+    shutdown: CancellationToken,
+    side_tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl<S> Setup<'_, S> {
+    /// Registers (or looks up) `P`'s schema, retrying an unavailable registry.
+    pub async fn register<P: Contract>(&self) -> anyhow::Result<Encoder<P>> {
+        register::<P>(&self.registry, &self.shutdown).await
+    }
+
+    /// A token cancelled when the stage stops.
+    pub fn shutdown(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// An idempotent producer with the runtime's settings.
+    pub fn side_producer(&self) -> anyhow::Result<SideProducer> {
+        SideProducer::new(self.config).context("failed to create a side producer")
+    }
+
+    /// A reader of the whole of `topic`, outside any group.
+    pub async fn topic_reader(&self, topic: &str) -> anyhow::Result<TopicReader> {
+        TopicReader::open(self.config, topic)
+            .await
+            .with_context(|| format!("failed to open `{topic}`"))
+    }
+
+    /// Runs `task` beside the runtime; its failure stops the stage.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let shutdown = self.shutdown.clone();
+        let label = name.to_owned();
+        let handle = tokio::spawn(async move {
+            let result = task.await;
+            if let Err(error) = &result {
+                tracing::error!(task = %label, error = %format!("{error:#}"), "side task failed; stopping the stage");
+                shutdown.cancel();
+            }
+            result
+        });
+        self.side_tasks.push((name.to_owned(), handle));
+    }
+}
+
+/// Registry, processor, summaries, runtime; then the side tasks are stopped and joined.
+async fn run_stage<S: Stage>(
+    config: StageConfig<S::Settings>,
+    runtime: Runtime,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = runtime.metrics();
+    let registry = Registry::from_config(&config.schema_registry)
+        .context("failed to set up the schema registry client")?;
+    tracing::info!(stage = S::NAME, registry = %registry.describe(), "starting");
+    let side_stop = shutdown.child_token();
+    let mut setup = Setup {
+        config: &config,
+        registry: registry.clone(),
+        instance: config.worker.instance_name(),
+        shutdown: side_stop.clone(),
+        side_tasks: Vec::new(),
+    };
+    let built = S::build(&mut setup).await;
+    let mut side_tasks = std::mem::take(&mut setup.side_tasks);
+    let result = match built {
+        Err(_) if shutdown.is_cancelled() => {
+            tracing::info!("stopped during start-up");
+            Ok(())
+        }
+        Err(error) => Err(error.context(format!("stage `{}` failed to start", S::NAME))),
+        Ok(processor) => {
+            if config.summary.enabled {
+                let encoder = register::<Execution>(&registry, &side_stop).await?;
+                let producer =
+                    SideProducer::new(&config).context("failed to create the summary producer")?;
+                let identity = summary::SummaryIdentity::of(&config);
+                side_tasks.push((
+                    "summary".to_owned(),
+                    tokio::spawn(summary::report(
+                        config.summary.clone(),
+                        identity,
+                        encoder,
+                        producer,
+                        Arc::clone(&metrics),
+                        side_stop.clone(),
+                    )),
+                ));
+            }
+            runtime
+                .run(processor, shutdown.clone())
+                .await
+                .with_context(|| format!("stage `{}` failed", S::NAME))
+        }
+    };
+    side_stop.cancel();
+    let mut failures = Vec::new();
+    for (name, task) in side_tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failures.push(format!("{name}: {error:#}")),
+            Err(error) => failures.push(format!("{name} panicked: {error}")),
+        }
+    }
+    result?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "stage `{}` side tasks failed: {}",
+            S::NAME,
+            failures.join("; ")
+        )
+    }
 }
 
 /// Wall-clock time in UTC epoch milliseconds (0 before 1970, saturating far in the future).
@@ -66,31 +305,15 @@ pub fn now_ms() -> i64 {
         })
 }
 
-/// A client configuration with the brokers and the shared `[kafka.librdkafka]` properties (TLS,
-/// SASL), for the clients a stage creates besides the runtime's.
-pub fn client_config<S>(config: &WorkerConfig<S>) -> rdkafka::config::ClientConfig {
-    let mut client = rdkafka::config::ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (key, value) in &config.kafka.librdkafka.0 {
-        client.set(key, value);
-    }
-    client
-}
-
 /// How long start-up keeps retrying a registry that does not answer.
 pub const REGISTRATION_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The registry `config` describes, with a log line saying which.
-pub fn registry(config: &RegistryConfig) -> anyhow::Result<Registry> {
-    let registry =
-        Registry::from_config(config).context("failed to set up the schema registry client")?;
-    tracing::info!(registry = %registry.describe(), "schema registry");
-    Ok(registry)
-}
-
 /// Registers (or looks up) `P`'s schema, retrying a registry that is unavailable for up to
 /// [`REGISTRATION_PATIENCE`]; any other refusal (incompatible, not registered) stops start-up.
-pub async fn register<P: Contract>(registry: &Registry) -> anyhow::Result<Encoder<P>> {
+pub async fn register<P: Contract>(
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Encoder<P>> {
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -105,7 +328,10 @@ pub async fn register<P: Contract>(registry: &Registry) -> anyhow::Result<Encode
             }
             Err(error) if error.is_transient() && started.elapsed() < REGISTRATION_PATIENCE => {
                 tracing::warn!(topic = P::TOPIC, %error, "schema registry unavailable; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("stopped while registering `{}`", P::TOPIC),
+                    () = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(error) => {
@@ -119,58 +345,4 @@ pub async fn register<P: Contract>(registry: &Registry) -> anyhow::Result<Encode
             }
         }
     }
-}
-
-/// Runs `processor` under the runtime until SIGTERM or Ctrl-C (then drains and commits),
-/// writing execution summaries as `summary` says.
-pub async fn run<S, P: Processor>(
-    config: &WorkerConfig<S>,
-    processor: P,
-    summary: &SummaryConfig,
-    registry: &Registry,
-) -> anyhow::Result<()> {
-    run_until(config, processor, summary, registry, shutdown_on_signals()).await
-}
-
-/// Runs `processor` until `shutdown` is cancelled.
-pub async fn run_until<S, P: Processor>(
-    config: &WorkerConfig<S>,
-    processor: P,
-    summary: &SummaryConfig,
-    registry: &Registry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let runtime = Runtime::new(config);
-    let reporter = if summary.enabled {
-        let encoder = register::<Execution>(registry).await?;
-        let identity = SummaryIdentity {
-            stage: config.worker.stage.clone(),
-            group: config.consumer.group_id.clone(),
-            source: EventSource {
-                service: config.consumer.group_id.clone(),
-                instance: config.worker.instance_name(),
-            },
-            client: client_config(config),
-        };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(summary::report(
-            summary.clone(),
-            identity,
-            encoder,
-            runtime.metrics(),
-            stop.clone(),
-        ));
-        Some((stop, task))
-    } else {
-        None
-    };
-    let result = runtime
-        .run(processor, shutdown)
-        .await
-        .with_context(|| format!("stage `{}` failed", config.worker.stage));
-    if let Some((stop, task)) = reporter {
-        stop.cancel();
-        let _ = task.await;
-    }
-    result
 }

@@ -1,84 +1,21 @@
 //! The periodic execution summary: every `interval_ms`, one `etl.execution` record with the
 //! counters of the interval (records in and out, dead letters, duplicates, retries), and a last
-//! one with status `stopped` at shutdown. Keyed by `pipeline_id`, as seed 000 says.
+//! one with status `stopped` at shutdown. Keyed by `pipeline_id`, as docs/design.md says.
 //!
-//! Summaries are best effort: a summary that cannot be written is logged, never retried, and
-//! never holds up the stage (dashboards read them; no guarantee depends on them).
+//! Summaries are best effort: the side producer retries a summary until it is acknowledged, for
+//! at most one interval (the last one for 5 s), then it is logged and given up. They never hold
+//! up the stage (dashboards read them; no guarantee depends on them).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::now_ms;
+use crate::{now_ms, StageConfig};
 use medallion_contracts::types::{EventSource, Execution};
 use medallion_contracts::{Encoder, Envelope};
-use medallion_core::{ConfigError, MetricsSnapshot, RuntimeMetrics, Validate};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
+use medallion_core::config::SummaryConfig;
+use medallion_core::side::SideProducer;
+use medallion_core::{MetricsSnapshot, RuntimeMetrics};
 use tokio_util::sync::CancellationToken;
-
-/// `[stage.summary]`: the periodic `etl.execution` record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SummaryConfig {
-    /// Write summaries at all.
-    #[serde(default = "default_enabled")]
-    pub enabled: bool,
-    /// The topic.
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    /// The pipeline this stage belongs to; the record key.
-    #[serde(default = "default_pipeline_id")]
-    pub pipeline_id: String,
-    /// How often.
-    #[serde(default = "default_interval_ms")]
-    pub interval_ms: u64,
-}
-
-fn default_enabled() -> bool {
-    true
-}
-
-fn default_topic() -> String {
-    "etl.execution".to_owned()
-}
-
-fn default_pipeline_id() -> String {
-    "medallion".to_owned()
-}
-
-fn default_interval_ms() -> u64 {
-    30_000
-}
-
-impl Default for SummaryConfig {
-    fn default() -> Self {
-        Self {
-            enabled: default_enabled(),
-            topic: default_topic(),
-            pipeline_id: default_pipeline_id(),
-            interval_ms: default_interval_ms(),
-        }
-    }
-}
-
-impl Validate for SummaryConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval_ms < 1_000 {
-            return Err(ConfigError::key(
-                "stage.summary.interval_ms",
-                format!("{} is below 1000", self.interval_ms),
-            ));
-        }
-        if self.enabled && (self.topic.trim().is_empty() || self.pipeline_id.trim().is_empty()) {
-            return Err(ConfigError::key(
-                "stage.summary",
-                "topic and pipeline_id must be set (or enabled = false)",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Who writes the summaries.
 #[derive(Debug, Clone)]
@@ -89,8 +26,20 @@ pub struct SummaryIdentity {
     pub group: String,
     /// The emitting instance.
     pub source: EventSource,
-    /// Brokers and shared client properties.
-    pub client: ClientConfig,
+}
+
+impl SummaryIdentity {
+    /// The identity `config` gives this worker.
+    pub fn of<S>(config: &StageConfig<S>) -> Self {
+        Self {
+            stage: config.worker.stage.clone(),
+            group: config.consumer.group_id.clone(),
+            source: EventSource {
+                service: config.consumer.group_id.clone(),
+                instance: config.worker.instance_name(),
+            },
+        }
+    }
 }
 
 fn delta(now: u64, before: u64) -> i64 {
@@ -134,26 +83,15 @@ pub fn summary_record(
 }
 
 /// Writes a summary every interval until `shutdown`, then a last one with status `stopped`.
+/// The last one is given a few seconds to be acknowledged.
 pub async fn report(
     config: SummaryConfig,
     identity: SummaryIdentity,
     encoder: Encoder<Execution>,
+    producer: SideProducer,
     metrics: Arc<RuntimeMetrics>,
     shutdown: CancellationToken,
-) {
-    let producer: FutureProducer = match identity
-        .client
-        .clone()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-    {
-        Ok(producer) => producer,
-        Err(error) => {
-            tracing::error!(%error, "execution summaries disabled: producer not created");
-            return;
-        }
-    };
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval_ms));
     ticker.tick().await;
     let mut before = metrics.snapshot();
@@ -169,17 +107,39 @@ pub async fn report(
         let event = summary_record(&config, &identity, (start, end), before, now, status);
         match encoder.encode(&event) {
             Ok(payload) => {
-                let record = FutureRecord::to(&config.topic)
-                    .key(config.pipeline_id.as_bytes())
-                    .payload(&payload);
-                if let Err((error, _)) = producer.send(record, Duration::from_secs(10)).await {
-                    tracing::warn!(%error, topic = %config.topic, "execution summary not written");
+                // A summary in flight at shutdown gets its own short deadline.
+                let deadline = CancellationToken::new();
+                let write = producer.send_keyed(
+                    &config.topic,
+                    config.pipeline_id.as_bytes(),
+                    &payload,
+                    &deadline,
+                );
+                let limit = if stopping {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_millis(config.interval_ms)
+                };
+                let outcome = tokio::select! {
+                    outcome = write => Some(outcome),
+                    () = shutdown.cancelled(), if !stopping => None,
+                    () = tokio::time::sleep(limit) => None,
+                };
+                match outcome {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, topic = %config.topic, "execution summary not written");
+                    }
+                    None if stopping => {
+                        tracing::warn!(topic = %config.topic, "final execution summary not acknowledged in time");
+                    }
+                    None => {}
                 }
             }
             Err(error) => tracing::error!(%error, "execution summary does not encode"),
         }
         if stopping {
-            return;
+            return Ok(());
         }
         before = now;
         start = end;
@@ -199,7 +159,6 @@ mod tests {
                 service: "gold-processor".into(),
                 instance: "gold-0".into(),
             },
-            client: ClientConfig::new(),
         };
         let before = MetricsSnapshot {
             records_in: 10,
@@ -225,11 +184,5 @@ mod tests {
         assert_eq!(event.payload.records_dlq, 1);
         assert_eq!(event.payload.pipeline_id, "medallion");
         assert_eq!(event.event_type, "etl.execution");
-        assert!(SummaryConfig {
-            interval_ms: 5,
-            ..SummaryConfig::default()
-        }
-        .validate()
-        .is_err());
     }
 }

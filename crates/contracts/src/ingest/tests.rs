@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
-/// The connector contract's example (DESIGN.md).
+/// The connector contract's example (docs/design.md).
 fn example() -> Value {
     json!({
       "event_id": "0b6f1c8e-5a3e-4c55-9d8a-2f5b1b7f9e11",

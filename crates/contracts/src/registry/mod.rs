@@ -42,11 +42,11 @@ pub struct RegistryConfig {
     /// Absent: the embedded registry serves the compiled-in schemas.
     #[serde(default)]
     pub url: Option<String>,
-    /// Register the stage's output schemas at start-up (seed 000: `auto_register: true`). When
+    /// Register the stage's output schemas at start-up. When
     /// false, the schemas must already be registered (`medallion schemas register`).
     #[serde(default = "default_auto_register")]
     pub auto_register: bool,
-    /// Level set on a subject that has none yet when auto-registering (seed 000: BACKWARD).
+    /// Level set on a subject that has none yet when auto-registering (BACKWARD by default).
     #[serde(default)]
     pub compatibility: CompatibilityLevel,
     /// Timeout of one registry request.

@@ -70,7 +70,7 @@ pub struct EntityRef {
     pub attributes: std::collections::BTreeMap<String, String>,
 }
 
-/// The envelope every topic's records share (DESIGN.md "The envelope").
+/// The envelope every topic's records share (docs/design.md, "The envelope").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<P> {
     /// Unique id of this event.

@@ -38,6 +38,8 @@ pub(crate) enum PollEvent {
 #[derive(Debug)]
 pub(crate) struct RebalanceContext {
     pub(crate) topic: String,
+    /// The stage name, for metric labels.
+    pub(crate) stage: String,
     pub(crate) events: mpsc::Sender<PollEvent>,
     /// Where the lag from librdkafka's statistics goes.
     pub(crate) metrics: Arc<RuntimeMetrics>,
@@ -66,8 +68,51 @@ pub(crate) fn topic_lag(statistics: &Statistics, topic: &str) -> Option<u64> {
         })
 }
 
+/// Records on this client's partitions of `topic` that it has not read yet: per partition, the
+/// log end minus the next offset to hand to the application (or minus the committed offset
+/// before the first record).
+pub(crate) fn topic_unread(statistics: &Statistics, topic: &str) -> u64 {
+    let Some(topic_statistics) = statistics.topics.get(topic) else {
+        return 0;
+    };
+    let mut unread = 0u64;
+    for partition in topic_statistics.partitions.values() {
+        if partition.partition < 0 || !partition.desired {
+            continue;
+        }
+        let end = partition.hi_offset.max(partition.ls_offset);
+        let read_up_to = if partition.app_offset >= 0 {
+            partition.app_offset
+        } else {
+            partition.committed_offset
+        };
+        if end >= 0 && read_up_to >= 0 {
+            unread = unread.saturating_add(u64::try_from(end - read_up_to).unwrap_or(0));
+        }
+    }
+    unread
+}
+
+/// Whether any broker this client knows of is up (bootstrap entries included).
+pub(crate) fn any_broker_up(statistics: &Statistics) -> bool {
+    statistics
+        .brokers
+        .values()
+        .any(|broker| broker.state == "UP")
+}
+
 impl ClientContext for RebalanceContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
+        metrics::counter!(
+            crate::metrics::names::CLIENT_ERRORS,
+            "stage" => self.stage.clone(),
+            "client" => "consumer",
+            "code" => code
+        )
+        .increment(1);
         tracing::warn!(%error, reason, "kafka consumer error");
     }
 
@@ -78,6 +123,33 @@ impl ClientContext for RebalanceContext {
         self.metrics
             .consumer_lag
             .set(topic_lag(&statistics, &self.topic));
+        self.metrics
+            .health
+            .set_broker_up(any_broker_up(&statistics));
+        self.metrics
+            .health
+            .set_unread(topic_unread(&statistics, &self.topic));
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for partition in topic.partitions.values() {
+                if partition.partition < 0 {
+                    continue;
+                }
+                // A partition this client no longer owns reports 0: its new owner reports it.
+                let lag = if partition.desired {
+                    partition.consumer_lag.max(0)
+                } else {
+                    0
+                };
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!(
+                    crate::metrics::names::CONSUMER_LAG,
+                    "stage" => self.stage.clone(),
+                    "topic" => self.topic.clone(),
+                    "partition" => partition.partition.to_string()
+                )
+                .set(lag as f64);
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //!   dead letter acknowledged by the broker), bounded by the offsets a processor holds. It is
 //!   committed every `commit_interval_ms`, and synchronously on revoke and on shutdown.
 //! - **Idempotent output.** `acks=all`, `enable.idempotence=true`; every output is keyed by its
-//!   `org_id` and its partition is chosen by the configured rule (seeds/000 by default).
+//!   `org_id` and its partition is chosen by the configured rule (the platform's Java rule by default).
 //! - **Order.** One task processes the records of a partition in offset order; outputs are handed
 //!   to the producer in that order, which keeps them in order per output partition, including
 //!   librdkafka's own retries. A record waiting for a retry pauses its partition and holds back
@@ -27,6 +27,7 @@
 //! - Deduplication lives in memory (see [`crate::dedup`]).
 
 mod consumer;
+mod telemetry;
 mod worker;
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DedupConfig, RetryConfig, WorkerConfig};
+use crate::config::{BreakerConfig, DedupConfig, RetryConfig, WorkerConfig};
 use crate::error::RuntimeError;
 use crate::metrics::RuntimeMetrics;
 use crate::partitioner::PartitionerKind;
@@ -67,6 +68,8 @@ pub(crate) struct RunSettings {
     pub(crate) retry: RetryConfig,
     pub(crate) dedup: DedupConfig,
     pub(crate) partitioner: PartitionerKind,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) stall_timeout: Duration,
 }
 
 /// A configured worker, ready to [`run`](Runtime::run) a processor.
@@ -80,7 +83,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Prepares the Kafka clients' configuration. `config` must have passed `validate()`.
-    pub fn new<S>(config: &WorkerConfig<S>) -> Self {
+    pub fn new<S, R>(config: &WorkerConfig<S, R>) -> Self {
         let instance = config.worker.instance_name();
         let settings = RunSettings {
             input_topic: Arc::from(config.consumer.input_topic.as_str()),
@@ -94,15 +97,10 @@ impl Runtime {
             retry: config.retry.clone(),
             dedup: config.dedup.clone(),
             partitioner: config.producer.partitioner,
+            breaker: config.breaker.clone(),
+            stall_timeout: Duration::from_millis(config.health.stall_timeout_ms),
         };
-        let mut common = ClientConfig::new();
-        common
-            .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-            .set("client.id", config.client_id());
-        for (name, value) in &config.kafka.librdkafka.0 {
-            common.set(name, value);
-        }
-        let mut consumer_config = common.clone();
+        let mut consumer_config = common_client_config(config);
         consumer_config
             .set("group.id", &config.consumer.group_id)
             .set("enable.auto.commit", "false")
@@ -123,26 +121,15 @@ impl Runtime {
         for (name, value) in &config.consumer.librdkafka.0 {
             consumer_config.set(name, value);
         }
-        let queue_messages = (config.consumer.max_in_flight * 4).max(100_000);
-        let mut producer_config = common;
-        producer_config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", config.producer.compression.as_str())
-            .set("linger.ms", config.producer.linger_ms.to_string())
-            .set(
-                "message.timeout.ms",
-                config.producer.message_timeout_ms.to_string(),
-            )
-            .set("queue.buffering.max.messages", queue_messages.to_string());
-        for (name, value) in &config.producer.librdkafka.0 {
-            producer_config.set(name, value);
-        }
+        let producer_config = producer_client_config(config);
         Self {
             settings,
             consumer_config,
             producer_config,
-            metrics: Arc::new(RuntimeMetrics::default()),
+            metrics: Arc::new(RuntimeMetrics::new(
+                &config.worker.stage,
+                &config.consumer.input_topic,
+            )),
         }
     }
 
@@ -177,6 +164,7 @@ impl Runtime {
         let (events_tx, events_rx) = mpsc::channel(POLL_CHANNEL_CAPACITY);
         let context = RebalanceContext {
             topic: self.settings.input_topic.to_string(),
+            stage: self.settings.stage.clone(),
             events: events_tx.clone(),
             metrics: Arc::clone(&self.metrics),
             lag_frozen: AtomicBool::new(false),
@@ -227,8 +215,41 @@ impl Runtime {
     }
 }
 
+/// The brokers, `client.id` and shared `[kafka.librdkafka]` properties (TLS, SASL) of every client.
+pub(crate) fn common_client_config<S, R>(config: &WorkerConfig<S, R>) -> ClientConfig {
+    let mut common = ClientConfig::new();
+    common
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", config.client_id());
+    for (name, value) in &config.kafka.librdkafka.0 {
+        common.set(name, value);
+    }
+    common
+}
+
+/// The idempotent producer's configuration: `acks=all`, idempotence, compression, linger,
+/// timeouts, then the `[producer.librdkafka]` properties.
+pub(crate) fn producer_client_config<S, R>(config: &WorkerConfig<S, R>) -> ClientConfig {
+    let queue_messages = (config.consumer.max_in_flight * 4).max(100_000);
+    let mut producer_config = common_client_config(config);
+    producer_config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", config.producer.compression.as_str())
+        .set("linger.ms", config.producer.linger_ms.to_string())
+        .set(
+            "message.timeout.ms",
+            config.producer.message_timeout_ms.to_string(),
+        )
+        .set("queue.buffering.max.messages", queue_messages.to_string());
+    for (name, value) in &config.producer.librdkafka.0 {
+        producer_config.set(name, value);
+    }
+    producer_config
+}
+
 /// Looks up each topic's partition count; a missing topic is a start-up error.
-fn partition_counts(
+pub(crate) fn partition_counts(
     producer: &FutureProducer,
     topics: &[Arc<str>],
 ) -> Result<HashMap<Arc<str>, i32>, RuntimeError> {

@@ -6,7 +6,7 @@
 //! A partition with a record waiting for a retry is paused and its later records wait in a
 //! backlog, so outputs of one input partition are written in input order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,22 +27,31 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use uuid::Uuid;
 
 use super::consumer::{PollEvent, RebalanceContext};
+use super::telemetry::{wall_clock_ms, WorkerTelemetry};
 use super::RunSettings;
 use crate::backoff::backoff_delay;
+use crate::breaker::{Breaker, Transition};
 use crate::dedup::Deduplicator;
 use crate::dlq::{dlq_headers, DlqFailure, DlqSource, Header};
 use crate::error::{delivery_error_class, ErrorClass, ProcessError, RuntimeError};
+use crate::health::NotReady;
 use crate::metrics::RuntimeMetrics;
 use crate::partitioner::{murmur2_partition, org_key};
 use crate::processor::{InputRecord, OutputRecord, ProcessContext, Processor};
+use crate::trace::RecordSpan;
 use crate::tracker::{HoldKey, PartitionTracker};
 
 /// A record is identified by its partition and offset, plus a sequence number that tells apart
 /// two lives of the same offset (revoked, then assigned again).
 type RecordKey = (i32, i64);
 
+/// The W3C trace-context header.
+const TRACEPARENT: &str = "traceparent";
+
 /// How often the worker logs its counters.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the worker updates its readiness and its breaker.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A write the runtime owes the broker: an output or a dead letter.
 #[derive(Debug)]
@@ -93,6 +102,10 @@ struct RecordState {
     retry_key: Option<delay_queue::Key>,
     /// Whether the record is being dead-lettered (its writes are the dead letter).
     dead_letter: bool,
+    /// The error code it is dead-lettered with.
+    dlq_code: Option<std::borrow::Cow<'static, str>>,
+    /// Its trace span, when traces are on and it was sampled.
+    span: Option<RecordSpan>,
 }
 
 #[derive(Debug, Default)]
@@ -141,11 +154,21 @@ pub(crate) struct Worker<P: Processor> {
     /// The periodic commit under way, if any, with the positions it commits. At most one runs
     /// at a time, so a slow coordinator never sees commits pile up ahead of heartbeats.
     commit_task: Option<CommitTask>,
+    telemetry: WorkerTelemetry,
+    breaker: Breaker,
+    /// Partitions currently paused, for the metric.
+    paused: HashSet<i32>,
+    /// Records finished since start, and the value and time last seen by the health check.
+    finished: u64,
+    progress: (u64, Instant),
+    /// Set when the breaker lets records through again: the health check releases backlogs.
+    release_due: bool,
 }
 
 struct CommitTask {
     handle: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
     positions: Vec<(i32, i64)>,
+    started: Instant,
 }
 
 fn owned_headers(message: &OwnedMessage) -> Vec<Header> {
@@ -175,6 +198,13 @@ impl<P: Processor> Worker<P> {
         partition_counts: HashMap<Arc<str>, i32>,
     ) -> Self {
         let dedup = Deduplicator::new(&settings.dedup);
+        let outputs: Vec<&Arc<str>> = partition_counts
+            .keys()
+            .filter(|topic| **topic != settings.input_topic && **topic != settings.dlq_topic)
+            .collect();
+        let telemetry =
+            WorkerTelemetry::new(&settings.stage, &settings.input_topic, outputs.into_iter());
+        let breaker = Breaker::new(&settings.breaker);
         Self {
             settings,
             consumer,
@@ -193,6 +223,12 @@ impl<P: Processor> Worker<P> {
             pending_revoke: None,
             draining: false,
             commit_task: None,
+            telemetry,
+            breaker,
+            paused: HashSet::new(),
+            finished: 0,
+            progress: (0, Instant::now()),
+            release_due: false,
         }
     }
 
@@ -206,6 +242,8 @@ impl<P: Processor> Worker<P> {
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut summary_timer = tokio::time::interval(SUMMARY_INTERVAL);
         summary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health_timer = tokio::time::interval(HEALTH_INTERVAL);
+        health_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
@@ -228,6 +266,7 @@ impl<P: Processor> Worker<P> {
                 }
                 _ = commit_timer.tick() => self.start_commit(),
                 _ = summary_timer.tick() => self.log_summary(),
+                _ = health_timer.tick() => self.check_health().await,
                 event = events.recv(), if can_take => match event {
                     Some(PollEvent::Message(message)) => self.on_message(message).await,
                     Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
@@ -246,6 +285,8 @@ impl<P: Processor> Worker<P> {
     /// finished synchronously.
     async fn drain_for_shutdown(&mut self) {
         self.draining = true;
+        self.metrics.health.set_ready(Err(NotReady::Stopping));
+        self.telemetry.ready.set(0.0);
         self.consumer
             .context()
             .lag_frozen
@@ -322,9 +363,11 @@ impl<P: Processor> Worker<P> {
             return;
         }
         state.records += 1;
-        let waiting = state.waiting > 0;
+        let waiting = state.waiting > 0 || !state.backlog.is_empty();
         self.in_flight += 1;
         self.metrics.records_in.inc();
+        let size = message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
+        self.telemetry.bytes_in.increment(size as u64);
         self.next_seq += 1;
         let headers = owned_headers(&message);
         self.records.insert(
@@ -345,9 +388,11 @@ impl<P: Processor> Worker<P> {
                 org_id: None,
                 retry_key: None,
                 dead_letter: false,
+                dlq_code: None,
+                span: None,
             },
         );
-        if waiting {
+        if waiting || !self.breaker.may_start() {
             if let Some(state) = self.partitions.get_mut(&partition) {
                 state.backlog.push_back(offset);
             }
@@ -364,6 +409,21 @@ impl<P: Processor> Worker<P> {
         };
         state.attempts += 1;
         let first_attempt = state.attempts == 1;
+        if first_attempt {
+            let parent = state
+                .headers
+                .iter()
+                .rev()
+                .find(|(name, _)| name == TRACEPARENT)
+                .and_then(|(_, value)| value.as_deref());
+            state.span = RecordSpan::start(
+                &self.settings.stage,
+                &self.settings.input_topic,
+                partition,
+                offset,
+                parent,
+            );
+        }
         let input = InputRecord {
             topic: &self.settings.input_topic,
             partition,
@@ -373,13 +433,29 @@ impl<P: Processor> Worker<P> {
             payload: state.message.payload(),
             headers: &state.headers,
         };
-        let traceparent = input.header("traceparent").map(<[u8]>::to_vec);
+        // Outputs carry this record's span, or the input's trace context unchanged.
+        let traceparent = state
+            .span
+            .as_ref()
+            .map(|span| span.traceparent().to_vec())
+            .or_else(|| input.header(TRACEPARENT).map(<[u8]>::to_vec));
         let mut outputs = Vec::new();
         let mut holds = Vec::new();
         let mut releases = Vec::new();
         let outcome = match self.processor.decode(&input).await {
             Err(error) => Err(error),
             Ok(decoded) => {
+                if first_attempt {
+                    if let Some(lag) =
+                        self.processor
+                            .event_time_ms(&decoded)
+                            .and_then(|event_time| {
+                                WorkerTelemetry::seconds_since(event_time, wall_clock_ms())
+                            })
+                    {
+                        self.telemetry.event_time_lag_seconds.record(lag);
+                    }
+                }
                 let event_id = self.processor.event_id(&decoded);
                 state.event_id = event_id;
                 match event_id {
@@ -417,10 +493,10 @@ impl<P: Processor> Worker<P> {
                 let mut writes = Vec::with_capacity(outputs.len());
                 for mut output in outputs {
                     if let Some(parent) = &traceparent {
-                        if !output.headers.iter().any(|(name, _)| name == "traceparent") {
+                        if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
                             output
                                 .headers
-                                .push(("traceparent".to_owned(), Some(parent.clone())));
+                                .push((TRACEPARENT.to_owned(), Some(parent.clone())));
                         }
                     }
                     writes.push(self.output_write(output));
@@ -570,11 +646,12 @@ impl<P: Processor> Worker<P> {
         state.pending_writes = state.pending_writes.saturating_sub(1);
         match delivery.result {
             Ok(()) => {
-                if let Some(slot) = state.writes.get_mut(delivery.index) {
-                    *slot = None;
-                }
-                if state.phase == Phase::Writing {
-                    self.metrics.records_out.inc();
+                if let Some(write) = state.writes.get_mut(delivery.index).and_then(Option::take) {
+                    if state.phase == Phase::Writing {
+                        self.metrics.records_out.inc();
+                        self.telemetry
+                            .output_acked(&write.topic, write.payload.as_ref().map_or(0, Vec::len));
+                    }
                 }
             }
             Err(error) => {
@@ -590,6 +667,8 @@ impl<P: Processor> Worker<P> {
             let dead_lettered = state.phase == Phase::DeadLettering;
             if dead_lettered {
                 self.metrics.dlq_records.inc();
+                self.telemetry
+                    .dead_letter_acked(state.dlq_code.as_deref().unwrap_or("unknown"));
             }
             self.finish(delivery.key);
             return;
@@ -682,7 +761,13 @@ impl<P: Processor> Worker<P> {
             let Some(state) = self.partitions.get_mut(&partition) else {
                 return;
             };
-            if state.waiting > 0 {
+            if state.waiting > 0 || state.backlog.is_empty() && self.breaker.holds_records() {
+                return;
+            }
+            if state.backlog.is_empty() {
+                break;
+            }
+            if !self.breaker.may_start() {
                 return;
             }
             let Some(offset) = state.backlog.pop_front() else {
@@ -690,7 +775,7 @@ impl<P: Processor> Worker<P> {
             };
             self.run_record((partition, offset)).await;
         }
-        if !self.paused_for_backpressure {
+        if !self.paused_for_backpressure && !self.breaker.holds_records() {
             self.set_paused(&[partition], false);
         }
     }
@@ -726,6 +811,7 @@ impl<P: Processor> Worker<P> {
             last_failure: now,
             event_id,
             org_id,
+            traceparent: state.span.as_ref().map(RecordSpan::traceparent),
         };
         let headers = dlq_headers(&state.headers, &source, &failure);
         let dlq_partitions = self
@@ -748,6 +834,7 @@ impl<P: Processor> Worker<P> {
             timestamp_ms: timestamp_ms(&state.message),
         };
         state.dead_letter = true;
+        state.dlq_code = Some(error.code.clone());
         self.start_writes(key, vec![write], Phase::DeadLettering);
     }
 
@@ -757,6 +844,23 @@ impl<P: Processor> Worker<P> {
             return;
         };
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.finished += 1;
+        if !state.dead_letter && !state.writes.is_empty() {
+            if let Some(latency) = timestamp_ms(&state.message)
+                .and_then(|input| WorkerTelemetry::seconds_since(input, wall_clock_ms()))
+            {
+                self.telemetry.processing_seconds.record(latency);
+            }
+        }
+        if let Some(span) = state.span {
+            span.end(state.dlq_code.as_deref());
+        }
+        if let Some(transition) = self
+            .breaker
+            .record(state.dead_letter, std::time::Instant::now())
+        {
+            self.on_breaker(transition);
+        }
         let (partition, offset) = key;
         if let Some(partition_state) = self.partitions.get_mut(&partition) {
             partition_state.records = partition_state.records.saturating_sub(1);
@@ -775,6 +879,11 @@ impl<P: Processor> Worker<P> {
         if let Some(retry_key) = state.retry_key {
             self.retries.remove(&retry_key);
         }
+        if let Some(span) = state.span {
+            span.end(Some(
+                "abandoned: revoked or shutting down; read again from the committed offset",
+            ));
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(partition_state) = self.partitions.get_mut(&key.0) {
             partition_state.records = partition_state.records.saturating_sub(1);
@@ -785,13 +894,16 @@ impl<P: Processor> Worker<P> {
         for partition in partitions {
             self.partitions.entry(*partition).or_default();
         }
+        self.telemetry.assigns.increment(1);
+        self.telemetry.assigned.set(self.partitions.len() as f64);
         self.processor.partitions_assigned(partitions);
-        if self.paused_for_backpressure {
+        if self.paused_for_backpressure || self.breaker.holds_records() {
             self.set_paused(partitions, true);
         }
     }
 
     fn on_revoke(&mut self, partitions: Vec<i32>, reply: oneshot::Sender<TopicPartitionList>) {
+        self.telemetry.revokes.increment(1);
         let mut abandoned = Vec::new();
         for partition in &partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
@@ -855,7 +967,10 @@ impl<P: Processor> Worker<P> {
         }
         for partition in &revoke.partitions {
             self.partitions.remove(partition);
+            self.paused.remove(partition);
         }
+        self.telemetry.assigned.set(self.partitions.len() as f64);
+        self.telemetry.paused.set(self.paused.len() as f64);
         self.dedup.forget_partitions(&revoke.partitions);
         self.processor.partitions_revoked(&revoke.partitions);
     }
@@ -918,14 +1033,22 @@ impl<P: Processor> Worker<P> {
         }
         let consumer = Arc::clone(&self.consumer);
         let handle = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
-        self.commit_task = Some(CommitTask { handle, positions });
+        self.commit_task = Some(CommitTask {
+            handle,
+            positions,
+            started: Instant::now(),
+        });
     }
 
-    fn on_commit_finished(&mut self, result: (Vec<(i32, i64)>, Result<(), String>)) {
-        let (positions, outcome) = result;
+    fn on_commit_finished(&mut self, result: CommitOutcome) {
+        let (positions, started, outcome) = result;
+        self.telemetry
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
                 self.metrics.commits.inc();
+                self.telemetry.commits_ok.increment(1);
                 for (partition, position) in positions {
                     if let Some(state) = self.partitions.get_mut(&partition) {
                         state.committed =
@@ -934,6 +1057,7 @@ impl<P: Processor> Worker<P> {
                 }
             }
             Err(error) => {
+                self.telemetry.commits_failed.increment(1);
                 tracing::warn!(%error, "offset commit failed; retried at the next interval")
             }
         }
@@ -954,6 +1078,85 @@ impl<P: Processor> Worker<P> {
         );
     }
 
+    /// Updates liveness and readiness, and moves an open breaker to its probe when due.
+    async fn check_health(&mut self) {
+        let now = Instant::now();
+        let health = &self.metrics.health;
+        health.turned();
+        if let Some(transition) = self.breaker.tick(now.into_std()) {
+            self.on_breaker(transition);
+        }
+        if std::mem::take(&mut self.release_due) {
+            let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+            for partition in partitions {
+                self.release_backlog(partition).await;
+            }
+        }
+        let health = &self.metrics.health;
+        let waiting = self.in_flight > 0 || health.unread() > 0;
+        if !waiting || self.finished != self.progress.0 {
+            self.progress = (self.finished, now);
+        }
+        let stalled = now.duration_since(self.progress.1) > self.settings.stall_timeout;
+        let readiness = if self.draining {
+            Err(NotReady::Stopping)
+        } else if self.breaker.holds_records() {
+            Err(NotReady::BreakerOpen)
+        } else if self.partitions.is_empty() {
+            Err(NotReady::NoPartitions)
+        } else if !health.broker_up() {
+            Err(NotReady::BrokersDown)
+        } else if stalled {
+            Err(NotReady::Stalled)
+        } else {
+            Ok(())
+        };
+        if readiness != health.readiness() {
+            match readiness {
+                Ok(()) => tracing::info!("ready"),
+                Err(reason) => tracing::warn!(reason = reason.reason(), "not ready"),
+            }
+        }
+        health.set_ready(readiness);
+        self.telemetry
+            .ready
+            .set(if readiness.is_ok() { 1.0 } else { 0.0 });
+    }
+
+    fn on_breaker(&mut self, transition: Transition) {
+        match transition {
+            Transition::Opened(share) => {
+                tracing::error!(
+                    dlq_share = share,
+                    window = self.settings.breaker.window,
+                    open_ms = self.settings.breaker.open_ms,
+                    "dead-letter circuit breaker opened: too many records failed; pausing \
+                     partitions (check the dead letters' error codes: a bad deploy or a changed \
+                     upstream contract)"
+                );
+                self.telemetry.breaker_trips.increment(1);
+                self.telemetry.breaker_open.set(1.0);
+                self.metrics.health.set_ready(Err(NotReady::BreakerOpen));
+                self.telemetry.ready.set(0.0);
+                let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+                self.set_paused(&partitions, true);
+            }
+            Transition::Probing => {
+                tracing::warn!(
+                    probe_records = self.settings.breaker.probe_records,
+                    "dead-letter circuit breaker probing"
+                );
+                self.telemetry.breaker_open.set(0.0);
+                self.release_due = true;
+            }
+            Transition::Closed => {
+                tracing::info!("dead-letter circuit breaker closed");
+                self.telemetry.breaker_open.set(0.0);
+                self.release_due = true;
+            }
+        }
+    }
+
     fn update_backpressure(&mut self) {
         self.metrics.in_flight.set(self.in_flight as u64);
         let max = self.settings.max_in_flight;
@@ -967,6 +1170,9 @@ impl<P: Processor> Worker<P> {
             self.set_paused(&partitions, true);
         } else if self.paused_for_backpressure && self.in_flight <= max / 2 {
             self.paused_for_backpressure = false;
+            if self.breaker.holds_records() {
+                return;
+            }
             let partitions: Vec<i32> = self
                 .partitions
                 .iter()
@@ -977,10 +1183,18 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn set_paused(&self, partitions: &[i32], paused: bool) {
+    fn set_paused(&mut self, partitions: &[i32], paused: bool) {
         if partitions.is_empty() {
             return;
         }
+        for partition in partitions {
+            if paused {
+                self.paused.insert(*partition);
+            } else {
+                self.paused.remove(partition);
+            }
+        }
+        self.telemetry.paused.set(self.paused.len() as f64);
         let mut list = TopicPartitionList::new();
         for partition in partitions {
             list.add_partition(&self.settings.input_topic, *partition);
@@ -996,19 +1210,25 @@ impl<P: Processor> Worker<P> {
     }
 }
 
+/// The positions a commit covered, when it started, and how it ended.
+type CommitOutcome = (Vec<(i32, i64)>, Instant, Result<(), String>);
+
 /// Waits for the commit task in `slot` and takes it out; pending forever when there is none.
-async fn commit_finished(slot: &mut Option<CommitTask>) -> (Vec<(i32, i64)>, Result<(), String>) {
+async fn commit_finished(slot: &mut Option<CommitTask>) -> CommitOutcome {
     let Some(task) = slot.as_mut() else {
         return std::future::pending().await;
     };
     let joined = (&mut task.handle).await;
-    let positions = slot.take().map(|task| task.positions).unwrap_or_default();
+    let (positions, started) = slot.take().map_or_else(
+        || (Vec::new(), Instant::now()),
+        |task| (task.positions, task.started),
+    );
     let outcome = match joined {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(error) => Err(format!("commit task failed: {error}")),
     };
-    (positions, outcome)
+    (positions, started, outcome)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::partitioner::PartitionerKind;
 
+mod operations;
+
+pub use operations::{BreakerConfig, HealthConfig, SummaryConfig, TelemetryConfig};
+
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "MEDALLION__";
 
@@ -71,10 +75,11 @@ impl ConfigError {
     }
 }
 
-/// The full configuration of a worker: the runtime's tables plus the stage's own `[stage]` table.
+/// The full configuration of a worker: the runtime's tables, the schema registry's table `R`
+/// (the contracts crate's; core only carries it), and the stage's own `[stage]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerConfig<S> {
+pub struct WorkerConfig<S, R = NoRegistry> {
     /// Identity of this worker in logs and dead-letter headers.
     #[serde(default)]
     pub worker: IdentityConfig,
@@ -94,10 +99,30 @@ pub struct WorkerConfig<S> {
     /// Dead-letter routing.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// The schema registry the stage decodes and encodes through.
+    #[serde(default)]
+    pub schema_registry: R,
+    /// The periodic `etl.execution` summary.
+    #[serde(default)]
+    pub summary: SummaryConfig,
+    /// The HTTP endpoint (metrics, liveness, readiness) and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// What readiness and liveness report.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The dead-letter circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// The stage's own settings.
     #[serde(default)]
     pub stage: S,
 }
+
+/// The `schema_registry` table of a worker that uses none (tests, benchmarks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NoRegistry {}
 
 /// Who this worker is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -228,7 +253,7 @@ impl OffsetReset {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
-    /// Consumer group id (seeds/000: `bronze-processor`, `silver-processor`, ...).
+    /// Consumer group id (docs/design.md: `bronze-processor`, `silver-processor`, ...).
     pub group_id: String,
     /// The topic this stage reads.
     pub input_topic: String,
@@ -428,7 +453,7 @@ impl Default for DlqConfig {
     }
 }
 
-impl<S> WorkerConfig<S> {
+impl<S, R> WorkerConfig<S, R> {
     /// The dead-letter topic of the input topic.
     pub fn dlq_topic(&self) -> String {
         format!("{}{}", self.consumer.input_topic, self.dlq.topic_suffix)
@@ -540,7 +565,13 @@ impl<S> WorkerConfig<S> {
             ));
         }
         check_topic_name("dlq.topic_suffix", &self.dlq_topic())?;
-        Ok(())
+        operations::validate(
+            &self.summary,
+            &self.telemetry,
+            &self.health,
+            &self.breaker,
+            self.consumer.commit_interval_ms,
+        )
     }
 }
 
@@ -563,7 +594,7 @@ fn check_topic_name(key: &str, topic: &str) -> Result<(), ConfigError> {
 #[serde(deny_unknown_fields)]
 pub struct NoStageSettings {}
 
-impl<S> Validate for WorkerConfig<S> {
+impl<S, R> Validate for WorkerConfig<S, R> {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_runtime()
     }

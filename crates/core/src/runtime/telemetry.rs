@@ -1,0 +1,119 @@
+//! The worker's exported metrics: handles registered once at start-up (labels `stage` and
+//! `topic`, plus the output topic or the error code where they matter), so the per-record path
+//! only increments. Names are in [`crate::metrics::names`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::names;
+
+pub(crate) struct WorkerTelemetry {
+    stage: String,
+    topic: String,
+    outputs: HashMap<Arc<str>, (metrics::Counter, metrics::Counter)>,
+    pub(crate) bytes_in: metrics::Counter,
+    pub(crate) paused: metrics::Gauge,
+    pub(crate) assigned: metrics::Gauge,
+    pub(crate) assigns: metrics::Counter,
+    pub(crate) revokes: metrics::Counter,
+    pub(crate) commits_ok: metrics::Counter,
+    pub(crate) commits_failed: metrics::Counter,
+    pub(crate) commit_seconds: metrics::Histogram,
+    pub(crate) processing_seconds: metrics::Histogram,
+    pub(crate) event_time_lag_seconds: metrics::Histogram,
+    pub(crate) ready: metrics::Gauge,
+    pub(crate) breaker_open: metrics::Gauge,
+    pub(crate) breaker_trips: metrics::Counter,
+}
+
+impl WorkerTelemetry {
+    pub(crate) fn new<'a>(
+        stage: &str,
+        topic: &str,
+        output_topics: impl Iterator<Item = &'a Arc<str>>,
+    ) -> Self {
+        let labels = [("stage", stage.to_owned()), ("topic", topic.to_owned())];
+        let stage_only = [("stage", stage.to_owned())];
+        let outputs = output_topics
+            .map(|output| {
+                let output_labels = [("stage", stage.to_owned()), ("topic", output.to_string())];
+                (
+                    Arc::clone(output),
+                    (
+                        metrics::counter!(names::RECORDS_OUT, &output_labels),
+                        metrics::counter!(names::BYTES_OUT, &output_labels),
+                    ),
+                )
+            })
+            .collect();
+        let rebalance = |kind: &str| {
+            metrics::counter!(
+                names::REBALANCES,
+                "stage" => stage.to_owned(),
+                "topic" => topic.to_owned(),
+                "kind" => kind.to_owned()
+            )
+        };
+        let commits = |outcome: &str| {
+            metrics::counter!(
+                names::COMMITS,
+                "stage" => stage.to_owned(),
+                "outcome" => outcome.to_owned()
+            )
+        };
+        Self {
+            stage: stage.to_owned(),
+            topic: topic.to_owned(),
+            outputs,
+            bytes_in: metrics::counter!(names::BYTES_IN, &labels),
+            paused: metrics::gauge!(names::PAUSED_PARTITIONS, &labels),
+            assigned: metrics::gauge!(names::ASSIGNED_PARTITIONS, &labels),
+            assigns: rebalance("assign"),
+            revokes: rebalance("revoke"),
+            commits_ok: commits("ok"),
+            commits_failed: commits("failed"),
+            commit_seconds: metrics::histogram!(names::COMMIT_SECONDS, &stage_only),
+            processing_seconds: metrics::histogram!(names::PROCESSING_SECONDS, &stage_only),
+            event_time_lag_seconds: metrics::histogram!(names::EVENT_TIME_LAG_SECONDS, &stage_only),
+            ready: metrics::gauge!(names::READY, &stage_only),
+            breaker_open: metrics::gauge!(names::BREAKER_OPEN, &stage_only),
+            breaker_trips: metrics::counter!(names::BREAKER_TRIPS, &stage_only),
+        }
+    }
+
+    /// An output of `bytes` bytes to `topic` was acknowledged.
+    pub(crate) fn output_acked(&self, topic: &str, bytes: usize) {
+        if let Some((records, bytes_out)) = self.outputs.get(topic) {
+            records.increment(1);
+            bytes_out.increment(bytes as u64);
+        }
+    }
+
+    /// A dead letter with `code` was acknowledged (rare: the handle is looked up each time).
+    pub(crate) fn dead_letter_acked(&self, code: &str) {
+        metrics::counter!(
+            names::DLQ_RECORDS,
+            "stage" => self.stage.clone(),
+            "topic" => self.topic.clone(),
+            "code" => code.to_owned()
+        )
+        .increment(1);
+    }
+
+    /// Seconds from `from_ms` (epoch millis) to `now_ms`, or `None` for a time in the future.
+    pub(crate) fn seconds_since(from_ms: i64, now_ms: i64) -> Option<f64> {
+        let elapsed = now_ms.checked_sub(from_ms)?;
+        let elapsed = u64::try_from(elapsed).ok()?;
+        Some(Duration::from_millis(elapsed).as_secs_f64())
+    }
+}
+
+/// Wall-clock time in epoch millis.
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}

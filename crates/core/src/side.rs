@@ -1,0 +1,342 @@
+//! Side clients: Kafka clients a stage needs besides its runtime's consumer and producer, built
+//! from the same configuration so they get the same brokers, TLS/SASL properties and delivery
+//! settings. Stages use these instead of creating rdkafka clients of their own.
+//!
+//! - [`SideProducer`]: the runtime's idempotent producer settings (`acks=all`, idempotence,
+//!   `[producer.librdkafka]`); records keyed by `org_id` go to the partition the runtime's
+//!   partitioner picks, other keys to Kafka's murmur2 partition. A transient delivery failure is
+//!   retried with the `[retry]` backoff until it is acknowledged or the caller's token is
+//!   cancelled; a permanent one is returned.
+//! - [`TopicReader`]: reads a whole topic from its beginning without a consumer group (nothing
+//!   committed) and says when it has read everything that was on the topic when it opened.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::backoff_delay;
+use crate::config::{RetryConfig, WorkerConfig};
+use crate::error::{delivery_error_class, ErrorClass, RuntimeError};
+use crate::partitioner::{murmur2_partition, org_key, PartitionerKind};
+use crate::runtime::{common_client_config, partition_counts, producer_client_config};
+
+/// How long a side client waits for topic metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a side write failed for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SideError {
+    /// The broker refused the record itself (too large, invalid).
+    #[error("the broker refused a record for `{topic}`: {source}")]
+    Refused {
+        /// The topic.
+        topic: String,
+        /// The librdkafka error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The caller's token was cancelled before the record was acknowledged.
+    #[error("stopped before a record for `{topic}` was acknowledged")]
+    Stopped {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic's metadata could not be read.
+    #[error(transparent)]
+    Topic(#[from] RuntimeError),
+}
+
+/// An idempotent producer for records a stage writes besides its outputs.
+#[derive(Clone)]
+pub struct SideProducer {
+    producer: FutureProducer,
+    partitioner: PartitionerKind,
+    retry: RetryConfig,
+    partitions: Arc<Mutex<HashMap<String, i32>>>,
+}
+
+impl std::fmt::Debug for SideProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SideProducer")
+            .field("partitioner", &self.partitioner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SideProducer {
+    /// A producer with the runtime's producer settings.
+    pub fn new<S, R>(config: &WorkerConfig<S, R>) -> Result<Self, RuntimeError> {
+        let producer: FutureProducer =
+            producer_client_config(config)
+                .create()
+                .map_err(|source| RuntimeError::Client {
+                    client: "side producer",
+                    source,
+                })?;
+        Ok(Self {
+            producer,
+            partitioner: config.producer.partitioner,
+            retry: config.retry.clone(),
+            partitions: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Writes `payload` keyed by `org_id` to the partition the runtime's partitioner picks.
+    pub async fn send_for_org(
+        &self,
+        topic: &str,
+        org_id: i64,
+        payload: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<(), SideError> {
+        let partitions = self.partition_count(topic).await?;
+        let partition = self.partitioner.partition(org_id, partitions);
+        let key = org_key(org_id);
+        self.send(topic, partition, key.as_bytes(), payload, stop)
+            .await
+    }
+
+    /// Writes `payload` under `key` to Kafka's murmur2 partition of the key.
+    pub async fn send_keyed(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<(), SideError> {
+        let partitions = self.partition_count(topic).await?;
+        let partition = murmur2_partition(key, partitions);
+        self.send(topic, partition, key, payload, stop).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<(), SideError> {
+        let mut failed_attempts = 0;
+        loop {
+            let record = FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(payload);
+            let delivery = tokio::select! {
+                () = stop.cancelled() => return Err(SideError::Stopped { topic: topic.to_owned() }),
+                delivery = self.producer.send(record, Duration::from_secs(5)) => delivery,
+            };
+            let error = match delivery {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => error,
+            };
+            if delivery_error_class(&error) != ErrorClass::Transient {
+                return Err(SideError::Refused {
+                    topic: topic.to_owned(),
+                    source: error,
+                });
+            }
+            failed_attempts += 1;
+            let delay = backoff_delay(&self.retry, failed_attempts);
+            tracing::warn!(%error, topic, attempts = failed_attempts, "side write not acknowledged; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return Err(SideError::Stopped { topic: topic.to_owned() }),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<i32, SideError> {
+        if let Some(count) = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+        {
+            return Ok(*count);
+        }
+        let producer = self.producer.clone();
+        let name: Arc<str> = Arc::from(topic);
+        let counts = tokio::task::spawn_blocking(move || partition_counts(&producer, &[name]))
+            .await
+            .map_err(|error| RuntimeError::Thread(error.to_string()))??;
+        let count = counts.values().next().copied().unwrap_or(1);
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned(), count);
+        Ok(count)
+    }
+}
+
+/// One record a [`TopicReader`] read.
+#[derive(Debug, Clone)]
+pub struct SideRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads a whole topic from the beginning, outside any consumer group.
+pub struct TopicReader {
+    consumer: StreamConsumer,
+    topic: String,
+    /// The end of each partition when the reader opened, until the reader has passed it.
+    pending: HashMap<i32, i64>,
+}
+
+impl std::fmt::Debug for TopicReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicReader")
+            .field("topic", &self.topic)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TopicReader {
+    /// Opens `topic` from the beginning of every partition and notes where each ends now.
+    pub async fn open<S, R>(
+        config: &WorkerConfig<S, R>,
+        topic: &str,
+    ) -> Result<Self, RuntimeError> {
+        let mut client = common_client_config(config);
+        client
+            .set("group.id", format!("{}-reader", config.consumer.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        for (name, value) in &config.consumer.librdkafka.0 {
+            client.set(name, value);
+        }
+        let consumer: StreamConsumer = client.create().map_err(|source| RuntimeError::Client {
+            client: "topic reader",
+            source,
+        })?;
+        let name = topic.to_owned();
+        let (consumer, pending) = tokio::task::spawn_blocking(move || {
+            let pending = Self::assign_from_beginning(&consumer, &name)?;
+            Ok::<_, RuntimeError>((consumer, pending))
+        })
+        .await
+        .map_err(|error| RuntimeError::Thread(error.to_string()))??;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            pending,
+        })
+    }
+
+    fn assign_from_beginning(
+        consumer: &StreamConsumer,
+        topic: &str,
+    ) -> Result<HashMap<i32, i64>, RuntimeError> {
+        let unreachable = |error: KafkaError| {
+            RuntimeError::Topic {
+            topic: topic.to_owned(),
+            reason: format!(
+                "metadata lookup failed ({error}); check kafka.bootstrap_servers and that the brokers are up"
+            ),
+        }
+        };
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(unreachable)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut pending = HashMap::new();
+        for found in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for partition in found.partitions() {
+                assignment
+                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                    .map_err(unreachable)?;
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
+                    .map_err(unreachable)?;
+                if high > low {
+                    pending.insert(partition.id(), high);
+                }
+            }
+        }
+        if assignment.count() == 0 {
+            return Err(RuntimeError::Topic {
+                topic: topic.to_owned(),
+                reason: "does not exist; create it first (medallion does not rely on topic auto-creation)".into(),
+            });
+        }
+        consumer.assign(&assignment).map_err(unreachable)?;
+        Ok(pending)
+    }
+
+    /// Whether every record that was on the topic when the reader opened has been returned.
+    pub fn caught_up(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The next record, or `None` once `stop` is cancelled. Read errors are logged and skipped
+    /// (the reader goes on from where it was).
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<SideRecord> {
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => return None,
+                _ = check.tick(), if !self.pending.is_empty() => {
+                    self.note_positions();
+                    continue;
+                }
+                received = self.consumer.recv() => received,
+            };
+            let message = match received {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, topic = %self.topic, "topic read failed");
+                    continue;
+                }
+            };
+            let partition = message.partition();
+            let offset = message.offset();
+            if self
+                .pending
+                .get(&partition)
+                .is_some_and(|end| offset + 1 >= *end)
+            {
+                self.pending.remove(&partition);
+            }
+            return Some(SideRecord {
+                partition,
+                offset,
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            });
+        }
+    }
+
+    /// Positions also move over offsets that hold no record (compaction, transaction markers).
+    fn note_positions(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for element in positions.elements() {
+            if let Offset::Offset(position) = element.offset() {
+                if self
+                    .pending
+                    .get(&element.partition())
+                    .is_some_and(|end| position >= *end)
+                {
+                    self.pending.remove(&element.partition());
+                }
+            }
+        }
+    }
+}
