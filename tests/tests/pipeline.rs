@@ -405,6 +405,12 @@ async fn check_metrics(
                 || metric_sum(text, "medallion_consumer_lag", &[("stage", stage)]) == Some(0.0)
         })
         .await;
+        // Kept beside the reports, for a look at a real scrape.
+        let scrape_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("reports")
+            .join(format!("{stage}-metrics.prom"));
+        std::fs::create_dir_all(scrape_file.parent().expect("reports dir")).expect("reports dir");
+        std::fs::write(&scrape_file, &text).expect("scrape saved");
         let labels = [("stage", *stage)];
         let records_in = value(&text, "medallion_records_in_total", &labels);
         let records_out = value(&text, "medallion_records_out_total", &labels);

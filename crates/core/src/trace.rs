@@ -8,6 +8,7 @@
 //! shutdown); outputs and dead letters carry the span's own `traceparent`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -16,6 +17,8 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The global provider's tracer, taken once (after the provider is installed).
+static TRACER: OnceLock<opentelemetry::global::BoxedTracer> = OnceLock::new();
 
 /// Turns per-record spans on for this process (the harness does, once a provider is installed).
 pub fn enable() {
@@ -86,7 +89,7 @@ impl RecordSpan {
         if !enabled() {
             return None;
         }
-        let tracer = opentelemetry::global::tracer("medallion");
+        let tracer = TRACER.get_or_init(|| opentelemetry::global::tracer("medallion"));
         let parent_context = parent
             .and_then(parse_traceparent)
             .map_or_else(Context::new, |remote| {
@@ -105,7 +108,7 @@ impl RecordSpan {
                 KeyValue::new("messaging.kafka.message.offset", offset),
                 KeyValue::new("medallion.stage", stage.to_owned()),
             ])
-            .start_with_context(&tracer, &parent_context);
+            .start_with_context(tracer, &parent_context);
         let context = span.span_context().clone();
         if !context.is_valid() || !context.is_sampled() {
             return None;
