@@ -1,10 +1,46 @@
 #!/usr/bin/env bash
-# Runs the benchmarks that need a broker: starts the test broker (see scripts/broker.sh) and runs
-# the throughput comparison (runtime vs raw rdkafka loop, same broker, same run).
+# Runs the benchmarks that need a broker, on one fast enough not to be their bottleneck:
+# noida-db 0.2.3's Kafka-protocol server (PyPI, installed once into
+# ~/.cargo/medallion-tools/noida), started here on a free loopback port with its own data.
+#   scripts/bench.sh            # throughput (runtime vs raw loop) and stages (the four binaries)
+#   scripts/bench.sh stages     # only the stage binaries
+#   scripts/bench.sh throughput
+# Every figure is printed beside the raw copy loop's on the same broker in the same run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/broker.sh
-source scripts/broker.sh
-trap broker_stop EXIT
-broker_start
-cargo bench -p medallion-benches --bench throughput "$@"
+
+NOIDA_VERSION="0.2.3"
+TOOLS="${MEDALLION_TOOLS_ROOT:-$HOME/.cargo}/medallion-tools/noida"
+NOIDA_BIN="$TOOLS/noida_db/noida-db"
+if ! [ -x "$NOIDA_BIN" ] || ! grep -q "^Version: $NOIDA_VERSION" "$TOOLS"/noida_db-*.dist-info/METADATA 2>/dev/null; then
+  rm -rf "$TOOLS"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS" "noida-db==$NOIDA_VERSION"
+fi
+
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+DATA="$(mktemp -d -t medallion-bench-broker.XXXXXX)"
+# The native binary directly: killing the Python wrapper would leave the server running.
+"$NOIDA_BIN" start --only kafka --kafka-port "$PORT" --data-dir "$DATA/data" >"$DATA/broker.log" 2>&1 &
+BROKER_PID=$!
+stop_broker() {
+  kill "$BROKER_PID" 2>/dev/null || true
+  wait "$BROKER_PID" 2>/dev/null || true
+  rm -rf "$DATA"
+}
+trap stop_broker EXIT
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+export MEDALLION_TEST_BOOTSTRAP="127.0.0.1:$PORT"
+echo "bench broker: noida-db $NOIDA_VERSION on $MEDALLION_TEST_BOOTSTRAP" >&2
+
+which="${1:-all}"
+if [ "$which" = all ] || [ "$which" = throughput ]; then
+  cargo bench --locked -p medallion-benches --bench throughput
+fi
+if [ "$which" = all ] || [ "$which" = stages ]; then
+  cargo build --locked --release --bins
+  MEDALLION_BENCH_BIN_DIR="$(pwd)/target/release" \
+    cargo bench --locked -p medallion-benches --bench stages
+fi

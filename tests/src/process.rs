@@ -82,6 +82,11 @@ impl StageProcess {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The URL of `path` (`/metrics`, `/readyz`) on the process's HTTP endpoint.
     pub fn http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
