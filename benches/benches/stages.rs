@@ -25,14 +25,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
 
+use medallion_tests::bench::{cpu_time, peak_rss_mib, raw_copy_loop};
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
     create_topics, http_get, metric_sum, produce_raw, real_broker, test_producer, unique_name,
@@ -77,36 +73,6 @@ fn connector_record(n: u64) -> (i64, Vec<u8>) {
     (org_id, serde_json::to_vec(&value).expect("json"))
 }
 
-/// The process's own CPU time (user + system), from `/proc/PID/stat`.
-fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
-    // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
-    Ok(Duration::from_millis(ticks * 10))
-}
-
-/// Peak resident set size in MiB (`VmHWM`).
-fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .context("VmHWM")?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?;
-    Ok(kib / 1024.0)
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     records: u64,
@@ -124,65 +90,6 @@ impl Figures {
     fn cpu_us_per_record(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.records.max(1) as f64
     }
-}
-
-/// Consume `input`, produce every record to `output`, wait for every acknowledgement.
-async fn raw_loop(
-    bootstrap: &str,
-    input: &str,
-    output: &str,
-    records: u64,
-) -> anyhow::Result<Figures> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("raw"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    consumer.subscribe(&[input])?;
-    let mut pending = FuturesUnordered::new();
-    let (mut received, mut acknowledged) = (0u64, 0u64);
-    let mut started = None;
-    while acknowledged < records {
-        tokio::select! {
-            biased;
-            Some(delivery) = pending.next(), if !pending.is_empty() => {
-                match delivery {
-                    Ok(Ok(_)) => acknowledged += 1,
-                    other => anyhow::bail!("raw loop delivery failed: {other:?}"),
-                }
-            }
-            message = consumer.recv(), if received < records => {
-                let message = message?;
-                if started.is_none() {
-                    started = Some((Instant::now(), cpu_time("self")?));
-                }
-                received += 1;
-                let key = message.key().unwrap_or_default().to_vec();
-                let payload = message.payload().unwrap_or_default().to_vec();
-                let record = FutureRecord::to(output).partition(message.partition()).key(&key).payload(&payload);
-                let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue: {error}"))?;
-                pending.push(delivery);
-            }
-        }
-    }
-    let (start, cpu_start) = started.context("no record")?;
-    Ok(Figures {
-        records,
-        elapsed: start.elapsed(),
-        cpu: cpu_time("self")?.saturating_sub(cpu_start),
-        peak_rss_mib: None,
-        out: acknowledged,
-    })
 }
 
 struct Run {
@@ -359,13 +266,20 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     println!("stages: {records} connector records of {average} B on broker {bootstrap}, one stage at a time, release builds");
-    let raw = raw_loop(
+    let copied = raw_copy_loop(
         &bootstrap,
         &run.topic("connector.data.raw"),
         &run.topic("raw.copy"),
         records,
     )
     .await?;
+    let raw = Figures {
+        records,
+        elapsed: copied.elapsed,
+        cpu: copied.cpu,
+        peak_rss_mib: None,
+        out: records,
+    };
     let bronze = run
         .stage(
             "bronze",

@@ -19,14 +19,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use medallion_core::Runtime;
+use medallion_tests::bench::raw_copy_loop;
 use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{create_topics, generate_events, produce_events, real_broker, unique_name};
 
@@ -34,56 +30,6 @@ const PARTITIONS: i32 = 12;
 const ROUNDS: usize = 2;
 /// The runtime's in-flight bound during the bench (see the module docs).
 const BENCH_WINDOW: usize = 50_000;
-
-async fn raw_loop(
-    bootstrap: &str,
-    input: &str,
-    output: &str,
-    records: u64,
-) -> anyhow::Result<Duration> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("raw"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    consumer.subscribe(&[input])?;
-    let mut pending = FuturesUnordered::new();
-    let mut received = 0u64;
-    let mut acknowledged = 0u64;
-    let mut started = None;
-    while acknowledged < records {
-        tokio::select! {
-            biased;
-            Some(delivery) = pending.next(), if !pending.is_empty() => {
-                match delivery {
-                    Ok(Ok(_)) => acknowledged += 1,
-                    other => anyhow::bail!("raw loop delivery failed: {other:?}"),
-                }
-            }
-            message = consumer.recv(), if received < records => {
-                let message = message?;
-                started.get_or_insert_with(Instant::now);
-                received += 1;
-                let key = message.key().unwrap_or_default().to_vec();
-                let payload = message.payload().unwrap_or_default().to_vec();
-                let record = FutureRecord::to(output).partition(message.partition()).key(&key).payload(&payload);
-                let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue: {error}"))?;
-                pending.push(delivery);
-            }
-        }
-    }
-    Ok(started.map_or(Duration::ZERO, |t| t.elapsed()))
-}
 
 async fn runtime_loop(
     bootstrap: &str,
@@ -154,7 +100,9 @@ async fn measure(bootstrap: &str, size: usize, records: u64) -> anyhow::Result<(
         produce_events(bootstrap, &names[2], PARTITIONS, &events).await?;
         // Alternate which side goes first, so neither always meets a warmer broker.
         let (raw, runtime) = if round % 2 == 0 {
-            let raw = raw_loop(bootstrap, &names[0], &names[1], records).await?;
+            let raw = raw_copy_loop(bootstrap, &names[0], &names[1], records)
+                .await?
+                .elapsed;
             (
                 raw,
                 runtime_loop(bootstrap, &names[2], &names[3], records).await?,
@@ -162,7 +110,9 @@ async fn measure(bootstrap: &str, size: usize, records: u64) -> anyhow::Result<(
         } else {
             let runtime = runtime_loop(bootstrap, &names[2], &names[3], records).await?;
             (
-                raw_loop(bootstrap, &names[0], &names[1], records).await?,
+                raw_copy_loop(bootstrap, &names[0], &names[1], records)
+                    .await?
+                    .elapsed,
                 runtime,
             )
         };

@@ -5,6 +5,7 @@
 //! `scripts/test.sh` sets after installing and starting the broker. A missing address fails the
 //! test: a skipped broker test would pass without checking anything.
 
+pub mod bench;
 pub mod otlp;
 pub mod passthrough;
 pub mod pipeline;

@@ -1,0 +1,110 @@
+//! Support for the benchmarks in `benches/`: the raw rdkafka copy loop every figure is measured
+//! beside, and a process's own CPU time and peak RSS from `/proc`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use crate::unique_name;
+
+/// What the raw loop took, from its first record received to its last output acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct RawLoop {
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// This process's CPU time over the same span.
+    pub cpu: Duration,
+}
+
+/// Consumes `records` records of `input` and produces each to `output` (same partition, key
+/// and value; the stages' producer settings: `acks=all`, idempotence, lz4, linger 5 ms), waiting
+/// for every acknowledgement. No offset tracking, dedup, decoding or commits.
+pub async fn raw_copy_loop(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    records: u64,
+) -> anyhow::Result<RawLoop> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("raw"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let mut pending = FuturesUnordered::new();
+    let (mut received, mut acknowledged) = (0u64, 0u64);
+    let mut started = None;
+    while acknowledged < records {
+        tokio::select! {
+            biased;
+            Some(delivery) = pending.next(), if !pending.is_empty() => {
+                match delivery {
+                    Ok(Ok(_)) => acknowledged += 1,
+                    other => anyhow::bail!("raw loop delivery failed: {other:?}"),
+                }
+            }
+            message = consumer.recv(), if received < records => {
+                let message = message?;
+                if started.is_none() {
+                    started = Some((Instant::now(), cpu_time("self")?));
+                }
+                received += 1;
+                let key = message.key().unwrap_or_default().to_vec();
+                let payload = message.payload().unwrap_or_default().to_vec();
+                let record = FutureRecord::to(output).partition(message.partition()).key(&key).payload(&payload);
+                let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue: {error}"))?;
+                pending.push(delivery);
+            }
+        }
+    }
+    let (start, cpu_start) = started.context("the raw loop received no record")?;
+    Ok(RawLoop {
+        elapsed: start.elapsed(),
+        cpu: cpu_time("self")?.saturating_sub(cpu_start),
+    })
+}
+
+/// A process's own CPU time (user + system) from `/proc/PID/stat`; `pid` may be `self`.
+pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may contain spaces.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// A process's peak resident set size in MiB (`VmHWM` of `/proc/PID/status`).
+pub fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
