@@ -101,6 +101,16 @@ impl WorkerTelemetry {
         .increment(1);
     }
 
+    /// The lag gauge of one input partition (the polling thread's statistics set it).
+    pub(crate) fn partition_lag(&self, partition: i32) -> metrics::Gauge {
+        metrics::gauge!(
+            names::CONSUMER_LAG,
+            "stage" => self.stage.clone(),
+            "topic" => self.topic.clone(),
+            "partition" => partition.to_string()
+        )
+    }
+
     /// Seconds from `from_ms` (epoch millis) to `now_ms`, or `None` for a time in the future.
     pub(crate) fn seconds_since(from_ms: i64, now_ms: i64) -> Option<f64> {
         let elapsed = now_ms.checked_sub(from_ms)?;

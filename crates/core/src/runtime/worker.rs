@@ -968,6 +968,8 @@ impl<P: Processor> Worker<P> {
         for partition in &revoke.partitions {
             self.partitions.remove(partition);
             self.paused.remove(partition);
+            // Its new owner reports its lag now.
+            self.telemetry.partition_lag(*partition).set(0.0);
         }
         self.telemetry.assigned.set(self.partitions.len() as f64);
         self.telemetry.paused.set(self.paused.len() as f64);
