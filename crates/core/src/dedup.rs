@@ -1,67 +1,119 @@
-//! `event_id` deduplication in memory (moka).
+//! `event_id` deduplication in memory: a bounded window of the ids processed most recently.
 //!
 //! Entries are keyed by (input partition, `event_id`). Records are keyed by `org_id`, so every
 //! copy of an event lands in the same partition, and a partition's entries can be dropped when
 //! the partition is revoked: the worker that takes it over builds its own memory.
 //!
+//! The window keeps ids in the order they were first processed and drops the oldest when it
+//! holds `capacity` of them or when the oldest is older than `ttl_ms` (first in, first out: a
+//! duplicate does not extend an id's life, so an id is remembered for `ttl_ms` after its first
+//! copy). One hash-table probe per record and one queue entry per id, with no background task:
+//! the cost of a record does not grow with the number of ids held (about 60 bytes an id, so the
+//! default million ids take about 60 MiB). The hash is seeded per process (`foldhash`), so ids
+//! chosen by a sender cannot force collisions.
+//!
 //! Guarantee: a duplicate seen within `ttl_ms` of the first copy by the same process, while that
-//! process owns the partition and the cache has room, is finished without processing.
-//! Limit: memory only. After a restart or a rebalance the cache is empty; deterministic output ids
-//! let the next stage remove what slips through.
+//! process owns the partition and the window has room, is finished without processing.
+//! Limit: memory only. After a restart or a rebalance the window is empty; deterministic output
+//! ids let the next stage remove what slips through.
 
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::config::DedupConfig;
 
+type Key = (i32, Uuid);
+
 /// Remembers the `event_id`s this process has processed, per input partition.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Deduplicator {
-    cache: Option<Cache<(i32, Uuid), ()>>,
+    window: Option<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    capacity: usize,
+    ttl: Duration,
+    seen: HashSet<Key, foldhash::fast::RandomState>,
+    /// The ids of `seen` in the order they were remembered, with when.
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl Window {
+    /// Drops the oldest ids past the capacity or the time to live.
+    fn evict(&mut self, now: Instant) {
+        while let Some(&(key, at)) = self.order.front() {
+            let over = self.order.len() > self.capacity;
+            if !over && now.saturating_duration_since(at) < self.ttl {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
 }
 
 impl Deduplicator {
     /// A deduplicator sized by `config`; a disabled one remembers nothing.
     pub fn new(config: &DedupConfig) -> Self {
-        let cache = config.enabled.then(|| {
-            Cache::builder()
-                .max_capacity(config.capacity)
-                .time_to_live(Duration::from_millis(config.ttl_ms))
-                .support_invalidation_closures()
-                .build()
+        let window = config.enabled.then(|| Window {
+            capacity: usize::try_from(config.capacity)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            ttl: Duration::from_millis(config.ttl_ms),
+            seen: HashSet::default(),
+            order: VecDeque::new(),
         });
-        Self { cache }
+        Self { window }
     }
 
-    /// Whether `event_id` was already processed from `partition`.
-    pub fn is_duplicate(&self, partition: i32, event_id: Uuid) -> bool {
-        self.cache
-            .as_ref()
-            .is_some_and(|cache| cache.contains_key(&(partition, event_id)))
+    /// Whether `event_id` was already processed from `partition` within the window.
+    pub fn is_duplicate(&mut self, partition: i32, event_id: Uuid) -> bool {
+        let Some(window) = &mut self.window else {
+            return false;
+        };
+        window.evict(Instant::now());
+        window.seen.contains(&(partition, event_id))
     }
 
-    /// Remembers that `event_id` was processed from `partition`.
-    pub fn remember(&self, partition: i32, event_id: Uuid) {
-        if let Some(cache) = &self.cache {
-            cache.insert((partition, event_id), ());
+    /// Remembers that `event_id` was processed from `partition` (an id already held keeps its
+    /// first time).
+    pub fn remember(&mut self, partition: i32, event_id: Uuid) {
+        let Some(window) = &mut self.window else {
+            return;
+        };
+        let key = (partition, event_id);
+        if !window.seen.insert(key) {
+            return;
         }
+        let now = Instant::now();
+        window.order.push_back((key, now));
+        window.evict(now);
+    }
+
+    /// How many ids are held.
+    pub fn len(&self) -> usize {
+        self.window.as_ref().map_or(0, |window| window.seen.len())
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets every entry of the given partitions (they were revoked).
-    pub fn forget_partitions(&self, partitions: &[i32]) {
-        let Some(cache) = &self.cache else {
+    pub fn forget_partitions(&mut self, partitions: &[i32]) {
+        let Some(window) = &mut self.window else {
             return;
         };
-        let revoked = partitions.to_vec();
-        // Only fails when invalidation closures are not enabled, which `new` always does.
-        if let Err(error) =
-            cache.invalidate_entries_if(move |(partition, _), ()| revoked.contains(partition))
-        {
-            tracing::warn!(%error, "failed to drop dedup entries of revoked partitions");
-        }
-        cache.run_pending_tasks();
+        window
+            .seen
+            .retain(|(partition, _)| !partitions.contains(partition));
+        window
+            .order
+            .retain(|((partition, _), _)| !partitions.contains(partition));
     }
 }
 
@@ -69,17 +121,17 @@ impl Deduplicator {
 mod tests {
     use super::*;
 
-    fn config(enabled: bool) -> DedupConfig {
+    fn config(enabled: bool, capacity: u64, ttl_ms: u64) -> DedupConfig {
         DedupConfig {
             enabled,
-            capacity: 100,
-            ttl_ms: 60_000,
+            capacity,
+            ttl_ms,
         }
     }
 
     #[test]
     fn remembers_per_partition_and_forgets_revoked_ones() {
-        let dedup = Deduplicator::new(&config(true));
+        let mut dedup = Deduplicator::new(&config(true, 100, 60_000));
         let id = Uuid::from_u128(7);
         assert!(!dedup.is_duplicate(0, id));
         dedup.remember(0, id);
@@ -89,11 +141,45 @@ mod tests {
         dedup.forget_partitions(&[0]);
         assert!(!dedup.is_duplicate(0, id));
         assert!(dedup.is_duplicate(1, id));
+        assert_eq!(dedup.len(), 1);
+    }
+
+    #[test]
+    fn the_oldest_ids_leave_at_capacity() {
+        let mut dedup = Deduplicator::new(&config(true, 3, 60_000));
+        for n in 0..5 {
+            dedup.remember(0, Uuid::from_u128(n));
+        }
+        assert_eq!(dedup.len(), 3);
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(0)));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
+        assert!((2..5).all(|n| dedup.is_duplicate(0, Uuid::from_u128(n))));
+    }
+
+    #[test]
+    fn ids_expire_after_the_time_to_live() {
+        let mut dedup = Deduplicator::new(&config(true, 100, 30));
+        dedup.remember(0, Uuid::from_u128(1));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
+        assert!(dedup.is_empty());
+    }
+
+    #[test]
+    fn an_id_remembered_again_after_a_revoke_is_held_again() {
+        let mut dedup = Deduplicator::new(&config(true, 2, 60_000));
+        dedup.remember(0, Uuid::from_u128(1));
+        dedup.forget_partitions(&[0]);
+        dedup.remember(0, Uuid::from_u128(2));
+        dedup.remember(0, Uuid::from_u128(1));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1)));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(2)));
     }
 
     #[test]
     fn disabled_dedup_sees_no_duplicates() {
-        let dedup = Deduplicator::new(&config(false));
+        let mut dedup = Deduplicator::new(&config(false, 100, 60_000));
         dedup.remember(0, Uuid::from_u128(1));
         assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
     }

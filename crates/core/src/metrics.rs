@@ -237,6 +237,20 @@ impl RuntimeMetrics {
     }
 }
 
+/// Counts an error a Kafka client reported (`client` is `consumer` or `producer`), by its code.
+pub(crate) fn client_error(stage: &str, client: &'static str, error: &rdkafka::error::KafkaError) {
+    let code = error
+        .rdkafka_error_code()
+        .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
+    metrics::counter!(
+        names::CLIENT_ERRORS,
+        "stage" => stage.to_owned(),
+        "client" => client,
+        "code" => code
+    )
+    .increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

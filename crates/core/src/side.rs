@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -165,9 +165,10 @@ impl SideProducer {
         }
         let producer = self.producer.clone();
         let name: Arc<str> = Arc::from(topic);
-        let counts = tokio::task::spawn_blocking(move || partition_counts(&producer, &[name]))
-            .await
-            .map_err(|error| RuntimeError::Thread(error.to_string()))??;
+        let counts =
+            tokio::task::spawn_blocking(move || partition_counts(producer.client(), &[name]))
+                .await
+                .map_err(|error| RuntimeError::Thread(error.to_string()))??;
         let count = counts.values().next().copied().unwrap_or(1);
         self.partitions
             .lock()

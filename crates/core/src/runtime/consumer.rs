@@ -7,7 +7,7 @@
 //! synchronously before returning, so the next owner starts exactly where this worker stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::RuntimeMetrics;
@@ -23,8 +23,8 @@ use crate::metrics::RuntimeMetrics;
 /// What the polling thread tells the worker.
 #[derive(Debug)]
 pub(crate) enum PollEvent {
-    /// A record of an assigned partition.
-    Message(OwnedMessage),
+    /// Records of assigned partitions, in the order they were polled.
+    Messages(Vec<OwnedMessage>),
     /// Partitions were assigned; their records follow.
     Assigned(Vec<i32>),
     /// Partitions are being revoked: drain them and reply with the offsets to commit.
@@ -46,6 +46,30 @@ pub(crate) struct RebalanceContext {
     /// Set when the worker starts shutting down: the reports that follow describe a consumer
     /// giving its partitions up, so the last lag measured while running is kept.
     pub(crate) lag_frozen: AtomicBool,
+    /// Records polled and not yet sent to the worker (only the polling thread touches it).
+    pub(crate) batch: Mutex<Vec<OwnedMessage>>,
+}
+
+/// The most records sent to the worker in one batch.
+pub(crate) const BATCH: usize = 256;
+
+impl RebalanceContext {
+    /// Sends the records gathered so far; false once the worker has gone.
+    fn send_batch(&self) -> bool {
+        let batch = std::mem::take(&mut *self.batch.lock().unwrap_or_else(PoisonError::into_inner));
+        batch.is_empty()
+            || self
+                .events
+                .blocking_send(PollEvent::Messages(batch))
+                .is_ok()
+    }
+
+    /// Adds a record to the batch; true when the batch is full.
+    fn gather(&self, message: OwnedMessage) -> bool {
+        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.push(message);
+        batch.len() >= BATCH
+    }
 }
 
 fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
@@ -103,16 +127,7 @@ pub(crate) fn any_broker_up(statistics: &Statistics) -> bool {
 
 impl ClientContext for RebalanceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error
-            .rdkafka_error_code()
-            .map_or_else(|| "other".to_owned(), |code| format!("{code:?}"));
-        metrics::counter!(
-            crate::metrics::names::CLIENT_ERRORS,
-            "stage" => self.stage.clone(),
-            "client" => "consumer",
-            "code" => code
-        )
-        .increment(1);
+        crate::metrics::client_error(&self.stage, "consumer", &error);
         tracing::warn!(%error, reason, "kafka consumer error");
     }
 
@@ -159,7 +174,7 @@ impl ConsumerContext for RebalanceContext {
             return;
         };
         let partitions = partitions_of(list, &self.topic);
-        if partitions.is_empty() {
+        if partitions.is_empty() || !self.send_batch() {
             return;
         }
         tracing::info!(?partitions, "partitions revoked, draining");
@@ -192,6 +207,7 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Assign(list) = rebalance {
             let partitions = partitions_of(list, &self.topic);
             tracing::info!(?partitions, "partitions assigned");
+            let _ = self.send_batch();
             let _ = self.events.blocking_send(PollEvent::Assigned(partitions));
         }
     }
@@ -206,16 +222,13 @@ pub(crate) struct PollThread {
 
 impl PollThread {
     /// Starts polling `consumer` (which moves to the thread, so the consumer is closed there,
-    /// outside the async runtime) and forwarding to `events`.
-    pub(crate) fn spawn(
-        consumer: Arc<BaseConsumer<RebalanceContext>>,
-        events: mpsc::Sender<PollEvent>,
-    ) -> std::io::Result<Self> {
+    /// outside the async runtime) and forwarding to the context's channel.
+    pub(crate) fn spawn(consumer: Arc<BaseConsumer<RebalanceContext>>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("medallion-poll".into())
-            .spawn(move || poll_loop(&consumer, &events, &thread_stop))?;
+            .spawn(move || poll_loop(&consumer, &thread_stop))?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -233,34 +246,32 @@ impl PollThread {
     }
 }
 
-fn poll_loop(
-    consumer: &BaseConsumer<RebalanceContext>,
-    events: &mpsc::Sender<PollEvent>,
-    stop: &AtomicBool,
-) {
+fn poll_loop(consumer: &BaseConsumer<RebalanceContext>, stop: &AtomicBool) {
     // The thread keeps polling until it is told to stop, even once the worker has gone: the
     // worker's handle on the consumer must be dropped first, so that the last handle, whose drop
     // closes the consumer and runs the rebalance callback, is this thread's.
     let mut worker_gone = false;
     while !stop.load(Ordering::SeqCst) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => {
-                tracing::trace!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "record received"
-                );
-                // Once the worker has gone, records are dropped uncommitted.
-                if !worker_gone
-                    && events
-                        .blocking_send(PollEvent::Message(message.detach()))
-                        .is_err()
-                {
-                    worker_gone = true;
+        // Wait for a record, then take what is already there without waiting.
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(message)) => {
+                    // Once the worker has gone, records are dropped uncommitted.
+                    if !worker_gone && consumer.context().gather(message.detach()) {
+                        break;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "kafka consumer poll error");
+                    break;
                 }
             }
-            Some(Err(error)) => tracing::warn!(%error, "kafka consumer poll error"),
+            wait = Duration::ZERO;
+        }
+        if !worker_gone && !consumer.context().send_batch() {
+            worker_gone = true;
         }
     }
 }

@@ -16,8 +16,12 @@
 //! - **Dead letters.** Permanent failures go to `{input}{dlq.topic_suffix}` at once; transient
 //!   ones are retried with exponential backoff and jitter, then dead-lettered as
 //!   `transient-exhausted`. A dead letter is retried until the broker acknowledges it.
-//! - **Bounded memory.** At most `max_in_flight` records (plus one channel of prefetched records)
-//!   are held; at the bound every partition is paused until half of them are finished.
+//! - **Bounded memory.** At most `max_in_flight` records (plus one batch of up to 256) are held,
+//!   with at most 4 more batches in the polling thread's channel; at the bound every partition is
+//!   paused until half of them are finished. librdkafka's own queues are bounded too: 32 MiB of
+//!   prefetched records (`queued.max.messages.kbytes`) and 64 MiB of unacknowledged writes
+//!   (`queue.buffering.max.kbytes`; when full, writes wait in order and every partition is
+//!   paused). Both can be changed in `[consumer.librdkafka]` and `[producer.librdkafka]`.
 //!
 //! # Limits
 //! - When the broker rejects a record's outputs after librdkafka's own retries (past
@@ -26,7 +30,11 @@
 //!   crash or a drain timeout (at-least-once); downstream `event_id` dedup removes them.
 //! - Deduplication lives in memory (see [`crate::dedup`]).
 
+mod commit;
 mod consumer;
+mod produce;
+mod record;
+mod revoke;
 mod telemetry;
 mod worker;
 
@@ -35,9 +43,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::client::Client;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
+use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -47,10 +57,16 @@ use crate::metrics::RuntimeMetrics;
 use crate::partitioner::PartitionerKind;
 use crate::processor::Processor;
 use consumer::{PollThread, RebalanceContext};
+use produce::OutputProducer;
 use worker::Worker;
 
-/// Records the polling thread may forward before the worker takes them.
-const POLL_CHANNEL_CAPACITY: usize = 1_024;
+/// Batches (of up to [`consumer::BATCH`] records) the polling thread may forward before the
+/// worker takes them.
+const POLL_CHANNEL_CAPACITY: usize = 4;
+/// librdkafka's consumer prefetch bound (`queued.max.messages.kbytes`; default 64 MiB).
+const CONSUMER_QUEUE_KBYTES: u32 = 32 * 1024;
+/// librdkafka's producer queue bound (`queue.buffering.max.kbytes`; default 1 GiB).
+const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
 /// How long start-up waits for topic metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -117,6 +133,11 @@ impl Runtime {
             .set(
                 "statistics.interval.ms",
                 config.consumer.lag_interval_ms.to_string(),
+            )
+            // Prefetched records librdkafka may hold for this consumer, all partitions together.
+            .set(
+                "queued.max.messages.kbytes",
+                CONSUMER_QUEUE_KBYTES.to_string(),
             );
         for (name, value) in &config.consumer.librdkafka.0 {
             consumer_config.set(name, value);
@@ -145,9 +166,9 @@ impl Runtime {
         processor: P,
         shutdown: CancellationToken,
     ) -> Result<(), RuntimeError> {
-        let producer: FutureProducer =
-            self.producer_config
-                .create()
+        let (deliveries_tx, deliveries_rx) = mpsc::unbounded_channel();
+        let producer =
+            OutputProducer::create(&self.producer_config, &self.settings.stage, deliveries_tx)
                 .map_err(|source| RuntimeError::Client {
                     client: "producer",
                     source,
@@ -156,8 +177,8 @@ impl Runtime {
         topics.push(Arc::clone(&self.settings.dlq_topic));
         topics.push(Arc::clone(&self.settings.input_topic));
         let partition_counts = {
-            let producer = producer.clone();
-            tokio::task::spawn_blocking(move || partition_counts(&producer, &topics))
+            let handle = producer.handle();
+            tokio::task::spawn_blocking(move || partition_counts(handle.client(), &topics))
                 .await
                 .map_err(|error| RuntimeError::Thread(error.to_string()))??
         };
@@ -165,9 +186,10 @@ impl Runtime {
         let context = RebalanceContext {
             topic: self.settings.input_topic.to_string(),
             stage: self.settings.stage.clone(),
-            events: events_tx.clone(),
+            events: events_tx,
             metrics: Arc::clone(&self.metrics),
             lag_frozen: AtomicBool::new(false),
+            batch: std::sync::Mutex::new(Vec::with_capacity(consumer::BATCH)),
         };
         let consumer: BaseConsumer<RebalanceContext> = self
             .consumer_config
@@ -183,16 +205,18 @@ impl Runtime {
                 source,
             })?;
         let consumer = Arc::new(consumer);
-        let poll_thread = PollThread::spawn(Arc::clone(&consumer), events_tx)
+        let poll_thread = PollThread::spawn(Arc::clone(&consumer))
             .map_err(|error| RuntimeError::Thread(error.to_string()))?;
         tracing::info!(
             topic = %self.settings.input_topic, group = %self.settings.group_id,
             stage = %self.settings.stage, instance = %self.settings.instance, "worker started"
         );
+        let flush_handle = producer.handle();
         let worker = Worker::new(
             self.settings,
             consumer,
-            producer.clone(),
+            producer,
+            deliveries_rx,
             processor,
             self.metrics,
             partition_counts,
@@ -202,7 +226,7 @@ impl Runtime {
         let result = worker.run(events_rx, shutdown).await;
         let stopped = tokio::task::spawn_blocking(move || {
             poll_thread.stop_and_join();
-            producer.flush(Duration::from_secs(10))
+            produce::flush(&flush_handle)
         })
         .await;
         match stopped {
@@ -241,7 +265,12 @@ pub(crate) fn producer_client_config<S, R>(config: &WorkerConfig<S, R>) -> Clien
             "message.timeout.ms",
             config.producer.message_timeout_ms.to_string(),
         )
-        .set("queue.buffering.max.messages", queue_messages.to_string());
+        .set("queue.buffering.max.messages", queue_messages.to_string())
+        // Past this, sends fail with QueueFull and the worker pauses its partitions.
+        .set(
+            "queue.buffering.max.kbytes",
+            PRODUCER_QUEUE_KBYTES.to_string(),
+        );
     for (name, value) in &config.producer.librdkafka.0 {
         producer_config.set(name, value);
     }
@@ -249,14 +278,13 @@ pub(crate) fn producer_client_config<S, R>(config: &WorkerConfig<S, R>) -> Clien
 }
 
 /// Looks up each topic's partition count; a missing topic is a start-up error.
-pub(crate) fn partition_counts(
-    producer: &FutureProducer,
+pub(crate) fn partition_counts<C: ClientContext>(
+    client: &Client<C>,
     topics: &[Arc<str>],
 ) -> Result<HashMap<Arc<str>, i32>, RuntimeError> {
     let mut counts = HashMap::new();
     for topic in topics {
-        let metadata = producer
-            .client()
+        let metadata = client
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(|error| RuntimeError::Topic {
                 topic: topic.to_string(),

@@ -2,37 +2,39 @@
 //! dead letters, and commits what is finished.
 //!
 //! Acknowledgements are handled before new records (`select!` is biased), so memory stays
-//! bounded by `max_in_flight`; at that bound every assigned partition is paused.
-//! A partition with a record waiting for a retry is paused and its later records wait in a
-//! backlog, so outputs of one input partition are written in input order.
+//! bounded by `max_in_flight`; at that bound, or while librdkafka's producer queue is full,
+//! every assigned partition is paused. A partition with a record waiting for a retry is paused
+//! and its later records wait in a backlog, so outputs of one input partition are written in
+//! input order.
+//!
+//! The parts: [`super::record`] (one record's state machine), [`super::produce`] (writes and
+//! their acknowledgements), [`super::commit`] (offsets), [`super::revoke`] (giving partitions
+//! up). This file is the loop and the steps of a record between them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header as KafkaHeader, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::FutureProducer;
-use rdkafka::producer::FutureRecord;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, TopicPartitionList};
+use slab::Slab;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::{delay_queue, DelayQueue};
-use uuid::Uuid;
+use tokio_util::time::DelayQueue;
 
+use super::commit::{commit_finished, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
+use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
+use super::record::{Answered, RecordState, RetryKind};
 use super::telemetry::{wall_clock_ms, WorkerTelemetry};
 use super::RunSettings;
 use crate::backoff::backoff_delay;
 use crate::breaker::{Breaker, Transition};
 use crate::dedup::Deduplicator;
-use crate::dlq::{dlq_headers, DlqFailure, DlqSource, Header};
+use crate::dlq::{dlq_headers, DlqFailure, DlqSource};
 use crate::error::{delivery_error_class, ErrorClass, ProcessError, RuntimeError};
 use crate::health::NotReady;
 use crate::metrics::RuntimeMetrics;
@@ -41,10 +43,6 @@ use crate::processor::{InputRecord, OutputRecord, ProcessContext, Processor};
 use crate::trace::RecordSpan;
 use crate::tracker::{HoldKey, PartitionTracker};
 
-/// A record is identified by its partition and offset, plus a sequence number that tells apart
-/// two lives of the same offset (revoked, then assigned again).
-type RecordKey = (i32, i64);
-
 /// The W3C trace-context header.
 const TRACEPARENT: &str = "traceparent";
 
@@ -52,147 +50,77 @@ const TRACEPARENT: &str = "traceparent";
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the worker updates its readiness and its breaker.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// A write the runtime owes the broker: an output or a dead letter.
-#[derive(Debug)]
-struct PendingWrite {
-    topic: Arc<str>,
-    partition: i32,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<Header>,
-    timestamp_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RetryKind {
-    /// Decode and process the record again (the processor failed transiently).
-    Reprocess,
-    /// Write the outputs that failed again (the broker did not acknowledge them).
-    Resend,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Received, waiting in the partition's backlog or being processed.
-    Received,
-    /// Outputs written, waiting for acknowledgements.
-    Writing,
-    /// The dead-letter record written, waiting for its acknowledgement.
-    DeadLettering,
-    /// Waiting for a retry timer.
-    Waiting(RetryKind),
-}
-
-#[derive(Debug)]
-struct RecordState {
-    seq: u64,
-    message: OwnedMessage,
-    headers: Vec<Header>,
-    phase: Phase,
-    attempts: u32,
-    first_failure: Option<SystemTime>,
-    writes: Vec<Option<PendingWrite>>,
-    pending_writes: usize,
-    failed_writes: Vec<usize>,
-    write_error: Option<KafkaError>,
-    releases: Vec<HoldKey>,
-    event_id: Option<Uuid>,
-    org_id: Option<i64>,
-    retry_key: Option<delay_queue::Key>,
-    /// Whether the record is being dead-lettered (its writes are the dead letter).
-    dead_letter: bool,
-    /// The error code it is dead-lettered with.
-    dlq_code: Option<std::borrow::Cow<'static, str>>,
-    /// Its trace span, when traces are on and it was sampled.
-    span: Option<RecordSpan>,
-}
+/// The most acknowledgements taken from the producer's channel at once.
+const DELIVERY_BATCH: usize = 1_024;
 
 #[derive(Debug, Default)]
-struct PartitionState {
-    tracker: PartitionTracker,
-    /// Records of this partition with a state in `records`.
-    records: usize,
+pub(super) struct PartitionState {
+    pub(super) tracker: PartitionTracker,
+    /// Records of this partition held in `records`.
+    pub(super) records: usize,
     /// Records of this partition waiting for a retry; the partition is paused while > 0.
-    waiting: usize,
-    /// Offsets received while a record waited, processed in order once it is done.
-    backlog: VecDeque<i64>,
-    committed: Option<i64>,
-    revoking: bool,
+    pub(super) waiting: usize,
+    /// Records received while a record waited, processed in order once it is done.
+    pub(super) backlog: VecDeque<Owner>,
+    pub(super) committed: Option<i64>,
+    pub(super) revoking: bool,
 }
 
-struct Delivery {
-    key: RecordKey,
-    seq: u64,
-    index: usize,
-    result: Result<(), KafkaError>,
+pub(super) struct PendingRevoke {
+    pub(super) partitions: Vec<i32>,
+    pub(super) reply: oneshot::Sender<TopicPartitionList>,
+    pub(super) deadline: Instant,
 }
 
-struct PendingRevoke {
-    partitions: Vec<i32>,
-    reply: oneshot::Sender<TopicPartitionList>,
-    deadline: Instant,
+/// Buffers a processor writes into, kept between records so that they are not allocated anew.
+#[derive(Default)]
+struct Scratch {
+    outputs: Vec<OutputRecord>,
+    holds: Vec<HoldKey>,
+    releases: Vec<HoldKey>,
 }
 
 pub(crate) struct Worker<P: Processor> {
-    settings: RunSettings,
-    consumer: Arc<BaseConsumer<RebalanceContext>>,
-    producer: FutureProducer,
+    pub(super) settings: RunSettings,
+    pub(super) consumer: Arc<BaseConsumer<RebalanceContext>>,
+    producer: OutputProducer,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// Answers known without the broker (a write librdkafka refused), handled after each event.
+    local_answers: Vec<Delivery>,
     processor: P,
-    dedup: Deduplicator,
-    metrics: Arc<RuntimeMetrics>,
+    pub(super) dedup: Deduplicator,
+    pub(super) metrics: Arc<RuntimeMetrics>,
     partition_counts: HashMap<Arc<str>, i32>,
-    partitions: HashMap<i32, PartitionState>,
-    records: HashMap<RecordKey, RecordState>,
-    deliveries: FuturesUnordered<BoxFuture<'static, Delivery>>,
-    retries: DelayQueue<RecordKey>,
+    pub(super) partitions: HashMap<i32, PartitionState>,
+    /// The records held, by slot; a slot's `seq` tells its lives apart.
+    pub(super) records: Slab<RecordState>,
+    retries: DelayQueue<Owner>,
     in_flight: usize,
     paused_for_backpressure: bool,
     next_seq: u64,
-    pending_revoke: Option<PendingRevoke>,
+    pub(super) pending_revoke: Option<PendingRevoke>,
     draining: bool,
     /// The periodic commit under way, if any, with the positions it commits. At most one runs
     /// at a time, so a slow coordinator never sees commits pile up ahead of heartbeats.
-    commit_task: Option<CommitTask>,
-    telemetry: WorkerTelemetry,
+    pub(super) commit_task: Option<CommitTask>,
+    pub(super) telemetry: WorkerTelemetry,
     breaker: Breaker,
     /// Partitions currently paused, for the metric.
-    paused: HashSet<i32>,
+    pub(super) paused: HashSet<i32>,
     /// Records finished since start, and the value and time last seen by the health check.
     finished: u64,
     progress: (u64, Instant),
     /// Set when the breaker lets records through again: the health check releases backlogs.
     release_due: bool,
-}
-
-struct CommitTask {
-    handle: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
-    positions: Vec<(i32, i64)>,
-    started: Instant,
-}
-
-fn owned_headers(message: &OwnedMessage) -> Vec<Header> {
-    let Some(headers) = message.headers() else {
-        return Vec::new();
-    };
-    headers
-        .iter()
-        .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-        .collect()
-}
-
-fn timestamp_ms(message: &OwnedMessage) -> Option<i64> {
-    match message.timestamp() {
-        Timestamp::NotAvailable => None,
-        Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
-    }
+    scratch: Scratch,
 }
 
 impl<P: Processor> Worker<P> {
     pub(crate) fn new(
         settings: RunSettings,
         consumer: Arc<BaseConsumer<RebalanceContext>>,
-        producer: FutureProducer,
+        producer: OutputProducer,
+        deliveries: mpsc::UnboundedReceiver<Delivery>,
         processor: P,
         metrics: Arc<RuntimeMetrics>,
         partition_counts: HashMap<Arc<str>, i32>,
@@ -209,13 +137,14 @@ impl<P: Processor> Worker<P> {
             settings,
             consumer,
             producer,
+            deliveries,
+            local_answers: Vec::new(),
             processor,
             dedup,
             metrics,
             partition_counts,
             partitions: HashMap::new(),
-            records: HashMap::new(),
-            deliveries: FuturesUnordered::new(),
+            records: Slab::new(),
             retries: DelayQueue::new(),
             in_flight: 0,
             paused_for_backpressure: false,
@@ -229,6 +158,7 @@ impl<P: Processor> Worker<P> {
             finished: 0,
             progress: (0, Instant::now()),
             release_due: false,
+            scratch: Scratch::default(),
         }
     }
 
@@ -244,13 +174,20 @@ impl<P: Processor> Worker<P> {
         summary_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health_timer = tokio::time::interval(HEALTH_INTERVAL);
         health_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut answers = Vec::with_capacity(DELIVERY_BATCH);
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
             tokio::select! {
                 biased;
-                Some(delivery) = self.deliveries.next(), if !self.deliveries.is_empty() => {
-                    self.on_delivery(delivery);
+                count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
+                    if count == 0 {
+                        return Err(RuntimeError::Thread("the producer's delivery channel closed".into()));
+                    }
+                    for delivery in answers.drain(..) {
+                        self.on_delivery(delivery);
+                    }
+                    self.release_producer_queue();
                     self.try_complete_revoke(false);
                 }
                 Some(expired) = self.retries.next(), if !self.retries.is_empty() => {
@@ -266,14 +203,22 @@ impl<P: Processor> Worker<P> {
                 }
                 _ = commit_timer.tick() => self.start_commit(),
                 _ = summary_timer.tick() => self.log_summary(),
-                _ = health_timer.tick() => self.check_health().await,
+                _ = health_timer.tick() => {
+                    self.release_producer_queue();
+                    self.check_health().await;
+                }
                 event = events.recv(), if can_take => match event {
-                    Some(PollEvent::Message(message)) => self.on_message(message).await,
+                    Some(PollEvent::Messages(messages)) => {
+                        for message in messages {
+                            self.on_message(message).await;
+                        }
+                    }
                     Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
                     Some(PollEvent::Revoke { partitions, reply }) => self.on_revoke(partitions, reply),
                     None => return Err(RuntimeError::Thread("the consumer polling thread stopped".into())),
                 },
             }
+            self.answer_locally();
             self.update_backpressure();
         }
         self.drain_for_shutdown().await;
@@ -299,10 +244,20 @@ impl<P: Processor> Worker<P> {
         if let Some(revoke) = self.pending_revoke.take() {
             let _ = revoke.reply.send(self.committable_for(&revoke.partitions));
         }
+        let mut answers = Vec::with_capacity(DELIVERY_BATCH);
         while self.writes_in_flight() > 0 {
             tokio::select! {
                 biased;
-                Some(delivery) = self.deliveries.next(), if !self.deliveries.is_empty() => self.on_delivery(delivery),
+                count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
+                    if count == 0 {
+                        break;
+                    }
+                    for delivery in answers.drain(..) {
+                        self.on_delivery(delivery);
+                    }
+                    self.release_producer_queue();
+                    self.answer_locally();
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(unfinished = self.writes_in_flight(), "drain timeout reached; unfinished records will be read again");
                     break;
@@ -335,9 +290,20 @@ impl<P: Processor> Worker<P> {
 
     fn writes_in_flight(&self) -> usize {
         self.records
-            .values()
-            .filter(|state| matches!(state.phase, Phase::Writing | Phase::DeadLettering))
+            .iter()
+            .filter(|(_, state)| state.is_writing())
             .count()
+    }
+
+    /// The record `owner` names, if that life of its slot is still held.
+    fn record_mut(&mut self, owner: Owner) -> Option<&mut RecordState> {
+        live(&mut self.records, owner)
+    }
+
+    fn record(&self, owner: Owner) -> Option<&RecordState> {
+        self.records
+            .get(owner.slot)
+            .filter(|state| state.seq == owner.seq)
     }
 
     async fn on_message(&mut self, message: OwnedMessage) {
@@ -369,44 +335,27 @@ impl<P: Processor> Worker<P> {
         let size = message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
         self.telemetry.bytes_in.increment(size as u64);
         self.next_seq += 1;
-        let headers = owned_headers(&message);
-        self.records.insert(
-            (partition, offset),
-            RecordState {
-                seq: self.next_seq,
-                message,
-                headers,
-                phase: Phase::Received,
-                attempts: 0,
-                first_failure: None,
-                writes: Vec::new(),
-                pending_writes: 0,
-                failed_writes: Vec::new(),
-                write_error: None,
-                releases: Vec::new(),
-                event_id: None,
-                org_id: None,
-                retry_key: None,
-                dead_letter: false,
-                dlq_code: None,
-                span: None,
-            },
-        );
+        let seq = self.next_seq;
+        let slot = self.records.insert(RecordState::new(seq, message));
+        let owner = Owner { slot, seq };
         if waiting || !self.breaker.may_start() {
             if let Some(state) = self.partitions.get_mut(&partition) {
-                state.backlog.push_back(offset);
+                state.backlog.push_back(owner);
             }
             return;
         }
-        self.run_record((partition, offset)).await;
+        self.run_record(owner).await;
     }
 
     /// Decodes, deduplicates and processes one record, then writes its outputs.
-    async fn run_record(&mut self, key: RecordKey) {
-        let (partition, offset) = key;
-        let Some(state) = self.records.get_mut(&key) else {
+    async fn run_record(&mut self, owner: Owner) {
+        let Some(state) = self.records.get_mut(owner.slot) else {
             return;
         };
+        if state.seq != owner.seq {
+            return;
+        }
+        let (partition, offset) = (state.partition(), state.offset());
         state.attempts += 1;
         let first_attempt = state.attempts == 1;
         if first_attempt {
@@ -428,7 +377,7 @@ impl<P: Processor> Worker<P> {
             topic: &self.settings.input_topic,
             partition,
             offset,
-            timestamp_ms: timestamp_ms(&state.message),
+            timestamp_ms: state.timestamp_ms(),
             key: state.message.key(),
             payload: state.message.payload(),
             headers: &state.headers,
@@ -439,9 +388,10 @@ impl<P: Processor> Worker<P> {
             .as_ref()
             .map(|span| span.traceparent().to_vec())
             .or_else(|| input.header(TRACEPARENT).map(<[u8]>::to_vec));
-        let mut outputs = Vec::new();
-        let mut holds = Vec::new();
-        let mut releases = Vec::new();
+        let scratch = &mut self.scratch;
+        scratch.outputs.clear();
+        scratch.holds.clear();
+        scratch.releases.clear();
         let outcome = match self.processor.decode(&input).await {
             Err(error) => Err(error),
             Ok(decoded) => {
@@ -464,9 +414,9 @@ impl<P: Processor> Worker<P> {
                         let mut ctx = ProcessContext::new(
                             partition,
                             offset,
-                            &mut outputs,
-                            &mut holds,
-                            &mut releases,
+                            &mut scratch.outputs,
+                            &mut scratch.holds,
+                            &mut scratch.releases,
                         );
                         self.processor
                             .process(decoded, &mut ctx)
@@ -478,20 +428,21 @@ impl<P: Processor> Worker<P> {
         match outcome {
             Ok(None) => {
                 self.metrics.dedup_hits.inc();
-                self.finish(key);
+                self.finish(owner);
             }
             Ok(Some(event_id)) => {
                 if let Some(id) = event_id {
                     self.dedup.remember(partition, id);
                 }
                 if let Some(partition_state) = self.partitions.get_mut(&partition) {
-                    for hold in holds {
+                    for hold in self.scratch.holds.drain(..) {
                         partition_state.tracker.hold(hold, offset);
                     }
                 }
+                let mut outputs = std::mem::take(&mut self.scratch.outputs);
                 let first_org_id = outputs.first().map(|output| output.org_id);
                 let mut writes = Vec::with_capacity(outputs.len());
-                for mut output in outputs {
+                for mut output in outputs.drain(..) {
                     if let Some(parent) = &traceparent {
                         if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
                             output
@@ -501,33 +452,39 @@ impl<P: Processor> Worker<P> {
                     }
                     writes.push(self.output_write(output));
                 }
-                if let Some(state) = self.records.get_mut(&key) {
+                self.scratch.outputs = outputs;
+                let releases = if self.scratch.releases.is_empty() {
+                    Vec::new()
+                } else {
+                    self.scratch.releases.drain(..).collect()
+                };
+                if let Some(state) = self.record_mut(owner) {
                     state.releases = releases;
                     state.org_id = state.org_id.or(first_org_id);
+                    state.produced = !writes.is_empty();
                 }
-                self.start_writes(key, writes, Phase::Writing);
+                self.start_writes(owner, writes);
             }
             Err(error) => {
-                if let Some(state) = self.records.get_mut(&key) {
-                    state.event_id = state.event_id.or(error.event_id);
-                    state.org_id = state.org_id.or(error.org_id);
-                }
-                let attempts_left = self
-                    .records
-                    .get(&key)
-                    .is_some_and(|s| s.attempts < self.settings.retry.max_attempts);
+                let max_attempts = self.settings.retry.max_attempts;
+                let Some(state) = self.record_mut(owner) else {
+                    return;
+                };
+                state.event_id = state.event_id.or(error.event_id);
+                state.org_id = state.org_id.or(error.org_id);
+                let attempts_left = state.attempts < max_attempts;
                 if error.class == ErrorClass::Transient && attempts_left {
-                    self.schedule_retry(key, RetryKind::Reprocess, &error);
+                    self.schedule_retry(owner, RetryKind::Reprocess, &error);
                 } else {
-                    self.dead_letter(key, &error);
+                    self.dead_letter(owner, &error);
                 }
             }
         }
     }
 
-    fn output_write(&self, output: OutputRecord) -> PendingWrite {
+    fn output_write(&self, output: OutputRecord) -> Write {
         let partitions = self.partition_count(&output.topic);
-        PendingWrite {
+        Write {
             partition: self
                 .settings
                 .partitioner
@@ -552,128 +509,93 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn start_writes(&mut self, key: RecordKey, writes: Vec<PendingWrite>, phase: Phase) {
-        let Some(state) = self.records.get_mut(&key) else {
+    /// Hands the record's writes to the producer, in order; a record with none is done.
+    fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
+        let Some(state) = self.record_mut(owner) else {
             return;
         };
-        state.phase = phase;
-        state.pending_writes = writes.len();
-        state.failed_writes.clear();
-        state.write_error = None;
-        state.writes = writes.into_iter().map(Some).collect();
-        if state.pending_writes == 0 {
-            self.finish(key);
+        if writes.is_empty() {
+            self.finish(owner);
             return;
         }
-        let indices: Vec<usize> = (0..state.writes.len()).collect();
-        self.send_writes(key, &indices);
+        state.writing(writes.len());
+        for write in writes {
+            self.send(owner, write);
+        }
     }
 
-    fn send_writes(&mut self, key: RecordKey, indices: &[usize]) {
-        let Some(state) = self.records.get(&key) else {
+    fn send(&mut self, owner: Owner, write: Write) {
+        match self.producer.send(owner, write) {
+            Sent::Handed | Sent::Queued => {}
+            Sent::Refused(error, write) => self.local_answers.push(Delivery {
+                owner,
+                topic: Arc::clone(&write.topic),
+                result: Err((error, write)),
+            }),
+        }
+    }
+
+    /// Hands writes that waited for room to the producer.
+    fn release_producer_queue(&mut self) {
+        if !self.producer.is_full() {
             return;
-        };
-        for &index in indices {
-            let Some(write) = state.writes.get(index).and_then(Option::as_ref) else {
-                continue;
-            };
-            let seq = state.seq;
-            let mut headers = OwnedHeaders::new_with_capacity(write.headers.len());
-            for (name, value) in &write.headers {
-                headers = headers.insert(KafkaHeader {
-                    key: name,
-                    value: value.as_deref(),
-                });
+        }
+        for (owner, error, write) in self.producer.release() {
+            self.local_answers.push(Delivery {
+                owner,
+                topic: Arc::clone(&write.topic),
+                result: Err((error, write)),
+            });
+        }
+    }
+
+    /// Handles the answers known without the broker (writes librdkafka refused).
+    fn answer_locally(&mut self) {
+        while !self.local_answers.is_empty() {
+            for delivery in std::mem::take(&mut self.local_answers) {
+                self.on_delivery(delivery);
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&write.topic)
-                .partition(write.partition)
-                .headers(headers);
-            if let Some(key_bytes) = &write.key {
-                record = record.key(key_bytes.as_slice());
-            }
-            if let Some(payload) = &write.payload {
-                record = record.payload(payload.as_slice());
-            }
-            if let Some(timestamp) = write.timestamp_ms {
-                record = record.timestamp(timestamp);
-            }
-            let future: BoxFuture<'static, Delivery> = loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        break async move {
-                            let result = match delivery.await {
-                                Ok(Ok(_)) => Ok(()),
-                                Ok(Err((error, _))) => Err(error),
-                                Err(_) => Err(KafkaError::Canceled),
-                            };
-                            Delivery {
-                                key,
-                                seq,
-                                index,
-                                result,
-                            }
-                        }
-                        .boxed();
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        // The local queue is sized above max_in_flight, so this is rare: let
-                        // librdkafka's own thread drain it.
-                        record = returned;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((error, _)) => {
-                        break futures::future::ready(Delivery {
-                            key,
-                            seq,
-                            index,
-                            result: Err(error),
-                        })
-                        .boxed();
-                    }
-                }
-            };
-            self.deliveries.push(future);
         }
     }
 
     fn on_delivery(&mut self, delivery: Delivery) {
-        let Some(state) = self.records.get_mut(&delivery.key) else {
+        let Delivery {
+            owner,
+            topic,
+            result,
+        } = delivery;
+        let Some(state) = live(&mut self.records, owner) else {
             return;
         };
-        if state.seq != delivery.seq {
-            return;
-        }
-        state.pending_writes = state.pending_writes.saturating_sub(1);
-        match delivery.result {
-            Ok(()) => {
-                if let Some(write) = state.writes.get_mut(delivery.index).and_then(Option::take) {
-                    if state.phase == Phase::Writing {
-                        self.metrics.records_out.inc();
-                        self.telemetry
-                            .output_acked(&write.topic, write.payload.as_ref().map_or(0, Vec::len));
-                    }
+        let dead_lettering = state.dead_letter.is_some();
+        let answer = match result {
+            Ok(bytes) => {
+                if !dead_lettering {
+                    self.metrics.records_out.inc();
+                    self.telemetry.output_acked(&topic, bytes);
                 }
+                Ok(())
             }
-            Err(error) => {
-                tracing::warn!(%error, partition = delivery.key.0, offset = delivery.key.1, "write not acknowledged");
-                state.failed_writes.push(delivery.index);
-                state.write_error = Some(error);
+            Err((error, write)) => {
+                tracing::warn!(%error, partition = state.partition(), offset = state.offset(), "write not acknowledged");
+                Err((error, write))
             }
-        }
-        if state.pending_writes > 0 {
-            return;
-        }
-        let Some(error) = state.write_error.take() else {
-            let dead_lettered = state.phase == Phase::DeadLettering;
-            if dead_lettered {
-                self.metrics.dlq_records.inc();
-                self.telemetry
-                    .dead_letter_acked(state.dlq_code.as_deref().unwrap_or("unknown"));
-            }
-            self.finish(delivery.key);
+        };
+        let Some(state) = live(&mut self.records, owner) else {
             return;
         };
-        let phase = state.phase;
+        let error = match state.answered(answer) {
+            Answered::Pending => return,
+            Answered::Done => {
+                if let Some(code) = &state.dead_letter {
+                    self.metrics.dlq_records.inc();
+                    self.telemetry.dead_letter_acked(code);
+                }
+                self.finish(owner);
+                return;
+            }
+            Answered::Failed(error) => error,
+        };
         let attempts_left = state.attempts < self.settings.retry.max_attempts;
         let class = delivery_error_class(&error);
         let failure = ProcessError {
@@ -683,39 +605,37 @@ impl<P: Processor> Worker<P> {
             event_id: state.event_id,
             org_id: state.org_id,
         };
-        match phase {
+        if dead_lettering || class == ErrorClass::Transient && attempts_left {
             // A dead letter is never given up on: nothing is acknowledged before it is written.
-            Phase::DeadLettering => self.schedule_retry(delivery.key, RetryKind::Resend, &failure),
-            _ if class == ErrorClass::Transient && attempts_left => {
-                self.schedule_retry(delivery.key, RetryKind::Resend, &failure);
-            }
-            _ => self.dead_letter(delivery.key, &failure),
+            self.schedule_retry(owner, RetryKind::Resend, &failure);
+        } else {
+            self.dead_letter(owner, &failure);
         }
     }
 
-    fn schedule_retry(&mut self, key: RecordKey, kind: RetryKind, error: &ProcessError) {
-        let (partition, _) = key;
+    fn schedule_retry(&mut self, owner: Owner, kind: RetryKind, error: &ProcessError) {
+        let Some(state) = self.record(owner) else {
+            return;
+        };
+        let partition = state.partition();
         let revoking = self
             .partitions
             .get(&partition)
             .is_none_or(|state| state.revoking);
         if revoking || self.draining {
             // The next owner (or the next run) reads the record again from the committed offset.
-            self.forget_record(key);
+            self.forget_record(owner);
             return;
         }
-        let Some(state) = self.records.get_mut(&key) else {
-            return;
-        };
-        let now = SystemTime::now();
-        state.first_failure.get_or_insert(now);
         let delay = backoff_delay(&self.settings.retry, state.attempts);
         tracing::warn!(
-            partition, offset = key.1, attempts = state.attempts, delay_ms = delay.as_millis() as u64,
+            partition, offset = state.offset(), attempts = state.attempts, delay_ms = delay.as_millis() as u64,
             code = %error.code, error = %error.message, "transient failure, retrying"
         );
-        state.phase = Phase::Waiting(kind);
-        state.retry_key = Some(self.retries.insert(key, delay));
+        let timer = self.retries.insert(owner, delay);
+        if let Some(state) = self.record_mut(owner) {
+            state.wait(kind, timer);
+        }
         self.metrics.retries.inc();
         if let Some(partition_state) = self.partitions.get_mut(&partition) {
             partition_state.waiting += 1;
@@ -725,29 +645,24 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    async fn on_retry_due(&mut self, key: RecordKey) {
-        let Some(state) = self.records.get_mut(&key) else {
+    async fn on_retry_due(&mut self, owner: Owner) {
+        let Some(state) = self.record_mut(owner) else {
             return;
         };
-        state.retry_key = None;
-        let Phase::Waiting(kind) = state.phase else {
+        let partition = state.partition();
+        let Some((kind, failed)) = state.retry_due() else {
             return;
         };
         match kind {
-            RetryKind::Reprocess => self.run_record(key).await,
+            RetryKind::Reprocess => self.run_record(owner).await,
             RetryKind::Resend => {
                 state.attempts += 1;
-                state.phase = if state.dead_letter {
-                    Phase::DeadLettering
-                } else {
-                    Phase::Writing
-                };
-                let indices = std::mem::take(&mut state.failed_writes);
-                state.pending_writes = indices.len();
-                self.send_writes(key, &indices);
+                state.writing(failed.len());
+                for write in failed {
+                    self.send(owner, write);
+                }
             }
         }
-        let (partition, _) = key;
         let Some(partition_state) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -770,21 +685,29 @@ impl<P: Processor> Worker<P> {
             if !self.breaker.may_start() {
                 return;
             }
-            let Some(offset) = state.backlog.pop_front() else {
+            let Some(owner) = state.backlog.pop_front() else {
                 break;
             };
-            self.run_record((partition, offset)).await;
+            self.run_record(owner).await;
         }
         if !self.paused_for_backpressure && !self.breaker.holds_records() {
             self.set_paused(&[partition], false);
         }
     }
 
-    fn dead_letter(&mut self, key: RecordKey, error: &ProcessError) {
-        let (partition, offset) = key;
-        let Some(state) = self.records.get_mut(&key) else {
+    fn dead_letter(&mut self, owner: Owner, error: &ProcessError) {
+        let dlq_partitions = self
+            .partition_counts
+            .get(&self.settings.dlq_topic)
+            .copied()
+            .unwrap_or(1);
+        let Some(state) = self.records.get_mut(owner.slot) else {
             return;
         };
+        if state.seq != owner.seq {
+            return;
+        }
+        let (partition, offset) = (state.partition(), state.offset());
         let now = SystemTime::now();
         let first_failure = *state.first_failure.get_or_insert(now);
         let event_id = state.event_id.or(error.event_id);
@@ -797,7 +720,7 @@ impl<P: Processor> Worker<P> {
             topic: &self.settings.input_topic,
             partition,
             offset,
-            timestamp_ms: timestamp_ms(&state.message),
+            timestamp_ms: state.timestamp_ms(),
             group: &self.settings.group_id,
             stage: &self.settings.stage,
             instance: &self.settings.instance,
@@ -814,54 +737,51 @@ impl<P: Processor> Worker<P> {
             traceparent: state.span.as_ref().map(RecordSpan::traceparent),
         };
         let headers = dlq_headers(&state.headers, &source, &failure);
-        let dlq_partitions = self
-            .partition_counts
-            .get(&self.settings.dlq_topic)
-            .copied()
-            .unwrap_or(1);
         // Same partition as the source where the DLQ has it, so a DLQ is partitioned like its topic.
         let dlq_partition = if partition < dlq_partitions {
             partition
         } else {
             murmur2_partition(state.message.key().unwrap_or_default(), dlq_partitions)
         };
-        let write = PendingWrite {
+        let write = Write {
             topic: Arc::clone(&self.settings.dlq_topic),
             partition: dlq_partition,
             key: state.message.key().map(<[u8]>::to_vec),
             payload: state.message.payload().map(<[u8]>::to_vec),
             headers,
-            timestamp_ms: timestamp_ms(&state.message),
+            timestamp_ms: state.timestamp_ms(),
         };
-        state.dead_letter = true;
-        state.dlq_code = Some(error.code.clone());
-        self.start_writes(key, vec![write], Phase::DeadLettering);
+        state.dead_letter = Some(error.code.clone());
+        self.start_writes(owner, vec![write]);
     }
 
     /// The record is done: its outputs or its dead letter are acknowledged.
-    fn finish(&mut self, key: RecordKey) {
-        let Some(state) = self.records.remove(&key) else {
+    fn finish(&mut self, owner: Owner) {
+        if self.record(owner).is_none() {
             return;
-        };
+        }
+        let state = self.records.remove(owner.slot);
         self.in_flight = self.in_flight.saturating_sub(1);
         self.finished += 1;
-        if !state.dead_letter && !state.writes.is_empty() {
-            if let Some(latency) = timestamp_ms(&state.message)
+        if state.produced && state.dead_letter.is_none() {
+            if let Some(latency) = state
+                .timestamp_ms()
                 .and_then(|input| WorkerTelemetry::seconds_since(input, wall_clock_ms()))
             {
                 self.telemetry.processing_seconds.record(latency);
             }
         }
+        let (partition, offset) = (state.partition(), state.offset());
+        let dead_lettered = state.dead_letter.is_some();
         if let Some(span) = state.span {
-            span.end(state.dlq_code.as_deref());
+            span.end(state.dead_letter.as_deref());
         }
         if let Some(transition) = self
             .breaker
-            .record(state.dead_letter, std::time::Instant::now())
+            .record(dead_lettered, std::time::Instant::now())
         {
             self.on_breaker(transition);
         }
-        let (partition, offset) = key;
         if let Some(partition_state) = self.partitions.get_mut(&partition) {
             partition_state.records = partition_state.records.saturating_sub(1);
             partition_state.tracker.finish(offset);
@@ -872,20 +792,23 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Drops a record without finishing it: its offset is never committed by this worker.
-    fn forget_record(&mut self, key: RecordKey) {
-        let Some(state) = self.records.remove(&key) else {
+    pub(super) fn forget_record(&mut self, owner: Owner) {
+        if self.record(owner).is_none() {
             return;
-        };
-        if let Some(retry_key) = state.retry_key {
-            self.retries.remove(&retry_key);
         }
+        let state = self.records.remove(owner.slot);
+        if let Some(timer) = state.timer() {
+            self.retries.remove(timer);
+        }
+        self.producer.forget(|queued| queued == owner);
+        let partition = state.partition();
         if let Some(span) = state.span {
             span.end(Some(
                 "abandoned: revoked or shutting down; read again from the committed offset",
             ));
         }
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(partition_state) = self.partitions.get_mut(&key.0) {
+        if let Some(partition_state) = self.partitions.get_mut(&partition) {
             partition_state.records = partition_state.records.saturating_sub(1);
         }
     }
@@ -902,167 +825,9 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn on_revoke(&mut self, partitions: Vec<i32>, reply: oneshot::Sender<TopicPartitionList>) {
-        self.telemetry.revokes.increment(1);
-        let mut abandoned = Vec::new();
-        for partition in &partitions {
-            if let Some(state) = self.partitions.get_mut(partition) {
-                state.revoking = true;
-                state.backlog.clear();
-            }
-        }
-        for (key, state) in &self.records {
-            if partitions.contains(&key.0)
-                && matches!(state.phase, Phase::Received | Phase::Waiting(_))
-            {
-                abandoned.push(*key);
-            }
-        }
-        for key in abandoned {
-            self.forget_record(key);
-        }
-        let deadline = Instant::now() + self.settings.drain_timeout;
-        self.pending_revoke = Some(PendingRevoke {
-            partitions,
-            reply,
-            deadline,
-        });
-        self.try_complete_revoke(false);
-    }
-
-    /// Completes a pending revoke once its partitions have no write in flight (or at the
-    /// deadline): replies with their committable offsets and drops their state.
-    fn try_complete_revoke(&mut self, deadline_reached: bool) {
-        let Some(revoke) = &self.pending_revoke else {
-            return;
-        };
-        let busy = revoke.partitions.iter().any(|partition| {
-            self.partitions
-                .get(partition)
-                .is_some_and(|state| state.records > 0)
-        });
-        // A periodic commit still under way could land after the revoke's commit and move the
-        // committed offset back; wait for it too.
-        if (busy || self.commit_task.is_some()) && !deadline_reached {
-            return;
-        }
-        let Some(revoke) = self.pending_revoke.take() else {
-            return;
-        };
-        if busy {
-            tracing::warn!(partitions = ?revoke.partitions, "drain timeout reached on revoke; unfinished records will be read again");
-        }
-        let offsets = self.committable_for(&revoke.partitions);
-        if revoke.reply.send(offsets).is_ok() {
-            self.metrics.commits.inc();
-        }
-        let leftovers: Vec<RecordKey> = self
-            .records
-            .keys()
-            .filter(|key| revoke.partitions.contains(&key.0))
-            .copied()
-            .collect();
-        for key in leftovers {
-            self.forget_record(key);
-        }
-        for partition in &revoke.partitions {
-            self.partitions.remove(partition);
-            self.paused.remove(partition);
-            // Its new owner reports its lag now.
-            self.telemetry.partition_lag(*partition).set(0.0);
-        }
-        self.telemetry.assigned.set(self.partitions.len() as f64);
-        self.telemetry.paused.set(self.paused.len() as f64);
-        self.dedup.forget_partitions(&revoke.partitions);
-        self.processor.partitions_revoked(&revoke.partitions);
-    }
-
-    fn committable_for(&self, partitions: &[i32]) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        for partition in partitions {
-            let Some(position) = self
-                .partitions
-                .get(partition)
-                .and_then(|state| state.tracker.committable())
-            else {
-                continue;
-            };
-            if let Err(error) = list.add_partition_offset(
-                &self.settings.input_topic,
-                *partition,
-                Offset::Offset(position),
-            ) {
-                tracing::warn!(%error, partition, "failed to add an offset to commit");
-            }
-        }
-        list
-    }
-
-    /// Starts committing every partition whose position moved, unless a commit is under way.
-    /// The commit runs synchronously on a blocking thread, so its outcome is known.
-    fn start_commit(&mut self) {
-        if self.commit_task.is_some() || self.pending_revoke.is_some() {
-            return;
-        }
-        let mut list = TopicPartitionList::new();
-        let mut positions = Vec::new();
-        for (partition, state) in &self.partitions {
-            if state.revoking {
-                continue;
-            }
-            let Some(position) = state.tracker.committable() else {
-                continue;
-            };
-            if state
-                .committed
-                .is_some_and(|committed| committed >= position)
-            {
-                continue;
-            }
-            if list
-                .add_partition_offset(
-                    &self.settings.input_topic,
-                    *partition,
-                    Offset::Offset(position),
-                )
-                .is_ok()
-            {
-                positions.push((*partition, position));
-            }
-        }
-        if positions.is_empty() {
-            return;
-        }
-        let consumer = Arc::clone(&self.consumer);
-        let handle = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
-        self.commit_task = Some(CommitTask {
-            handle,
-            positions,
-            started: Instant::now(),
-        });
-    }
-
-    fn on_commit_finished(&mut self, result: CommitOutcome) {
-        let (positions, started, outcome) = result;
-        self.telemetry
-            .commit_seconds
-            .record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(()) => {
-                self.metrics.commits.inc();
-                self.telemetry.commits_ok.increment(1);
-                for (partition, position) in positions {
-                    if let Some(state) = self.partitions.get_mut(&partition) {
-                        state.committed =
-                            Some(state.committed.map_or(position, |c| c.max(position)));
-                    }
-                }
-            }
-            Err(error) => {
-                self.telemetry.commits_failed.increment(1);
-                tracing::warn!(%error, "offset commit failed; retried at the next interval")
-            }
-        }
+    /// Tells the processor its partitions were revoked (their state is gone).
+    pub(super) fn processor_revoked(&mut self, partitions: &[i32]) {
+        self.processor.partitions_revoked(partitions);
     }
 
     fn log_summary(&self) {
@@ -1076,6 +841,7 @@ impl<P: Processor> Worker<P> {
             in_flight = self.in_flight,
             partitions = self.partitions.len(),
             commit_pending = self.commit_task.is_some(),
+            producer_queue_full = self.producer.is_full(),
             "worker progress"
         );
     }
@@ -1159,18 +925,22 @@ impl<P: Processor> Worker<P> {
         }
     }
 
+    /// Pauses every partition at the in-flight bound or while the producer's queue is full;
+    /// resumes them at half the bound with room in the queue.
     fn update_backpressure(&mut self) {
         self.metrics.in_flight.set(self.in_flight as u64);
         let max = self.settings.max_in_flight;
-        if !self.paused_for_backpressure && self.in_flight >= max {
+        let full = self.producer.is_full();
+        if !self.paused_for_backpressure && (self.in_flight >= max || full) {
             self.paused_for_backpressure = true;
             let partitions: Vec<i32> = self.partitions.keys().copied().collect();
             tracing::debug!(
                 in_flight = self.in_flight,
-                "in-flight bound reached, pausing partitions"
+                producer_queue_full = full,
+                "backpressure: pausing partitions"
             );
             self.set_paused(&partitions, true);
-        } else if self.paused_for_backpressure && self.in_flight <= max / 2 {
+        } else if self.paused_for_backpressure && self.in_flight <= max / 2 && !full {
             self.paused_for_backpressure = false;
             if self.breaker.holds_records() {
                 return;
@@ -1185,7 +955,7 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn set_paused(&mut self, partitions: &[i32], paused: bool) {
+    pub(super) fn set_paused(&mut self, partitions: &[i32], paused: bool) {
         if partitions.is_empty() {
             return;
         }
@@ -1212,25 +982,11 @@ impl<P: Processor> Worker<P> {
     }
 }
 
-/// The positions a commit covered, when it started, and how it ended.
-type CommitOutcome = (Vec<(i32, i64)>, Instant, Result<(), String>);
-
-/// Waits for the commit task in `slot` and takes it out; pending forever when there is none.
-async fn commit_finished(slot: &mut Option<CommitTask>) -> CommitOutcome {
-    let Some(task) = slot.as_mut() else {
-        return std::future::pending().await;
-    };
-    let joined = (&mut task.handle).await;
-    let (positions, started) = slot.take().map_or_else(
-        || (Vec::new(), Instant::now()),
-        |task| (task.positions, task.started),
-    );
-    let outcome = match joined {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(error) => Err(format!("commit task failed: {error}")),
-    };
-    (positions, started, outcome)
+/// The record `owner` names in `records`, if that life of its slot is still held.
+fn live(records: &mut Slab<RecordState>, owner: Owner) -> Option<&mut RecordState> {
+    records
+        .get_mut(owner.slot)
+        .filter(|state| state.seq == owner.seq)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
