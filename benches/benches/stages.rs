@@ -21,13 +21,27 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+/// The stage binaries' allocator, so that the raw loop and the runtime measured here allocate
+/// as a stage does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::{FutureExt, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
 
+use medallion_core::partitioner::java_partition;
 use medallion_tests::bench::{cpu_time, peak_rss_mib, raw_copy_loop};
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
@@ -103,14 +117,8 @@ impl Run {
         format!("{name}.{}", self.run)
     }
 
-    /// Runs `stage` until it has read and finished `records` input records.
-    async fn stage(
-        &self,
-        stage: &'static str,
-        input: &str,
-        output: &str,
-        records: u64,
-    ) -> anyhow::Result<Figures> {
+    /// Starts `stage` reading `input` and writing `output`.
+    fn spawn(&self, stage: &'static str, input: &str, output: &str) -> StageProcess {
         let mut envs = vec![
             (
                 "MEDALLION__KAFKA__BOOTSTRAP_SERVERS",
@@ -139,11 +147,22 @@ impl Run {
             ));
             envs.push(("MEDALLION__STAGE__AUDIT_TOPIC", self.topic("audit.events")));
         }
-        let mut process = StageProcess::spawn(
+        StageProcess::spawn(
             &self.bin_dir.join(stage),
             &envs,
             &format!("bench-{}-{stage}", self.run),
-        );
+        )
+    }
+
+    /// Runs `stage` until it has read and finished `records` input records.
+    async fn stage(
+        &self,
+        stage: &'static str,
+        input: &str,
+        output: &str,
+        records: u64,
+    ) -> anyhow::Result<Figures> {
+        let mut process = self.spawn(stage, input, output);
         let pid = process.id().to_string();
         let labels = [("stage", stage)];
         let deadline = Instant::now() + Duration::from_secs(900);
@@ -183,6 +202,280 @@ impl Run {
             out: finished.2,
         })
     }
+}
+
+impl Run {
+    async fn create_topics(&self) -> anyhow::Result<()> {
+        let mut topics = Vec::new();
+        for name in [
+            "connector.data.raw",
+            "bronze.data.cleaned",
+            "silver.data.processed",
+            "gold.data.ready",
+            "rules.alerts.triggered",
+            "config.changes",
+            "audit.events",
+            "raw.copy",
+        ] {
+            topics.push(self.topic(name));
+            topics.push(format!("{}.dlq", self.topic(name)));
+        }
+        let specs: Vec<(&str, i32)> = topics
+            .iter()
+            .map(|topic| (topic.as_str(), PARTITIONS))
+            .collect();
+        create_topics(&self.bootstrap, &specs).await
+    }
+
+    /// One round on topics of its own: the raw loop, then the four stages one after another.
+    async fn round(&self, data: &[(i64, Vec<u8>)]) -> anyhow::Result<[Figures; 5]> {
+        self.create_topics().await?;
+        let records = data.len() as u64;
+        let producer = test_producer(&self.bootstrap)?;
+        for chunk in data.chunks(20_000) {
+            produce_raw(
+                &producer,
+                &self.topic("connector.data.raw"),
+                PARTITIONS,
+                chunk.iter().map(|(org, value)| (*org, value.as_slice())),
+            )
+            .await?;
+        }
+        let copied = raw_copy_loop(
+            &self.bootstrap,
+            &self.topic("connector.data.raw"),
+            &self.topic("raw.copy"),
+            records,
+        )
+        .await?;
+        let raw = Figures {
+            records,
+            elapsed: copied.elapsed,
+            cpu: copied.cpu,
+            peak_rss_mib: None,
+            out: records,
+        };
+        let bronze = self
+            .stage(
+                "bronze",
+                "connector.data.raw",
+                "bronze.data.cleaned",
+                records,
+            )
+            .await?;
+        let silver = self
+            .stage(
+                "silver",
+                "bronze.data.cleaned",
+                "silver.data.processed",
+                bronze.out,
+            )
+            .await?;
+        let gold = self
+            .stage(
+                "gold",
+                "silver.data.processed",
+                "gold.data.ready",
+                silver.out,
+            )
+            .await?;
+        let rules = self
+            .stage(
+                "rule-evaluator",
+                "gold.data.ready",
+                "rules.alerts.triggered",
+                gold.out,
+            )
+            .await?;
+        Ok([raw, bronze, silver, gold, rules])
+    }
+
+    /// bronze and silver running together at a steady [`LATENCY_RATE`] records/s: per stage,
+    /// from its input record's timestamp to the moment its output is readable downstream (a
+    /// consumer here sees it, so the broker has acknowledged it), percentiles and max over
+    /// [`LATENCY_SECONDS`] after a one-second warm-up. Records are matched by the trace id of
+    /// the `traceparent` header each input carries, which the stages pass on.
+    async fn latency(&self) -> anyhow::Result<()> {
+        self.create_topics().await?;
+        let mut bronze = self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned");
+        let mut silver = self.spawn("silver", "bronze.data.cleaned", "silver.data.processed");
+        for process in [&bronze, &silver] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while http_get(&process.http_url("/readyz")).await.0 != 200 {
+                anyhow::ensure!(Instant::now() < deadline, "a stage did not become ready");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let watcher: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", unique_name("latency-watch"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .create()?;
+        let (cleaned, processed) = (
+            self.topic("bronze.data.cleaned"),
+            self.topic("silver.data.processed"),
+        );
+        watcher.subscribe(&[&cleaned, &processed])?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "0")
+            .create()?;
+        let total = LATENCY_RATE * (LATENCY_SECONDS + 1);
+        let input = self.topic("connector.data.raw");
+        // Each input's timestamp, by record number (both futures run on this task).
+        let sent_at: RefCell<HashMap<u64, i64>> = RefCell::new(HashMap::new());
+        let send = async {
+            // 2 ms ticks of LATENCY_RATE / 500 records each.
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0u64;
+            let mut pending = futures::stream::FuturesUnordered::new();
+            while n < total {
+                tick.tick().await;
+                for _ in 0..LATENCY_RATE / 500 {
+                    let (org_id, value) = connector_record(n);
+                    let key = org_id.to_string();
+                    let traceparent = format!("00-{:032x}-{:016x}-00", u128::from(n) + 1, 1);
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: "traceparent",
+                        value: Some(traceparent.as_bytes()),
+                    });
+                    let now = wall_ms();
+                    sent_at.borrow_mut().insert(n, now);
+                    let record = FutureRecord::to(&input)
+                        .partition(java_partition(org_id, PARTITIONS))
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers)
+                        .timestamp(now);
+                    pending.push(
+                        producer
+                            .send_result(record)
+                            .map_err(|(error, _)| anyhow::anyhow!("send: {error}"))?,
+                    );
+                    n += 1;
+                }
+                while let Some(Some(result)) = pending.next().now_or_never() {
+                    result
+                        .map_err(|_| anyhow::anyhow!("canceled"))?
+                        .map_err(|(error, _)| anyhow::anyhow!("{error}"))?;
+                }
+            }
+            while let Some(result) = pending.next().await {
+                result
+                    .map_err(|_| anyhow::anyhow!("canceled"))?
+                    .map_err(|(error, _)| anyhow::anyhow!("{error}"))?;
+            }
+            anyhow::Ok(())
+        };
+        let watch = async {
+            // Per record: bronze's output timestamp; latencies in µs per stage.
+            let mut cleaned_at: HashMap<u64, i64> = HashMap::new();
+            let (mut bronze_us, mut silver_us) = (Vec::new(), Vec::new());
+            let mut seen_processed = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(LATENCY_SECONDS + 60);
+            while seen_processed < total {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "outputs missing: {seen_processed} of {total} through silver"
+                );
+                let Ok(message) =
+                    tokio::time::timeout(Duration::from_secs(1), watcher.recv()).await
+                else {
+                    continue;
+                };
+                let message = message?;
+                let seen_us = wall_us();
+                let Some(n) = trace_number(&message) else {
+                    continue;
+                };
+                let Some(timestamp) = message.timestamp().to_millis() else {
+                    continue;
+                };
+                let warm = n >= LATENCY_RATE;
+                if message.topic() == cleaned {
+                    cleaned_at.insert(n, timestamp);
+                    if warm {
+                        let input_ms = sent_at.borrow().get(&n).copied();
+                        if let Some(input_ms) = input_ms {
+                            bronze_us.push(seen_us - input_ms * 1000);
+                        }
+                    }
+                } else {
+                    seen_processed += 1;
+                    if let (true, Some(at)) = (warm, cleaned_at.get(&n)) {
+                        silver_us.push(seen_us - at * 1000);
+                    }
+                }
+            }
+            anyhow::Ok((bronze_us, silver_us))
+        };
+        let (sent, watched) = tokio::join!(send, watch);
+        sent?;
+        let (bronze_us, silver_us) = watched?;
+        bronze.terminate();
+        silver.terminate();
+        println!("latency at a steady {LATENCY_RATE} records/s, bronze and silver together, input timestamp to output readable downstream ({LATENCY_SECONDS} s after a 1 s warm-up):");
+        for (name, samples) in [("bronze", bronze_us), ("silver", silver_us)] {
+            println!("{}", latency_line(name, samples));
+        }
+        Ok(())
+    }
+}
+
+/// Records per second of the latency run.
+const LATENCY_RATE: u64 = 5_000;
+/// Measured seconds of the latency run.
+const LATENCY_SECONDS: u64 = 8;
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+fn wall_ms() -> i64 {
+    wall_us() / 1000
+}
+
+/// The record number in the trace id of a record's `traceparent`.
+fn trace_number(message: &impl Message) -> Option<u64> {
+    let headers = message.headers()?;
+    let value = headers
+        .iter()
+        .find(|header| header.key == "traceparent")?
+        .value?;
+    let text = std::str::from_utf8(value).ok()?;
+    let trace_id = text.split('-').nth(1)?;
+    u128::from_str_radix(trace_id, 16)
+        .ok()
+        .and_then(|id| u64::try_from(id).ok())
+        .and_then(|id| id.checked_sub(1))
+}
+
+fn latency_line(name: &str, mut samples_us: Vec<i64>) -> String {
+    if samples_us.is_empty() {
+        return format!("  {name:<14} no samples");
+    }
+    samples_us.sort_unstable();
+    let at = |quantile: f64| {
+        let index = ((samples_us.len() - 1) as f64 * quantile).round() as usize;
+        samples_us[index] as f64 / 1000.0
+    };
+    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+    let met = if p50 < 5.0 && p99 < 50.0 {
+        "met"
+    } else {
+        "missed"
+    };
+    format!(
+        "  {name:<14} p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  max {max:>6.1} ms  ({} records; target p50 < 5 ms, p99 < 50 ms: {met})",
+        samples_us.len()
+    )
 }
 
 fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) -> String {
@@ -229,89 +522,43 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(100_000);
-    let run = Run {
-        bootstrap: bootstrap.clone(),
-        run: unique_name("bench").replace('-', ""),
-        bin_dir,
-    };
-    let mut topics = Vec::new();
-    for name in [
-        "connector.data.raw",
-        "bronze.data.cleaned",
-        "silver.data.processed",
-        "gold.data.ready",
-        "rules.alerts.triggered",
-        "config.changes",
-        "audit.events",
-        "raw.copy",
-    ] {
-        topics.push(run.topic(name));
-        topics.push(format!("{}.dlq", run.topic(name)));
-    }
-    let specs: Vec<(&str, i32)> = topics
-        .iter()
-        .map(|topic| (topic.as_str(), PARTITIONS))
-        .collect();
-    create_topics(&bootstrap, &specs).await?;
+    let rounds: usize = std::env::var("MEDALLION_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let data: Vec<(i64, Vec<u8>)> = (0..records).map(connector_record).collect();
     let average = data.iter().map(|(_, value)| value.len()).sum::<usize>() / data.len().max(1);
-    let producer = test_producer(&bootstrap)?;
-    for chunk in data.chunks(20_000) {
-        produce_raw(
-            &producer,
-            &run.topic("connector.data.raw"),
-            PARTITIONS,
-            chunk.iter().map(|(org, value)| (*org, value.as_slice())),
-        )
-        .await?;
+    println!("stages: {records} connector records of {average} B on broker {bootstrap}, one stage at a time, release builds, {rounds} rounds (median shown)");
+    let mut all: Vec<[Figures; 5]> = Vec::new();
+    for round in 0..rounds {
+        let run = Run {
+            bootstrap: bootstrap.clone(),
+            run: unique_name("bench").replace('-', ""),
+            bin_dir: bin_dir.clone(),
+        };
+        let figures = run.round(&data).await?;
+        println!(
+            "  round {round}: raw {:.0}/s; bronze {:.0}/s {:.1} us; silver {:.0}/s {:.1} us; gold {:.0}/s {:.1} us; rule-evaluator {:.0}/s {:.1} us",
+            figures[0].rate(),
+            figures[1].rate(),
+            figures[1].cpu_us_per_record(),
+            figures[2].rate(),
+            figures[2].cpu_us_per_record(),
+            figures[3].rate(),
+            figures[3].cpu_us_per_record(),
+            figures[4].rate(),
+            figures[4].cpu_us_per_record(),
+        );
+        all.push(figures);
     }
-    println!("stages: {records} connector records of {average} B on broker {bootstrap}, one stage at a time, release builds");
-    let copied = raw_copy_loop(
-        &bootstrap,
-        &run.topic("connector.data.raw"),
-        &run.topic("raw.copy"),
-        records,
-    )
-    .await?;
-    let raw = Figures {
-        records,
-        elapsed: copied.elapsed,
-        cpu: copied.cpu,
-        peak_rss_mib: None,
-        out: records,
+    let median = |index: usize| -> Figures {
+        let mut figures: Vec<Figures> = all.iter().map(|round| round[index]).collect();
+        figures.sort_by(|a, b| a.cpu_us_per_record().total_cmp(&b.cpu_us_per_record()));
+        figures[figures.len() / 2]
     };
-    let bronze = run
-        .stage(
-            "bronze",
-            "connector.data.raw",
-            "bronze.data.cleaned",
-            records,
-        )
-        .await?;
-    let silver = run
-        .stage(
-            "silver",
-            "bronze.data.cleaned",
-            "silver.data.processed",
-            bronze.out,
-        )
-        .await?;
-    let gold = run
-        .stage(
-            "gold",
-            "silver.data.processed",
-            "gold.data.ready",
-            silver.out,
-        )
-        .await?;
-    let rules = run
-        .stage(
-            "rule-evaluator",
-            "gold.data.ready",
-            "rules.alerts.triggered",
-            gold.out,
-        )
-        .await?;
+    let (raw, bronze, silver, gold, rules) =
+        (median(0), median(1), median(2), median(3), median(4));
     println!(
         "{:<16} {:>10} {:>14} {:>13} {:>12} {:>11}",
         "", "records/s", "CPU-us/record", "peak RSS MiB", "rate vs raw", "raw / stage"
@@ -325,5 +572,11 @@ async fn main() -> anyhow::Result<()> {
         "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; a raw/stage factor below 3x means the broker bounds the stage",
         bronze.out, silver.out, gold.out, rules.out
     );
+    let run = Run {
+        bootstrap: bootstrap.clone(),
+        run: unique_name("latency").replace('-', ""),
+        bin_dir,
+    };
+    run.latency().await?;
     Ok(())
 }

@@ -16,6 +16,11 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+/// The stage binaries' allocator, so that the raw loop and the runtime measured here allocate
+/// as a stage does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +32,7 @@ use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{create_topics, generate_events, produce_events, real_broker, unique_name};
 
 const PARTITIONS: i32 = 12;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 /// The runtime's in-flight bound during the bench (see the module docs).
 const BENCH_WINDOW: usize = 50_000;
 

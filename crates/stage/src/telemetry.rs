@@ -18,6 +18,9 @@ const EVENT_TIME_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
 ];
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the Prometheus recorder once per process; later calls do nothing. Call before any
 /// metric handle is taken (handles taken before it export nothing).
 pub fn install_recorder() {
@@ -43,6 +46,18 @@ pub fn install_recorder() {
         if let Err(error) = metrics::set_global_recorder(recorder) {
             tracing::error!(%error, "metrics disabled: another recorder is installed");
             return None;
+        }
+        // Histogram samples wait in the recorder until an upkeep folds them into buckets: without
+        // a regular one, a stage nobody scrapes would hold every sample it ever recorded.
+        let upkeep = handle.clone();
+        if let Err(error) = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            })
+        {
+            tracing::warn!(%error, "metrics upkeep thread not started; histograms grow until scraped");
         }
         Some(handle)
     });
