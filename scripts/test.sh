@@ -51,3 +51,5 @@ cat target/tmp/reports/*.txt 2>/dev/null || true
 echo "== codec benchmark (figures only; the target is checked by reading them, not by a timed test)"
 cargo bench --locked -p medallion-benches --bench codec -- --warm-up-time 1 --measurement-time 2 \
   2>&1 | grep -E "^decode|time:|codec summary|us per|target"
+echo "== dedup benchmark (a record's cost with 100 and with 1,000,000 ids held; figures only)"
+cargo bench --locked -p medallion-benches --bench dedup

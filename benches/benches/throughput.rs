@@ -3,7 +3,7 @@
 //!
 //! The raw loop copies bytes only: no offset tracker, no dedup, no JSON decode, no commits. The
 //! runtime runs the pass-through processor (decodes `event_id` and `org_id`, dedups, tracks and
-//! commits offsets). Both use the same producer settings (`acks=all`, idempotence, lz4, linger 5).
+//! commits offsets). Both use the same producer settings (`acks=all`, idempotence, lz4, linger 1 ms).
 //! Each side is timed from its first record received to its last output acknowledged.
 //!
 //! The raw loop has no in-flight bound. The runtime's bound (`consumer.max_in_flight`) caps its

@@ -22,7 +22,7 @@ pub struct RawLoop {
 }
 
 /// Consumes `records` records of `input` and produces each to `output` (same partition, key
-/// and value; the stages' producer settings: `acks=all`, idempotence, lz4, linger 5 ms), waiting
+/// and value; the stages' producer settings: `acks=all`, idempotence, lz4, linger 1 ms), waiting
 /// for every acknowledgement. No offset tracking, dedup, decoding or commits.
 pub async fn raw_copy_loop(
     bootstrap: &str,
@@ -42,7 +42,7 @@ pub async fn raw_copy_loop(
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     consumer.subscribe(&[input])?;

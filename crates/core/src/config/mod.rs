@@ -344,7 +344,7 @@ pub struct ProducerConfig {
 }
 
 fn default_linger_ms() -> u64 {
-    5
+    1
 }
 fn default_message_timeout_ms() -> u64 {
     30_000
