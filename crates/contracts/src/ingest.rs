@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 
 use chrono::DateTime;
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::codec::Decoder;
@@ -30,6 +29,9 @@ use crate::error::CodecError;
 use crate::registry::Registry;
 use crate::types::{EntityRef, Envelope, EventSource, RawData};
 use crate::wire::MAGIC_BYTE;
+use json::{member, Json, Members};
+
+mod json;
 
 /// Decodes `connector.data.raw` records, JSON or Avro.
 #[derive(Debug)]
@@ -58,9 +60,9 @@ impl RawIngest {
 /// Parses and normalises one JSON connector envelope.
 pub fn parse_json(bytes: &[u8]) -> Result<Envelope<RawData>, CodecError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let root: Value = serde_json::from_slice(bytes)
+    let root: Json<'_> = serde_json::from_slice(bytes)
         .map_err(|error| CodecError::InvalidJson(error.to_string()))?;
-    let Value::Object(root) = root else {
+    let Json::Object(root) = root else {
         return Err(CodecError::InvalidJson(format!(
             "the record is a JSON {}, not an object",
             kind(&root)
@@ -102,25 +104,25 @@ pub fn parse_json(bytes: &[u8]) -> Result<Envelope<RawData>, CodecError> {
     })
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &Json<'_>) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+        Json::Null => "null",
+        Json::Bool(_) => "boolean",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
     }
 }
 
 /// One JSON object and its path, for error messages.
 struct Fields<'a> {
-    map: &'a Map<String, Value>,
+    map: &'a Members<'a>,
     prefix: String,
 }
 
 impl<'a> Fields<'a> {
-    fn new(map: &'a Map<String, Value>, prefix: &str) -> Self {
+    fn new(map: &'a Members<'a>, prefix: &str) -> Self {
         Self {
             map,
             prefix: prefix.to_owned(),
@@ -145,17 +147,17 @@ impl<'a> Fields<'a> {
     }
 
     /// The field's value; `null` counts as absent.
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.map.get(name).filter(|value| !value.is_null())
+    fn get(&self, name: &str) -> Option<&'a Json<'a>> {
+        member(self.map, name).filter(|value| **value != Json::Null)
     }
 
-    fn required(&self, name: &str) -> Result<&'a Value, CodecError> {
+    fn required(&self, name: &str) -> Result<&'a Json<'a>, CodecError> {
         self.get(name).ok_or_else(|| self.missing(name))
     }
 
     fn object(&self, name: &str) -> Result<Fields<'a>, CodecError> {
         match self.required(name)? {
-            Value::Object(map) => Ok(Fields::new(map, &format!("{}.", self.path(name)))),
+            Json::Object(map) => Ok(Fields::new(map, &format!("{}.", self.path(name)))),
             other => {
                 Err(self.invalid(name, format!("expected an object, found a {}", kind(other))))
             }
@@ -175,8 +177,8 @@ impl<'a> Fields<'a> {
     fn optional_string(&self, name: &str) -> Result<Option<String>, CodecError> {
         let text = match self.get(name) {
             None => return Ok(None),
-            Some(Value::String(text)) => text.trim().to_owned(),
-            Some(Value::Number(number)) => number.to_string(),
+            Some(Json::String(text)) => text.trim().to_owned(),
+            Some(Json::Number(number)) => number.to_string(),
             Some(other) => {
                 return Err(
                     self.invalid(name, format!("expected a string, found a {}", kind(other)))
@@ -211,7 +213,7 @@ impl<'a> Fields<'a> {
     /// RFC 3339 with any offset, or epoch milliseconds; returns UTC epoch milliseconds.
     fn time(&self, name: &str) -> Result<i64, CodecError> {
         let value = self.required(name)?;
-        if let Value::String(text) = value {
+        if let Json::String(text) = value {
             let text = text.trim();
             if let Ok(time) = DateTime::parse_from_rfc3339(text) {
                 return Ok(time.timestamp_millis());
@@ -241,7 +243,7 @@ impl<'a> Fields<'a> {
     fn metrics(&self, name: &str) -> Result<BTreeMap<String, f64>, CodecError> {
         let metrics = self.object(name)?;
         let mut values = BTreeMap::new();
-        for metric in metrics.map.keys() {
+        for (metric, _) in metrics.map {
             let key = metric.trim();
             if key.is_empty() {
                 return Err(self.invalid(name, "a metric has an empty name"));
@@ -262,17 +264,17 @@ impl<'a> Fields<'a> {
         let Some(value) = self.get(name) else {
             return Ok(BTreeMap::new());
         };
-        let Value::Object(map) = value else {
+        let Json::Object(map) = value else {
             return Err(self.invalid(name, format!("expected an object, found a {}", kind(value))));
         };
         let dimensions = Fields::new(map, &format!("{}.", self.path(name)));
         let mut values = BTreeMap::new();
         for (key, value) in map {
             let text = match value {
-                Value::Null => continue,
-                Value::String(text) => text.trim().to_owned(),
-                Value::Number(number) => number.to_string(),
-                Value::Bool(flag) => flag.to_string(),
+                Json::Null => continue,
+                Json::String(text) => text.trim().to_owned(),
+                Json::Number(number) => number.to_string(),
+                Json::Bool(flag) => flag.to_string(),
                 other => {
                     return Err(dimensions.invalid(
                         key.trim(),
@@ -287,10 +289,10 @@ impl<'a> Fields<'a> {
 }
 
 /// A finite number from a JSON number or numeric string.
-fn finite(value: &Value) -> Result<f64, String> {
+fn finite(value: &Json<'_>) -> Result<f64, String> {
     let number = match value {
-        Value::Number(number) => number.as_f64(),
-        Value::String(text) => {
+        Json::Number(number) => number.as_f64(),
+        Json::String(text) => {
             let text = text.trim();
             // Rust also parses `inf`, `NaN` and `infinity`; connectors mean none of them.
             if text.is_empty()
@@ -315,9 +317,9 @@ fn finite(value: &Value) -> Result<f64, String> {
 }
 
 /// An integer from a JSON number (integral) or a numeric string.
-fn integer(value: &Value) -> Result<i64, String> {
+fn integer(value: &Json<'_>) -> Result<i64, String> {
     match value {
-        Value::Number(number) => {
+        Json::Number(number) => {
             if let Some(int) = number.as_i64() {
                 return Ok(int);
             }
@@ -326,7 +328,7 @@ fn integer(value: &Value) -> Result<i64, String> {
                 _ => Err(format!("{number} is not an integer in range")),
             }
         }
-        Value::String(text) => text
+        Json::String(text) => text
             .trim()
             .parse::<i64>()
             .map_err(|_| format!("`{}` is not an integer", truncate(text))),
@@ -334,10 +336,12 @@ fn integer(value: &Value) -> Result<i64, String> {
     }
 }
 
-fn value_text(value: &Value) -> String {
+fn value_text(value: &Json<'_>) -> String {
     match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+        Json::String(text) => text.to_string(),
+        Json::Number(number) => number.to_string(),
+        Json::Bool(flag) => flag.to_string(),
+        other => kind(other).to_owned(),
     }
 }
 

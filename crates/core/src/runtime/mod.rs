@@ -32,6 +32,7 @@
 
 mod commit;
 mod consumer;
+mod flow;
 mod produce;
 mod record;
 mod revoke;

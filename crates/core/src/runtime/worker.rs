@@ -9,7 +9,8 @@
 //!
 //! The parts: [`super::record`] (one record's state machine), [`super::produce`] (writes and
 //! their acknowledgements), [`super::commit`] (offsets), [`super::revoke`] (giving partitions
-//! up). This file is the loop and the steps of a record between them.
+//! up), [`super::flow`] (readiness, breaker, backpressure). This file is the loop and the steps of
+//! a record between them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use super::record::{Answered, RecordState, RetryKind};
 use super::telemetry::{wall_clock_ms, WorkerTelemetry};
 use super::RunSettings;
 use crate::backoff::backoff_delay;
-use crate::breaker::{Breaker, Transition};
+use crate::breaker::Breaker;
 use crate::dedup::Deduplicator;
 use crate::dlq::{dlq_headers, DlqFailure, DlqSource};
 use crate::error::{delivery_error_class, ErrorClass, ProcessError, RuntimeError};
@@ -83,7 +84,7 @@ struct Scratch {
 pub(crate) struct Worker<P: Processor> {
     pub(super) settings: RunSettings,
     pub(super) consumer: Arc<BaseConsumer<RebalanceContext>>,
-    producer: OutputProducer,
+    pub(super) producer: OutputProducer,
     deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// Answers known without the broker (a write librdkafka refused), handled after each event.
     local_answers: Vec<Delivery>,
@@ -95,23 +96,23 @@ pub(crate) struct Worker<P: Processor> {
     /// The records held, by slot; a slot's `seq` tells its lives apart.
     pub(super) records: Slab<RecordState>,
     retries: DelayQueue<Owner>,
-    in_flight: usize,
-    paused_for_backpressure: bool,
+    pub(super) in_flight: usize,
+    pub(super) paused_for_backpressure: bool,
     next_seq: u64,
     pub(super) pending_revoke: Option<PendingRevoke>,
-    draining: bool,
+    pub(super) draining: bool,
     /// The periodic commit under way, if any, with the positions it commits. At most one runs
     /// at a time, so a slow coordinator never sees commits pile up ahead of heartbeats.
     pub(super) commit_task: Option<CommitTask>,
     pub(super) telemetry: WorkerTelemetry,
-    breaker: Breaker,
+    pub(super) breaker: Breaker,
     /// Partitions currently paused, for the metric.
     pub(super) paused: HashSet<i32>,
     /// Records finished since start, and the value and time last seen by the health check.
-    finished: u64,
-    progress: (u64, Instant),
+    pub(super) finished: u64,
+    pub(super) progress: (u64, Instant),
     /// Set when the breaker lets records through again: the health check releases backlogs.
-    release_due: bool,
+    pub(super) release_due: bool,
     scratch: Scratch,
 }
 
@@ -671,7 +672,7 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Processes the partition's backlog in order while no record of it waits for a retry.
-    async fn release_backlog(&mut self, partition: i32) {
+    pub(super) async fn release_backlog(&mut self, partition: i32) {
         loop {
             let Some(state) = self.partitions.get_mut(&partition) else {
                 return;
@@ -828,157 +829,6 @@ impl<P: Processor> Worker<P> {
     /// Tells the processor its partitions were revoked (their state is gone).
     pub(super) fn processor_revoked(&mut self, partitions: &[i32]) {
         self.processor.partitions_revoked(partitions);
-    }
-
-    fn log_summary(&self) {
-        let snapshot = self.metrics.snapshot();
-        tracing::info!(
-            records_in = snapshot.records_in,
-            records_out = snapshot.records_out,
-            dlq = snapshot.dlq_records,
-            dedup_hits = snapshot.dedup_hits,
-            retries = snapshot.retries,
-            in_flight = self.in_flight,
-            partitions = self.partitions.len(),
-            commit_pending = self.commit_task.is_some(),
-            producer_queue_full = self.producer.is_full(),
-            "worker progress"
-        );
-    }
-
-    /// Updates liveness and readiness, and moves an open breaker to its probe when due.
-    async fn check_health(&mut self) {
-        let now = Instant::now();
-        let health = &self.metrics.health;
-        health.turned();
-        if let Some(transition) = self.breaker.tick(now.into_std()) {
-            self.on_breaker(transition);
-        }
-        if std::mem::take(&mut self.release_due) {
-            let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-            for partition in partitions {
-                self.release_backlog(partition).await;
-            }
-        }
-        let health = &self.metrics.health;
-        let waiting = self.in_flight > 0 || health.unread() > 0;
-        if !waiting || self.finished != self.progress.0 {
-            self.progress = (self.finished, now);
-        }
-        let stalled = now.duration_since(self.progress.1) > self.settings.stall_timeout;
-        let readiness = if self.draining {
-            Err(NotReady::Stopping)
-        } else if self.breaker.holds_records() {
-            Err(NotReady::BreakerOpen)
-        } else if self.partitions.is_empty() {
-            Err(NotReady::NoPartitions)
-        } else if !health.broker_up() {
-            Err(NotReady::BrokersDown)
-        } else if stalled {
-            Err(NotReady::Stalled)
-        } else {
-            Ok(())
-        };
-        if readiness != health.readiness() {
-            match readiness {
-                Ok(()) => tracing::info!("ready"),
-                Err(reason) => tracing::warn!(reason = reason.reason(), "not ready"),
-            }
-        }
-        health.set_ready(readiness);
-        self.telemetry
-            .ready
-            .set(if readiness.is_ok() { 1.0 } else { 0.0 });
-    }
-
-    fn on_breaker(&mut self, transition: Transition) {
-        match transition {
-            Transition::Opened(share) => {
-                tracing::error!(
-                    dlq_share = share,
-                    window = self.settings.breaker.window,
-                    open_ms = self.settings.breaker.open_ms,
-                    "dead-letter circuit breaker opened: too many records failed; pausing \
-                     partitions (check the dead letters' error codes: a bad deploy or a changed \
-                     upstream contract)"
-                );
-                self.telemetry.breaker_trips.increment(1);
-                self.telemetry.breaker_open.set(1.0);
-                self.metrics.health.set_ready(Err(NotReady::BreakerOpen));
-                self.telemetry.ready.set(0.0);
-                let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-                self.set_paused(&partitions, true);
-            }
-            Transition::Probing => {
-                tracing::warn!(
-                    probe_records = self.settings.breaker.probe_records,
-                    "dead-letter circuit breaker probing"
-                );
-                self.telemetry.breaker_open.set(0.0);
-                self.release_due = true;
-            }
-            Transition::Closed => {
-                tracing::info!("dead-letter circuit breaker closed");
-                self.telemetry.breaker_open.set(0.0);
-                self.release_due = true;
-            }
-        }
-    }
-
-    /// Pauses every partition at the in-flight bound or while the producer's queue is full;
-    /// resumes them at half the bound with room in the queue.
-    fn update_backpressure(&mut self) {
-        self.metrics.in_flight.set(self.in_flight as u64);
-        let max = self.settings.max_in_flight;
-        let full = self.producer.is_full();
-        if !self.paused_for_backpressure && (self.in_flight >= max || full) {
-            self.paused_for_backpressure = true;
-            let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-            tracing::debug!(
-                in_flight = self.in_flight,
-                producer_queue_full = full,
-                "backpressure: pausing partitions"
-            );
-            self.set_paused(&partitions, true);
-        } else if self.paused_for_backpressure && self.in_flight <= max / 2 && !full {
-            self.paused_for_backpressure = false;
-            if self.breaker.holds_records() {
-                return;
-            }
-            let partitions: Vec<i32> = self
-                .partitions
-                .iter()
-                .filter(|(_, state)| state.waiting == 0)
-                .map(|(p, _)| *p)
-                .collect();
-            self.set_paused(&partitions, false);
-        }
-    }
-
-    pub(super) fn set_paused(&mut self, partitions: &[i32], paused: bool) {
-        if partitions.is_empty() {
-            return;
-        }
-        for partition in partitions {
-            if paused {
-                self.paused.insert(*partition);
-            } else {
-                self.paused.remove(partition);
-            }
-        }
-        self.telemetry.paused.set(self.paused.len() as f64);
-        let mut list = TopicPartitionList::new();
-        for partition in partitions {
-            list.add_partition(&self.settings.input_topic, *partition);
-        }
-        let result = if paused {
-            self.consumer.pause(&list)
-        } else {
-            self.consumer.resume(&list)
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, ?partitions, paused, "failed to change the pause state of partitions");
-        }
     }
 }
 
