@@ -20,7 +20,7 @@
 //! ids let the next stage remove what slips through.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ pub struct Deduplicator {
 #[derive(Debug)]
 struct Window {
     capacity: usize,
-    ttl: Duration,
+    ttl_ms: u64,
     seen: HashSet<Key, foldhash::fast::RandomState>,
     /// The ids of `seen` in the order they were remembered, with when (ms since `epoch`).
     order: VecDeque<(Key, u64)>,
@@ -54,7 +54,7 @@ impl Window {
 
     /// Drops the oldest ids past the capacity or the time to live.
     fn evict(&mut self, now_ms: u64) {
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = self.ttl_ms;
         while let Some(&(key, at)) = self.order.front() {
             let over = self.order.len() > self.capacity;
             if !over && now_ms.saturating_sub(at) < ttl_ms {
@@ -78,7 +78,7 @@ impl Deduplicator {
             let reserve = capacity.min(MAX_RESERVED);
             Window {
                 capacity,
-                ttl: Duration::from_millis(config.ttl_ms),
+                ttl_ms: config.ttl_ms,
                 seen: HashSet::with_capacity_and_hasher(reserve, Default::default()),
                 order: VecDeque::with_capacity(reserve + 1),
                 epoch: Instant::now(),
@@ -180,7 +180,7 @@ mod tests {
         let mut dedup = Deduplicator::new(&config(true, 100, 30));
         dedup.remember(0, Uuid::from_u128(1));
         assert!(dedup.is_duplicate(0, Uuid::from_u128(1)));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(std::time::Duration::from_millis(40));
         assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
         assert!(dedup.is_empty());
     }

@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message, Timestamp};
+use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 
+use super::record::owned_headers;
 use crate::dlq::Header;
 
 /// A write the runtime owes the broker: an output or a dead letter.
@@ -72,22 +73,13 @@ impl ClientContext for DeliveryContext {
 }
 
 fn write_from(message: &BorrowedMessage<'_>, topic: Arc<str>) -> Write {
-    let headers = message.headers().map_or_else(Vec::new, |headers| {
-        headers
-            .iter()
-            .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-            .collect()
-    });
     Write {
         topic,
         partition: message.partition(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
-        headers,
-        timestamp_ms: match message.timestamp() {
-            Timestamp::NotAvailable => None,
-            Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
-        },
+        headers: owned_headers(message),
+        timestamp_ms: message.timestamp().to_millis(),
     }
 }
 

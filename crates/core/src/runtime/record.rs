@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{Message, Timestamp};
+use rdkafka::Message;
 use tokio_util::time::delay_queue;
 use uuid::Uuid;
 
@@ -118,20 +118,12 @@ impl RecordState {
 
     /// The input record's timestamp in epoch milliseconds.
     pub(crate) fn timestamp_ms(&self) -> Option<i64> {
-        match self.message.timestamp() {
-            Timestamp::NotAvailable => None,
-            Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
-        }
+        self.message.timestamp().to_millis()
     }
 
     /// Whether writes of this record are with the producer.
     pub(crate) fn is_writing(&self) -> bool {
         matches!(self.phase, Phase::Writing { .. })
-    }
-
-    /// Whether the record may be dropped at once on revoke (nothing of it is with the producer).
-    pub(crate) fn is_idle(&self) -> bool {
-        !self.is_writing()
     }
 
     /// `count` writes were handed to the producer.
@@ -202,7 +194,8 @@ impl RecordState {
     }
 }
 
-fn owned_headers(message: &OwnedMessage) -> Vec<Header> {
+/// A message's headers as the runtime keeps them.
+pub(crate) fn owned_headers(message: &impl Message) -> Vec<Header> {
     let Some(headers) = message.headers() else {
         return Vec::new();
     };
@@ -218,6 +211,7 @@ mod tests {
     use std::time::Duration;
 
     use rdkafka::types::RDKafkaErrorCode;
+    use rdkafka::Timestamp;
     use tokio_util::time::DelayQueue;
 
     use super::*;
@@ -255,7 +249,7 @@ mod tests {
         let state = record();
         assert_eq!((state.partition(), state.offset()), (3, 42));
         assert_eq!(state.timestamp_ms(), Some(1_000));
-        assert!(state.is_idle());
+        assert!(!state.is_writing());
     }
 
     #[test]
@@ -284,7 +278,7 @@ mod tests {
         state.wait(RetryKind::Resend, timers.insert((), Duration::from_secs(1)));
         assert!(state.timer().is_some());
         assert!(state.first_failure.is_some());
-        assert!(state.is_idle());
+        assert!(!state.is_writing());
         let (kind, failed) = state.retry_due().expect("waiting");
         assert_eq!(kind, RetryKind::Resend);
         assert_eq!(failed, vec![write(1), write(3)]);

@@ -44,7 +44,7 @@ impl<P: Processor> Worker<P> {
         self.records
             .iter()
             .filter(|(_, state)| partitions.contains(&state.partition()))
-            .filter(|(_, state)| !idle_only || state.is_idle())
+            .filter(|(_, state)| !idle_only || !state.is_writing())
             .map(|(slot, state)| Owner {
                 slot,
                 seq: state.seq,
