@@ -6,7 +6,8 @@
 //! replay then re-reads the alert (same `alert_id`, dropped downstream as a duplicate) and
 //! rebuilds the cooldown.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use medallion_contracts::types::{Alert, EventSource, WindowAggregate};
@@ -14,7 +15,7 @@ use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::{HoldKey, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
 use uuid::Uuid;
 
-use crate::rules::{evaluate, CooldownKey, RuleSet};
+use crate::rules::{evaluate, record_cooldowns, CooldownKey, RuleSet};
 
 /// Counter: alerts written, by rule and severity (an alert repeated after a restart counts again).
 pub const ALERTS: &str = "medallion_alerts_total";
@@ -23,8 +24,8 @@ pub const ALERTS: &str = "medallion_alerts_total";
 struct PartitionState {
     cooldowns: HashMap<CooldownKey, i64>,
     latest_window_start: i64,
-    /// Holds of alerting records: (key, cooldown end).
-    holds: Vec<(HoldKey, i64)>,
+    /// Holds of alerting records, soonest cooldown end first: (cooldown end, key).
+    holds: BinaryHeap<Reverse<(i64, HoldKey)>>,
 }
 
 /// The rule evaluator.
@@ -101,16 +102,27 @@ impl Processor for RuleEvaluator {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = self.partitions.entry(ctx.partition()).or_default();
-        let mut cooldowns = state.cooldowns.clone();
-        let alerts = evaluate(&rules, input.org_id, &input.payload, &mut cooldowns);
+        let alerts = evaluate(&rules, input.org_id, &input.payload, &state.cooldowns);
         let mut outputs = Vec::with_capacity(alerts.len());
-        for (_, alert) in &alerts {
+        let mut started = Vec::with_capacity(alerts.len());
+        let mut holds = Vec::new();
+        let mut counted = Vec::with_capacity(alerts.len());
+        for (key, alert) in alerts {
+            let cooldown = rules
+                .rules()
+                .find(|rule| rule.id == key.0)
+                .map_or(0, |rule| rule.cooldown_ms);
+            if cooldown > 0 {
+                holds.push((hold_key(alert.alert_id), alert.window_start + cooldown));
+            }
+            counted.push((alert.rule_id.clone(), alert.severity.clone()));
+            started.push((key, alert.window_start));
             let event = Envelope::new(
                 alert.alert_id,
                 alert.window_end,
                 self.source.clone(),
                 input.org_id,
-                alert.clone(),
+                alert,
             )
             .caused_by(&input);
             let payload = self.encoder.encode(&event).map_err(ProcessError::from)?;
@@ -121,40 +133,27 @@ impl Processor for RuleEvaluator {
             ));
         }
         // Nothing failed: commit the new state.
-        state.cooldowns = cooldowns;
+        record_cooldowns(&mut state.cooldowns, started);
         state.latest_window_start = state.latest_window_start.max(input.payload.window_start);
         for output in outputs {
             ctx.emit(output);
         }
-        for (_, alert) in &alerts {
-            metrics::counter!(
-                ALERTS,
-                "stage" => crate::STAGE,
-                "rule" => alert.rule_id.clone(),
-                "severity" => alert.severity.clone()
-            )
-            .increment(1);
+        for (rule, severity) in counted {
+            metrics::counter!(ALERTS, "stage" => crate::STAGE, "rule" => rule, "severity" => severity)
+                .increment(1);
         }
-        for (key, alert) in &alerts {
-            let cooldown = rules
-                .rules()
-                .find(|rule| rule.id == key.0)
-                .map_or(0, |rule| rule.cooldown_ms);
-            if cooldown > 0 {
-                let hold = hold_key(alert.alert_id);
-                ctx.hold(hold);
-                state.holds.push((hold, alert.window_start + cooldown));
-            }
+        for (hold, until) in holds {
+            ctx.hold(hold);
+            state.holds.push(Reverse((until, hold)));
         }
         let latest = state.latest_window_start;
-        state.holds.retain(|(hold, until)| {
-            if latest >= *until {
-                ctx.release(*hold);
-                false
-            } else {
-                true
+        while let Some(Reverse((until, hold))) = state.holds.peek().copied() {
+            if latest < until {
+                break;
             }
-        });
+            state.holds.pop();
+            ctx.release(hold);
+        }
         Ok(())
     }
 

@@ -202,12 +202,13 @@ pub fn alert_id(rule: &RuleSpec, org_id: i64, window: &WindowAggregate) -> Uuid 
 }
 
 /// Evaluates every rule on one window. `cooldowns` holds, per (rule, org, entity), the start of
-/// the window that last alerted; it is updated for the alerts returned.
+/// the window that last alerted; it is only read here: [`record_cooldowns`] writes the alerts
+/// returned into it once they have been accepted, so a failure in between leaves it unchanged.
 pub fn evaluate(
     rules: &RuleSet,
     org_id: i64,
     window: &WindowAggregate,
-    cooldowns: &mut HashMap<CooldownKey, i64>,
+    cooldowns: &HashMap<CooldownKey, i64>,
 ) -> Vec<(CooldownKey, Alert)> {
     let mut alerts = Vec::new();
     for rule in rules.rules() {
@@ -233,7 +234,6 @@ pub fn evaluate(
                 continue;
             }
         }
-        cooldowns.insert(key.clone(), window.window_start);
         let alert = Alert {
             alert_id: alert_id(rule, org_id, window),
             rule_id: rule.id.clone(),
@@ -261,6 +261,17 @@ pub fn evaluate(
         alerts.push((key, alert));
     }
     alerts
+}
+
+/// Starts the cooldown of every alert [`evaluate`] returned (each key is one rule's, so the
+/// alerts of one window never share a key).
+pub fn record_cooldowns(
+    cooldowns: &mut HashMap<CooldownKey, i64>,
+    alerts: Vec<(CooldownKey, i64)>,
+) {
+    for (key, window_start) in alerts {
+        cooldowns.insert(key, window_start);
+    }
 }
 
 #[cfg(test)]
@@ -308,11 +319,27 @@ mod tests {
         RuleSet::new(RulesFile::parse(RULES_DEFAULTS).expect("rules").rules)
     }
 
+    /// Evaluates and, as the processor does once the alerts are written, starts their cooldowns.
+    fn fire(
+        rules: &RuleSet,
+        org_id: i64,
+        window: &WindowAggregate,
+        cooldowns: &mut HashMap<CooldownKey, i64>,
+    ) -> Vec<(CooldownKey, Alert)> {
+        let alerts = evaluate(rules, org_id, window, cooldowns);
+        let started = alerts
+            .iter()
+            .map(|(key, alert)| (key.clone(), alert.window_start))
+            .collect();
+        record_cooldowns(cooldowns, started);
+        alerts
+    }
+
     #[test]
     fn low_ctr_fires_once_per_window_then_cools_down() {
         let rules = rules();
         let mut cooldowns = HashMap::new();
-        let first = evaluate(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns);
+        let first = fire(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns);
         assert_eq!(first.len(), 1);
         let alert = &first[0].1;
         assert_eq!(alert.rule_id, "low-ctr");
@@ -325,18 +352,18 @@ mod tests {
             alert_id(low_ctr, 1, &window(0, 1.0, 1000.0))
         );
         // Re-evaluating the same window (a replay) gives the same alert id.
-        let again = evaluate(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns);
+        let again = fire(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns);
         assert_eq!(again[0].1.alert_id, alert.alert_id);
         // 5 and 10 minutes later: within the 15 minute cooldown; 15 minutes later: fires.
-        assert!(evaluate(&rules, 1, &window(300_000, 1.0, 1000.0), &mut cooldowns).is_empty());
-        assert!(evaluate(&rules, 1, &window(600_000, 1.0, 1000.0), &mut cooldowns).is_empty());
+        assert!(fire(&rules, 1, &window(300_000, 1.0, 1000.0), &mut cooldowns).is_empty());
+        assert!(fire(&rules, 1, &window(600_000, 1.0, 1000.0), &mut cooldowns).is_empty());
         assert_eq!(
-            evaluate(&rules, 1, &window(900_000, 1.0, 1000.0), &mut cooldowns).len(),
+            fire(&rules, 1, &window(900_000, 1.0, 1000.0), &mut cooldowns).len(),
             1
         );
         // A healthy CTR and a window without impressions fire nothing.
-        assert!(evaluate(&rules, 2, &window(0, 50.0, 1000.0), &mut cooldowns).is_empty());
-        assert!(evaluate(&rules, 2, &window(0, 0.0, 0.0), &mut cooldowns).is_empty());
+        assert!(fire(&rules, 2, &window(0, 50.0, 1000.0), &mut cooldowns).is_empty());
+        assert!(fire(&rules, 2, &window(0, 0.0, 0.0), &mut cooldowns).is_empty());
     }
 
     #[test]
@@ -368,11 +395,11 @@ mod tests {
         ));
         let mut cooldowns = HashMap::new();
         assert!(
-            evaluate(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns).is_empty(),
+            fire(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns).is_empty(),
             "org 7 only now"
         );
         assert_eq!(
-            evaluate(&rules, 7, &window(0, 100.0, 1000.0), &mut cooldowns).len(),
+            fire(&rules, 7, &window(0, 100.0, 1000.0), &mut cooldowns).len(),
             1
         );
         assert_eq!(
