@@ -68,7 +68,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Envelope<RawData>, CodecError> {
             kind(&root)
         )));
     };
-    let envelope = Fields::new(&root, "");
+    let envelope = Fields::root(&root);
     let source = envelope.object("source")?;
     let payload = envelope.object("payload")?;
     let entity = payload.object("entity")?;
@@ -115,22 +115,50 @@ fn kind(value: &Json<'_>) -> &'static str {
     }
 }
 
-/// One JSON object and its path, for error messages.
+/// How deep [`Fields`] paths go (the envelope's objects nest two deep).
+const MAX_DEPTH: usize = 4;
+
+/// One JSON object and its path, for error messages. The path is kept as its segments and
+/// only joined when an error needs it.
 struct Fields<'a> {
     map: &'a Members<'a>,
-    prefix: String,
+    segments: [&'a str; MAX_DEPTH],
+    depth: usize,
 }
 
 impl<'a> Fields<'a> {
-    fn new(map: &'a Members<'a>, prefix: &str) -> Self {
+    /// The envelope: the root object.
+    fn root(map: &'a Members<'a>) -> Self {
         Self {
             map,
-            prefix: prefix.to_owned(),
+            segments: [""; MAX_DEPTH],
+            depth: 0,
+        }
+    }
+
+    /// The object `map` under `name` in this one.
+    fn child(&self, map: &'a Members<'a>, name: &'a str) -> Self {
+        let mut segments = self.segments;
+        let mut depth = self.depth;
+        if let Some(segment) = segments.get_mut(depth) {
+            *segment = name;
+            depth += 1;
+        }
+        Self {
+            map,
+            segments,
+            depth,
         }
     }
 
     fn path(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        let mut path = String::new();
+        for segment in &self.segments[..self.depth] {
+            path.push_str(segment);
+            path.push('.');
+        }
+        path.push_str(name);
+        path
     }
 
     fn missing(&self, name: &str) -> CodecError {
@@ -155,9 +183,9 @@ impl<'a> Fields<'a> {
         self.get(name).ok_or_else(|| self.missing(name))
     }
 
-    fn object(&self, name: &str) -> Result<Fields<'a>, CodecError> {
+    fn object(&self, name: &'a str) -> Result<Fields<'a>, CodecError> {
         match self.required(name)? {
-            Json::Object(map) => Ok(Fields::new(map, &format!("{}.", self.path(name)))),
+            Json::Object(map) => Ok(self.child(map, name)),
             other => {
                 Err(self.invalid(name, format!("expected an object, found a {}", kind(other))))
             }
@@ -240,7 +268,7 @@ impl<'a> Fields<'a> {
         Ok(millis)
     }
 
-    fn metrics(&self, name: &str) -> Result<BTreeMap<String, f64>, CodecError> {
+    fn metrics(&self, name: &'a str) -> Result<BTreeMap<String, f64>, CodecError> {
         let metrics = self.object(name)?;
         let mut values = BTreeMap::new();
         for (metric, _) in metrics.map {
@@ -260,14 +288,14 @@ impl<'a> Fields<'a> {
         Ok(values)
     }
 
-    fn dimensions(&self, name: &str) -> Result<BTreeMap<String, String>, CodecError> {
+    fn dimensions(&self, name: &'a str) -> Result<BTreeMap<String, String>, CodecError> {
         let Some(value) = self.get(name) else {
             return Ok(BTreeMap::new());
         };
         let Json::Object(map) = value else {
             return Err(self.invalid(name, format!("expected an object, found a {}", kind(value))));
         };
-        let dimensions = Fields::new(map, &format!("{}.", self.path(name)));
+        let dimensions = self.child(map, name);
         let mut values = BTreeMap::new();
         for (key, value) in map {
             let text = match value {

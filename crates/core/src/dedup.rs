@@ -48,8 +48,8 @@ struct Window {
 }
 
 impl Window {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn ms_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Drops the oldest ids past the capacity or the time to live.
@@ -87,19 +87,20 @@ impl Deduplicator {
         Self { window }
     }
 
-    /// Whether `event_id` was already processed from `partition` within the window.
-    pub fn is_duplicate(&mut self, partition: i32, event_id: Uuid) -> bool {
+    /// Whether `event_id` was already processed from `partition` within the window, as of `now`
+    /// (the caller's clock, read once for a batch of records).
+    pub fn is_duplicate(&mut self, partition: i32, event_id: Uuid, now: Instant) -> bool {
         let Some(window) = &mut self.window else {
             return false;
         };
-        let now_ms = window.now_ms();
+        let now_ms = window.ms_since_epoch(now);
         window.evict(now_ms);
         window.seen.contains(&(partition, event_id))
     }
 
-    /// Remembers that `event_id` was processed from `partition` (an id already held keeps its
-    /// first time).
-    pub fn remember(&mut self, partition: i32, event_id: Uuid) {
+    /// Remembers that `event_id` was processed from `partition` at `now` (an id already held
+    /// keeps its first time).
+    pub fn remember(&mut self, partition: i32, event_id: Uuid, now: Instant) {
         let Some(window) = &mut self.window else {
             return;
         };
@@ -107,7 +108,7 @@ impl Deduplicator {
         if !window.seen.insert(key) {
             return;
         }
-        let now_ms = window.now_ms();
+        let now_ms = window.ms_since_epoch(now);
         window.order.push_back((key, now_ms));
         window.evict(now_ms);
     }
@@ -138,7 +139,13 @@ impl Deduplicator {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     fn config(enabled: bool, capacity: u64, ttl_ms: u64) -> DedupConfig {
         DedupConfig {
@@ -152,14 +159,14 @@ mod tests {
     fn remembers_per_partition_and_forgets_revoked_ones() {
         let mut dedup = Deduplicator::new(&config(true, 100, 60_000));
         let id = Uuid::from_u128(7);
-        assert!(!dedup.is_duplicate(0, id));
-        dedup.remember(0, id);
-        dedup.remember(1, id);
-        assert!(dedup.is_duplicate(0, id));
-        assert!(dedup.is_duplicate(1, id));
+        assert!(!dedup.is_duplicate(0, id, now()));
+        dedup.remember(0, id, now());
+        dedup.remember(1, id, now());
+        assert!(dedup.is_duplicate(0, id, now()));
+        assert!(dedup.is_duplicate(1, id, now()));
         dedup.forget_partitions(&[0]);
-        assert!(!dedup.is_duplicate(0, id));
-        assert!(dedup.is_duplicate(1, id));
+        assert!(!dedup.is_duplicate(0, id, now()));
+        assert!(dedup.is_duplicate(1, id, now()));
         assert_eq!(dedup.len(), 1);
     }
 
@@ -167,39 +174,40 @@ mod tests {
     fn the_oldest_ids_leave_at_capacity() {
         let mut dedup = Deduplicator::new(&config(true, 3, 60_000));
         for n in 0..5 {
-            dedup.remember(0, Uuid::from_u128(n));
+            dedup.remember(0, Uuid::from_u128(n), now());
         }
         assert_eq!(dedup.len(), 3);
-        assert!(!dedup.is_duplicate(0, Uuid::from_u128(0)));
-        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
-        assert!((2..5).all(|n| dedup.is_duplicate(0, Uuid::from_u128(n))));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(0), now()));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1), now()));
+        assert!((2..5).all(|n| dedup.is_duplicate(0, Uuid::from_u128(n), now())));
     }
 
     #[test]
     fn ids_expire_after_the_time_to_live() {
         let mut dedup = Deduplicator::new(&config(true, 100, 30));
-        dedup.remember(0, Uuid::from_u128(1));
-        assert!(dedup.is_duplicate(0, Uuid::from_u128(1)));
-        std::thread::sleep(std::time::Duration::from_millis(40));
-        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
+        let start = now();
+        dedup.remember(0, Uuid::from_u128(1), start);
+        let later = |ms| start + Duration::from_millis(ms);
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1), later(29)));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1), later(30)));
         assert!(dedup.is_empty());
     }
 
     #[test]
     fn an_id_remembered_again_after_a_revoke_is_held_again() {
         let mut dedup = Deduplicator::new(&config(true, 2, 60_000));
-        dedup.remember(0, Uuid::from_u128(1));
+        dedup.remember(0, Uuid::from_u128(1), now());
         dedup.forget_partitions(&[0]);
-        dedup.remember(0, Uuid::from_u128(2));
-        dedup.remember(0, Uuid::from_u128(1));
-        assert!(dedup.is_duplicate(0, Uuid::from_u128(1)));
-        assert!(dedup.is_duplicate(0, Uuid::from_u128(2)));
+        dedup.remember(0, Uuid::from_u128(2), now());
+        dedup.remember(0, Uuid::from_u128(1), now());
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1), now()));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(2), now()));
     }
 
     #[test]
     fn disabled_dedup_sees_no_duplicates() {
         let mut dedup = Deduplicator::new(&config(false, 100, 60_000));
-        dedup.remember(0, Uuid::from_u128(1));
-        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1)));
+        dedup.remember(0, Uuid::from_u128(1), now());
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1), now()));
     }
 }

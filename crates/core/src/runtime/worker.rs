@@ -30,7 +30,7 @@ use super::commit::{commit_finished, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
 use super::record::{Answered, RecordState, RetryKind};
-use super::telemetry::{wall_clock_ms, WorkerTelemetry};
+use super::telemetry::{Clock, WorkerTelemetry};
 use super::RunSettings;
 use crate::backoff::backoff_delay;
 use crate::breaker::Breaker;
@@ -113,6 +113,8 @@ pub(crate) struct Worker<P: Processor> {
     pub(super) progress: (u64, Instant),
     /// Set when the breaker lets records through again: the health check releases backlogs.
     pub(super) release_due: bool,
+    /// The clock as of the start of the turn being handled.
+    pub(super) clock: Clock,
     scratch: Scratch,
 }
 
@@ -159,6 +161,7 @@ impl<P: Processor> Worker<P> {
             finished: 0,
             progress: (0, Instant::now()),
             release_due: false,
+            clock: Clock::read(),
             scratch: Scratch::default(),
         }
     }
@@ -179,9 +182,12 @@ impl<P: Processor> Worker<P> {
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
+            // Every branch but shutdown reads the clock first: what it handles shares that one
+            // reading.
             tokio::select! {
                 biased;
                 count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
+                    self.clock = Clock::read();
                     if count == 0 {
                         return Err(RuntimeError::Thread("the producer's delivery channel closed".into()));
                     }
@@ -192,32 +198,45 @@ impl<P: Processor> Worker<P> {
                     self.try_complete_revoke(false);
                 }
                 Some(expired) = self.retries.next(), if !self.retries.is_empty() => {
+                    self.clock = Clock::read();
                     self.on_retry_due(expired.into_inner()).await;
                 }
                 () = shutdown.cancelled() => break,
                 () = sleep_until_opt(revoke_deadline), if revoke_deadline.is_some() => {
+                    self.clock = Clock::read();
                     self.try_complete_revoke(true);
                 }
                 result = commit_finished(&mut self.commit_task), if self.commit_task.is_some() => {
+                    self.clock = Clock::read();
                     self.on_commit_finished(result);
                     self.try_complete_revoke(false);
                 }
-                _ = commit_timer.tick() => self.start_commit(),
-                _ = summary_timer.tick() => self.log_summary(),
+                _ = commit_timer.tick() => {
+                    self.clock = Clock::read();
+                    self.start_commit();
+                }
+                _ = summary_timer.tick() => {
+                    self.clock = Clock::read();
+                    self.log_summary();
+                }
                 _ = health_timer.tick() => {
+                    self.clock = Clock::read();
                     self.release_producer_queue();
                     self.check_health().await;
                 }
-                event = events.recv(), if can_take => match event {
-                    Some(PollEvent::Messages(messages)) => {
-                        for message in messages {
-                            self.on_message(message).await;
+                event = events.recv(), if can_take => {
+                    self.clock = Clock::read();
+                    match event {
+                        Some(PollEvent::Messages(messages)) => {
+                            for message in messages {
+                                self.on_message(message).await;
+                            }
                         }
+                        Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
+                        Some(PollEvent::Revoke { partitions, reply }) => self.on_revoke(partitions, reply),
+                        None => return Err(RuntimeError::Thread("the consumer polling thread stopped".into())),
                     }
-                    Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
-                    Some(PollEvent::Revoke { partitions, reply }) => self.on_revoke(partitions, reply),
-                    None => return Err(RuntimeError::Thread("the consumer polling thread stopped".into())),
-                },
+                }
             }
             self.answer_locally();
             self.update_backpressure();
@@ -250,6 +269,7 @@ impl<P: Processor> Worker<P> {
             tokio::select! {
                 biased;
                 count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
+                    self.clock = Clock::read();
                     if count == 0 {
                         break;
                     }
@@ -401,7 +421,7 @@ impl<P: Processor> Worker<P> {
                         self.processor
                             .event_time_ms(&decoded)
                             .and_then(|event_time| {
-                                WorkerTelemetry::seconds_since(event_time, wall_clock_ms())
+                                WorkerTelemetry::seconds_since(event_time, self.clock.wall_ms)
                             })
                     {
                         self.telemetry.event_time_lag_seconds.record(lag);
@@ -410,7 +430,12 @@ impl<P: Processor> Worker<P> {
                 let event_id = self.processor.event_id(&decoded);
                 state.event_id = event_id;
                 match event_id {
-                    Some(id) if first_attempt && self.dedup.is_duplicate(partition, id) => Ok(None),
+                    Some(id)
+                        if first_attempt
+                            && self.dedup.is_duplicate(partition, id, self.clock.instant) =>
+                    {
+                        Ok(None)
+                    }
                     _ => {
                         let mut ctx = ProcessContext::new(
                             partition,
@@ -433,7 +458,7 @@ impl<P: Processor> Worker<P> {
             }
             Ok(Some(event_id)) => {
                 if let Some(id) = event_id {
-                    self.dedup.remember(partition, id);
+                    self.dedup.remember(partition, id, self.clock.instant);
                 }
                 if let Some(partition_state) = self.partitions.get_mut(&partition) {
                     for hold in self.scratch.holds.drain(..) {
@@ -767,7 +792,7 @@ impl<P: Processor> Worker<P> {
         if state.produced && state.dead_letter.is_none() {
             if let Some(latency) = state
                 .timestamp_ms()
-                .and_then(|input| WorkerTelemetry::seconds_since(input, wall_clock_ms()))
+                .and_then(|input| WorkerTelemetry::seconds_since(input, self.clock.wall_ms))
             {
                 self.telemetry.processing_seconds.record(latency);
             }
@@ -777,10 +802,7 @@ impl<P: Processor> Worker<P> {
         if let Some(span) = state.span {
             span.end(state.dead_letter.as_deref());
         }
-        if let Some(transition) = self
-            .breaker
-            .record(dead_lettered, std::time::Instant::now())
-        {
+        if let Some(transition) = self.breaker.record(dead_lettered, self.clock.instant) {
             self.on_breaker(transition);
         }
         if let Some(partition_state) = self.partitions.get_mut(&partition) {
