@@ -13,6 +13,13 @@
 //! raw loop that is not at least 3x the stage's rate means the broker, not the stage, is the
 //! bottleneck.
 //!
+//! Then bronze alone in one process over 1,000,000 records in chunks of 100,000 (stopped while
+//! each chunk is written), so that its dedup window ends up holding a million event ids: CPU per
+//! record of each chunk (does a record cost more with more ids held?) and peak RSS at the end
+//! (`MEDALLION_BENCH_HELD_CHUNKS` sets the number of chunks; 0 skips the run). Before it (so
+//! that the broker does not yet hold that run's million records), bronze and silver together at
+//! a steady 5,000 records/s, for latency.
+//!
 //! Run with `scripts/bench.sh` (installs and starts a fast broker, builds the release
 //! binaries), or set `MEDALLION_TEST_BOOTSTRAP` and `MEDALLION_BENCH_BIN_DIR` (where the release
 //! binaries are) and run `cargo bench -p medallion-benches --bench stages`.
@@ -290,6 +297,69 @@ impl Run {
         Ok([raw, bronze, silver, gold, rules])
     }
 
+    /// bronze in one process over `chunks` x `chunk` records, so that at the end its dedup
+    /// window holds that many event ids (the default window's capacity is 1,000,000). The process
+    /// is stopped (SIGSTOP) while each chunk is written and continued once the chunk is on the
+    /// topic, so that each is read from a backlog as in the rounds; per chunk, the figures of
+    /// [`Run::stage`], peak RSS as of that chunk's end.
+    async fn held(&self, chunks: u64, chunk: u64) -> anyhow::Result<Vec<Figures>> {
+        self.create_topics().await?;
+        let producer = test_producer(&self.bootstrap)?;
+        let mut process = self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned");
+        let pid = process.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&process.http_url("/readyz")).await.0 != 200 {
+            process.assert_running();
+            anyhow::ensure!(Instant::now() < deadline, "bronze did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let labels = [("stage", "bronze")];
+        let mut figures = Vec::new();
+        for k in 0..chunks {
+            process.signal("STOP");
+            let data: Vec<(i64, Vec<u8>)> =
+                (k * chunk..(k + 1) * chunk).map(connector_record).collect();
+            for part in data.chunks(20_000) {
+                produce_raw(
+                    &producer,
+                    &self.topic("connector.data.raw"),
+                    PARTITIONS,
+                    part.iter().map(|(org, value)| (*org, value.as_slice())),
+                )
+                .await?;
+            }
+            let (start, cpu_start) = (Instant::now(), cpu_time(&pid)?);
+            process.signal("CONT");
+            let deadline = start + Duration::from_secs(300);
+            let out = loop {
+                process.assert_running();
+                anyhow::ensure!(Instant::now() < deadline, "bronze did not finish chunk {k}");
+                let (status, text) = http_get(&process.http_url("/metrics")).await;
+                if status == 200 {
+                    let records_in =
+                        metric_sum(&text, "medallion_records_in_total", &labels).unwrap_or(0.0);
+                    let in_flight =
+                        metric_sum(&text, "medallion_records_in_flight", &labels).unwrap_or(0.0);
+                    if records_in >= ((k + 1) * chunk) as f64 && in_flight == 0.0 {
+                        break metric_sum(&text, "medallion_records_out_total", &labels)
+                            .unwrap_or(0.0) as u64;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            figures.push(Figures {
+                records: chunk,
+                elapsed: start.elapsed(),
+                cpu: cpu_time(&pid)?.saturating_sub(cpu_start),
+                peak_rss_mib: peak_rss_mib(&pid).ok(),
+                out,
+            });
+        }
+        let (status, _) = process.terminate();
+        anyhow::ensure!(status.success(), "bronze exited with {status}");
+        Ok(figures)
+    }
+
     /// bronze and silver running together at a steady [`LATENCY_RATE`] records/s: per stage,
     /// from its input record's timestamp to the moment its output is readable downstream (a
     /// consumer here sees it, so the broker has acknowledged it), percentiles and max over
@@ -324,7 +394,8 @@ impl Run {
             .set("linger.ms", "1")
             .create()?;
         let total = LATENCY_RATE * (LATENCY_SECONDS + 1);
-        // Each input's timestamp, by record number (both futures run on this task).
+        // Each input's send time in µs, by record number (both futures run on this task); its
+        // Kafka timestamp is the same instant in whole milliseconds.
         let sent_at: RefCell<HashMap<u64, i64>> = RefCell::new(HashMap::new());
         let send = async {
             // 2 ms ticks of LATENCY_RATE / 500 records each.
@@ -342,14 +413,14 @@ impl Run {
                         key: "traceparent",
                         value: Some(traceparent.as_bytes()),
                     });
-                    let now = wall_ms();
-                    sent_at.borrow_mut().insert(n, now);
+                    let now_us = wall_us();
+                    sent_at.borrow_mut().insert(n, now_us);
                     let record = FutureRecord::to(&input)
                         .partition(java_partition(org_id, PARTITIONS))
                         .key(&key)
                         .payload(&value)
                         .headers(headers)
-                        .timestamp(now);
+                        .timestamp(now_us / 1000);
                     pending.push(
                         producer
                             .send_result(record)
@@ -397,15 +468,16 @@ impl Run {
                 };
                 let warm = n >= LATENCY_RATE;
                 if message.topic() == input {
-                    if warm {
-                        broker_us.push(seen_us - timestamp * 1000);
+                    let input_us = sent_at.borrow().get(&n).copied();
+                    if let (true, Some(input_us)) = (warm, input_us) {
+                        broker_us.push(seen_us - input_us);
                     }
                 } else if message.topic() == cleaned {
                     cleaned_at.insert(n, timestamp);
                     if warm {
-                        let input_ms = sent_at.borrow().get(&n).copied();
-                        if let Some(input_ms) = input_ms {
-                            bronze_us.push(seen_us - input_ms * 1000);
+                        let input_us = sent_at.borrow().get(&n).copied();
+                        if let Some(input_us) = input_us {
+                            bronze_us.push(seen_us - input_us);
                         }
                     }
                 } else {
@@ -431,6 +503,9 @@ impl Run {
     }
 }
 
+/// Records per chunk of the held-ids run.
+const HELD_CHUNK: u64 = 100_000;
+
 /// Records per second of the latency run.
 const LATENCY_RATE: u64 = 5_000;
 /// Measured seconds of the latency run.
@@ -442,10 +517,6 @@ fn wall_us() -> i64 {
         .map_or(0, |since| {
             i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
         })
-}
-
-fn wall_ms() -> i64 {
-    wall_us() / 1000
 }
 
 /// The record number in the trace id of a record's `traceparent`.
@@ -582,14 +653,48 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", line("gold", &gold, &raw, Some(6.0)));
     println!("{}", line("rule-evaluator", &rules, &raw, Some(5.0)));
     println!(
-        "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; a raw/stage factor below 3x means the broker bounds the stage",
+        "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; a raw/stage factor below 3x: the broker, or the cores the stage shares with it, may bound the stage's rate (its CPU per record is its own)",
         bronze.out, silver.out, gold.out, rules.out
     );
     let run = Run {
         bootstrap: bootstrap.clone(),
         run: unique_name("latency").replace('-', ""),
-        bin_dir,
+        bin_dir: bin_dir.clone(),
     };
     run.latency().await?;
+    let chunks: u64 = std::env::var("MEDALLION_BENCH_HELD_CHUNKS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    if chunks > 0 {
+        let run = Run {
+            bootstrap: bootstrap.clone(),
+            run: unique_name("held").replace('-', ""),
+            bin_dir: bin_dir.clone(),
+        };
+        let figures = run.held(chunks, HELD_CHUNK).await?;
+        println!("bronze in one process over {chunks} chunks of {HELD_CHUNK} records (stopped while each is written), its dedup window holding every event id so far:");
+        for (k, chunk) in figures.iter().enumerate() {
+            let rss = chunk
+                .peak_rss_mib
+                .map_or_else(|| "-".to_owned(), |mib| format!("{mib:.0}"));
+            println!(
+                "  ids held {:>9} -> {:>9}: {:>8.0}/s {:>6.1} CPU-us/record, peak RSS {rss} MiB",
+                k as u64 * HELD_CHUNK,
+                (k as u64 + 1) * HELD_CHUNK,
+                chunk.rate(),
+                chunk.cpu_us_per_record(),
+            );
+        }
+        if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
+            let peak = last.peak_rss_mib.unwrap_or(f64::NAN);
+            let met = if peak <= 256.0 { "met" } else { "missed" };
+            println!(
+                "  last chunk / first chunk CPU per record: {:.2}; peak RSS {peak:.0} MiB with {} ids held (target <= 256 MiB: {met})",
+                last.cpu_us_per_record() / first.cpu_us_per_record().max(1e-9),
+                chunks * HELD_CHUNK,
+            );
+        }
+    }
     Ok(())
 }

@@ -98,15 +98,20 @@ impl StageProcess {
         self.child.wait().expect("reap stage");
     }
 
-    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
-    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
+    /// Sends `signal` (a name `kill` knows: `TERM`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .is_ok_and(|status| status.success());
-        assert!(sent, "SIGTERM was delivered");
+        assert!(sent, "SIG{signal} was delivered to {}", self.label);
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal("TERM");
         let deadline = started + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait stage") {
