@@ -6,12 +6,13 @@
 //! tens of thousands of windows to evaluate). The raw loop copies them to a topic of its own (consume,
 //! produce with the stages' producer settings, wait for every acknowledgement). Then bronze
 //! reads them, silver reads bronze's output, gold silver's, the rule evaluator gold's, each a
-//! separate release-build process, one at a time. For each: records/s from its first input
-//! record to its last one finished, CPU-µs per input record from the process's own CPU time over
-//! that span (`/proc/PID/stat`; an idle consumer's CPU before and after does not count), and
+//! separate release-build process, one at a time. For each: records/s from the first look at
+//! its metrics that shows input (every 20 ms) to its last record finished, CPU-µs per record
+//! received over that span from the process's own CPU time (its threads' ns counters in
+//! `/proc/PID/task/*/schedstat`; an idle consumer's CPU before and after does not count), and
 //! its peak RSS (`VmHWM`). The raw loop's figures are printed beside them, with the ratio: a
-//! raw loop that is not at least 3x the stage's rate means the broker, not the stage, is the
-//! bottleneck.
+//! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
+//! it and the bench, may bound the stage's rate.
 //!
 //! Then bronze alone in one process over 1,000,000 records in chunks of 100,000 (stopped while
 //! each chunk is written), so that its dedup window ends up holding a million event ids: CPU per
@@ -49,7 +50,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use medallion_core::partitioner::java_partition;
-use medallion_tests::bench::{cpu_time, peak_rss_mib, raw_copy_loop};
+use medallion_tests::bench::{cpu_sample, peak_rss_mib, raw_copy_loop};
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
     create_topics, http_get, metric_sum, produce_raw, real_broker, test_producer, unique_name,
@@ -96,7 +97,10 @@ fn connector_record(n: u64) -> (i64, Vec<u8>) {
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
+    /// Records the figures are per: received over the measured span.
     records: u64,
+    /// Records the stage read in all.
+    input: u64,
     elapsed: Duration,
     cpu: Duration,
     peak_rss_mib: Option<f64>,
@@ -187,24 +191,33 @@ impl Run {
                 let in_flight =
                     metric_sum(&text, "medallion_records_in_flight", &labels).unwrap_or(0.0);
                 if records_in > 0.0 && started.is_none() {
-                    started = Some((Instant::now(), cpu_time(&pid)?));
+                    started = Some((Instant::now(), cpu_sample(&pid)?, records_in as u64));
                 }
                 if records_in >= records as f64 && in_flight == 0.0 {
                     let out =
                         metric_sum(&text, "medallion_records_out_total", &labels).unwrap_or(0.0);
-                    break (Instant::now(), cpu_time(&pid)?, out as u64);
+                    break (
+                        Instant::now(),
+                        cpu_sample(&pid)?,
+                        out as u64,
+                        records_in as u64,
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let (start, cpu_start) = started.context("no input")?;
+        let (start, cpu_start, received_before) = started.context("no input")?;
         let peak = peak_rss_mib(&pid).ok();
         let (status, _) = process.terminate();
         anyhow::ensure!(status.success(), "{stage} exited with {status}");
         Ok(Figures {
-            records,
+            // Only the records received after the first look count: those received before it
+            // were partly processed before the CPU time was first read. (Those still in flight
+            // then are counted out although their CPU time is in: a bias against the stage.)
+            records: finished.3.saturating_sub(received_before),
+            input: records,
             elapsed: finished.0.duration_since(start),
-            cpu: finished.1.saturating_sub(cpu_start),
+            cpu: finished.1.since(&cpu_start),
             peak_rss_mib: peak,
             out: finished.2,
         })
@@ -257,6 +270,7 @@ impl Run {
         .await?;
         let raw = Figures {
             records,
+            input: records,
             elapsed: copied.elapsed,
             cpu: copied.cpu,
             peak_rss_mib: None,
@@ -328,7 +342,7 @@ impl Run {
                 )
                 .await?;
             }
-            let (start, cpu_start) = (Instant::now(), cpu_time(&pid)?);
+            let (start, cpu_start) = (Instant::now(), cpu_sample(&pid)?);
             process.signal("CONT");
             let deadline = start + Duration::from_secs(300);
             let out = loop {
@@ -349,8 +363,9 @@ impl Run {
             };
             figures.push(Figures {
                 records: chunk,
+                input: chunk,
                 elapsed: start.elapsed(),
-                cpu: cpu_time(&pid)?.saturating_sub(cpu_start),
+                cpu: cpu_sample(&pid)?.since(&cpu_start),
                 peak_rss_mib: peak_rss_mib(&pid).ok(),
                 out,
             });
@@ -563,11 +578,11 @@ fn latency_line(name: &str, mut samples_us: Vec<i64>, targets: Option<(f64, f64)
 }
 
 fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) -> String {
-    // CPU time has a 10 ms resolution: a span under 200 ms says little.
-    if figures.elapsed < Duration::from_millis(200) {
+    // A span this short says little (start-up, the first look at the metrics 20 ms apart).
+    if figures.elapsed < Duration::from_millis(50) {
         return format!(
             "{name:<16} too short to measure: {} records in {} ms",
-            figures.records,
+            figures.input,
             figures.elapsed.as_millis()
         );
     }

@@ -29,7 +29,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use medallion_core::Runtime;
-use medallion_tests::bench::{cpu_time, raw_copy_loop, RawLoop};
+use medallion_tests::bench::{cpu_sample, raw_copy_loop, RawLoop};
 use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{create_topics, generate_events, produce_events, real_broker, unique_name};
 
@@ -75,7 +75,7 @@ async fn runtime_loop(
     loop {
         let snapshot = metrics.snapshot();
         if snapshot.records_in > 0 && started.is_none() {
-            started = Some((Instant::now(), cpu_time("self")?));
+            started = Some((Instant::now(), cpu_sample("self")?));
         }
         if snapshot.records_out >= records {
             break;
@@ -89,7 +89,7 @@ async fn runtime_loop(
     let (start, cpu_start) = started.context("the runtime received no record")?;
     let measured = RawLoop {
         elapsed: start.elapsed(),
-        cpu: cpu_time("self")?.saturating_sub(cpu_start),
+        cpu: cpu_sample("self")?.since(&cpu_start),
     };
     shutdown.cancel();
     handle.await??;

@@ -1,6 +1,7 @@
 //! Support for the benchmarks in `benches/`: the raw rdkafka copy loop every figure is measured
-//! beside, and a process's own CPU time and peak RSS from `/proc`.
+//! beside, and a process's own CPU time (ns per thread) and peak RSS from `/proc`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -61,7 +62,7 @@ pub async fn raw_copy_loop(
             message = consumer.recv(), if received < records => {
                 let message = message?;
                 if started.is_none() {
-                    started = Some((Instant::now(), cpu_time("self")?));
+                    started = Some((Instant::now(), cpu_sample("self")?));
                 }
                 received += 1;
                 let key = message.key().unwrap_or_default().to_vec();
@@ -75,12 +76,43 @@ pub async fn raw_copy_loop(
     let (start, cpu_start) = started.context("the raw loop received no record")?;
     Ok(RawLoop {
         elapsed: start.elapsed(),
-        cpu: cpu_time("self")?.saturating_sub(cpu_start),
+        cpu: cpu_sample("self")?.since(&cpu_start),
     })
 }
 
-/// A process's own CPU time (user + system) from `/proc/PID/stat`; `pid` may be `self`.
-pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+/// A reading of a process's CPU time, to subtract from a later one ([`CpuSample::since`]).
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    /// User + system time of the whole process (exited threads included), in 10 ms ticks.
+    ticks: Duration,
+    /// Time on CPU of each live thread in ns (`/proc/PID/task/TID/schedstat`).
+    threads: HashMap<u32, u64>,
+}
+
+impl CpuSample {
+    /// CPU time from `earlier` to this reading: with ns resolution, from the threads' own
+    /// counters, when every thread of `earlier` is still there (a thread that exited takes its
+    /// counter with it); otherwise from the process's 10 ms ticks.
+    pub fn since(&self, earlier: &CpuSample) -> Duration {
+        if earlier
+            .threads
+            .keys()
+            .all(|tid| self.threads.contains_key(tid))
+        {
+            let ns: u64 = self
+                .threads
+                .iter()
+                .map(|(tid, ns)| ns.saturating_sub(earlier.threads.get(tid).copied().unwrap_or(0)))
+                .sum();
+            Duration::from_nanos(ns)
+        } else {
+            self.ticks.saturating_sub(earlier.ticks)
+        }
+    }
+}
+
+/// Reads a process's CPU time; `pid` may be `self`.
+pub fn cpu_sample(pid: &str) -> anyhow::Result<CpuSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name, which is in parentheses and may contain spaces.
     let after = stat
@@ -90,8 +122,33 @@ pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
         + fields.get(12).context("stime")?.parse::<u64>()?;
-    // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
-    Ok(Duration::from_millis(ticks * 10))
+    let mut threads = HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        // A thread may exit between the listing and the read.
+        let Ok(schedstat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+        {
+            threads.insert(tid, ns);
+        }
+    }
+    Ok(CpuSample {
+        // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
+        ticks: Duration::from_millis(ticks * 10),
+        threads,
+    })
 }
 
 /// A process's peak resident set size in MiB (`VmHWM` of `/proc/PID/status`).
