@@ -10,7 +10,10 @@
 //! its metrics that shows input (every 20 ms) to its last record finished, CPU-µs per record
 //! received over that span from the process's own CPU time (its threads' ns counters in
 //! `/proc/PID/task/*/schedstat`; an idle consumer's CPU before and after does not count), and
-//! its peak RSS (`VmHWM`). The raw loop's figures are printed beside them, with the ratio: a
+//! its peak RSS (`VmHWM`); then the cores the stage keeps busy over one second once caught up
+//! and idle (this broker answers an empty fetch at once, so librdkafka's fetch loop spins), and
+//! the span's CPU per record less that idle rate over the span ("net", printed beside the
+//! figure, not instead of it). The raw loop's figures are printed beside them, with the ratio: a
 //! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
 //! it and the bench, may bound the stage's rate.
 //!
@@ -101,6 +104,8 @@ struct Figures {
     records: u64,
     /// Records the stage read in all.
     input: u64,
+    /// Cores the process kept busy once caught up and idle, if measured.
+    idle_cores: Option<f64>,
     elapsed: Duration,
     cpu: Duration,
     peak_rss_mib: Option<f64>,
@@ -208,6 +213,12 @@ impl Run {
         };
         let (start, cpu_start, received_before) = started.context("no input")?;
         let peak = peak_rss_mib(&pid).ok();
+        // The stage caught up and idle: its CPU over the next second is what it burns with no
+        // records (against this broker, whose fetches return at once when there is nothing).
+        let idle_start = (Instant::now(), cpu_sample(&pid)?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_cores = cpu_sample(&pid)?.since(&idle_start.1).as_secs_f64()
+            / idle_start.0.elapsed().as_secs_f64();
         let (status, _) = process.terminate();
         anyhow::ensure!(status.success(), "{stage} exited with {status}");
         Ok(Figures {
@@ -220,6 +231,7 @@ impl Run {
             cpu: finished.1.since(&cpu_start),
             peak_rss_mib: peak,
             out: finished.2,
+            idle_cores: Some(idle_cores),
         })
     }
 }
@@ -271,6 +283,7 @@ impl Run {
         let raw = Figures {
             records,
             input: records,
+            idle_cores: None,
             elapsed: copied.elapsed,
             cpu: copied.cpu,
             peak_rss_mib: None,
@@ -364,6 +377,7 @@ impl Run {
             figures.push(Figures {
                 records: chunk,
                 input: chunk,
+                idle_cores: None,
                 elapsed: start.elapsed(),
                 cpu: cpu_sample(&pid)?.since(&cpu_start),
                 peak_rss_mib: peak_rss_mib(&pid).ok(),
@@ -597,8 +611,18 @@ fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) ->
         };
         format!("  (target <= {target} us: {met})")
     });
+    let idle = figures.idle_cores.map_or_else(
+        || "-".to_owned(),
+        |cores| {
+            // The span's CPU less what the idle process would have burnt over it.
+            let net = (figures.cpu.as_secs_f64() - cores * figures.elapsed.as_secs_f64()).max(0.0)
+                * 1e6
+                / figures.records.max(1) as f64;
+            format!("{:.0}%, {net:.1} us", cores * 100.0)
+        },
+    );
     format!(
-        "{name:<16} {:>10.0} {:>14.1} {:>13} {:>12.2} {:>10.1}x{target}",
+        "{name:<16} {:>10.0} {:>14.1} {:>13} {:>12.2} {:>10.1}x {idle:>16}{target}",
         figures.rate(),
         figures.cpu_us_per_record(),
         rss,
@@ -659,8 +683,14 @@ async fn main() -> anyhow::Result<()> {
     let (raw, bronze, silver, gold, rules) =
         (median(0), median(1), median(2), median(3), median(4));
     println!(
-        "{:<16} {:>10} {:>14} {:>13} {:>12} {:>11}",
-        "", "records/s", "CPU-us/record", "peak RSS MiB", "rate vs raw", "raw / stage"
+        "{:<16} {:>10} {:>14} {:>13} {:>12} {:>11} {:>16}",
+        "",
+        "records/s",
+        "CPU-us/record",
+        "peak RSS MiB",
+        "rate vs raw",
+        "raw / stage",
+        "idle CPU, net"
     );
     println!("{}", line("raw copy loop", &raw, &raw, None));
     println!("{}", line("bronze", &bronze, &raw, Some(10.0)));
