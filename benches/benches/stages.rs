@@ -170,6 +170,24 @@ impl Run {
         )
     }
 
+    /// Writes connector records to this run's `connector.data.raw`, 20,000 at a time.
+    async fn write_input(
+        &self,
+        producer: &FutureProducer,
+        data: &[(i64, Vec<u8>)],
+    ) -> anyhow::Result<()> {
+        for chunk in data.chunks(20_000) {
+            produce_raw(
+                producer,
+                &self.topic("connector.data.raw"),
+                PARTITIONS,
+                chunk.iter().map(|(org, value)| (*org, value.as_slice())),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Runs `stage` until it has read and finished `records` input records.
     async fn stage(
         &self,
@@ -180,7 +198,6 @@ impl Run {
     ) -> anyhow::Result<Figures> {
         let mut process = self.spawn(stage, input, output);
         let pid = process.id().to_string();
-        let labels = [("stage", stage)];
         let deadline = Instant::now() + Duration::from_secs(900);
         let mut started = None;
         let finished = loop {
@@ -189,23 +206,16 @@ impl Run {
                 Instant::now() < deadline,
                 "{stage} did not finish {records} records"
             );
-            let (status, text) = http_get(&process.http_url("/metrics")).await;
-            if status == 200 {
-                let records_in =
-                    metric_sum(&text, "medallion_records_in_total", &labels).unwrap_or(0.0);
-                let in_flight =
-                    metric_sum(&text, "medallion_records_in_flight", &labels).unwrap_or(0.0);
-                if records_in > 0.0 && started.is_none() {
-                    started = Some((Instant::now(), cpu_sample(&pid)?, records_in as u64));
+            if let Some(progress) = Progress::read(&process, stage).await {
+                if progress.records_in > 0 && started.is_none() {
+                    started = Some((Instant::now(), cpu_sample(&pid)?, progress.records_in));
                 }
-                if records_in >= records as f64 && in_flight == 0.0 {
-                    let out =
-                        metric_sum(&text, "medallion_records_out_total", &labels).unwrap_or(0.0);
+                if progress.done(records) {
                     break (
                         Instant::now(),
                         cpu_sample(&pid)?,
-                        out as u64,
-                        records_in as u64,
+                        progress.records_out,
+                        progress.records_in,
                     );
                 }
             }
@@ -264,15 +274,7 @@ impl Run {
         self.create_topics().await?;
         let records = data.len() as u64;
         let producer = test_producer(&self.bootstrap)?;
-        for chunk in data.chunks(20_000) {
-            produce_raw(
-                &producer,
-                &self.topic("connector.data.raw"),
-                PARTITIONS,
-                chunk.iter().map(|(org, value)| (*org, value.as_slice())),
-            )
-            .await?;
-        }
+        self.write_input(&producer, data).await?;
         let copied = raw_copy_loop(
             &self.bootstrap,
             &self.topic("connector.data.raw"),
@@ -334,42 +336,22 @@ impl Run {
         let producer = test_producer(&self.bootstrap)?;
         let mut process = self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned");
         let pid = process.id().to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(&process.http_url("/readyz")).await.0 != 200 {
-            process.assert_running();
-            anyhow::ensure!(Instant::now() < deadline, "bronze did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let labels = [("stage", "bronze")];
+        wait_ready(&mut process).await?;
         let mut figures = Vec::new();
         for k in 0..chunks {
             process.signal("STOP");
             let data: Vec<(i64, Vec<u8>)> =
                 (k * chunk..(k + 1) * chunk).map(connector_record).collect();
-            for part in data.chunks(20_000) {
-                produce_raw(
-                    &producer,
-                    &self.topic("connector.data.raw"),
-                    PARTITIONS,
-                    part.iter().map(|(org, value)| (*org, value.as_slice())),
-                )
-                .await?;
-            }
+            self.write_input(&producer, &data).await?;
             let (start, cpu_start) = (Instant::now(), cpu_sample(&pid)?);
             process.signal("CONT");
             let deadline = start + Duration::from_secs(300);
             let out = loop {
                 process.assert_running();
                 anyhow::ensure!(Instant::now() < deadline, "bronze did not finish chunk {k}");
-                let (status, text) = http_get(&process.http_url("/metrics")).await;
-                if status == 200 {
-                    let records_in =
-                        metric_sum(&text, "medallion_records_in_total", &labels).unwrap_or(0.0);
-                    let in_flight =
-                        metric_sum(&text, "medallion_records_in_flight", &labels).unwrap_or(0.0);
-                    if records_in >= ((k + 1) * chunk) as f64 && in_flight == 0.0 {
-                        break metric_sum(&text, "medallion_records_out_total", &labels)
-                            .unwrap_or(0.0) as u64;
+                if let Some(progress) = Progress::read(&process, "bronze").await {
+                    if progress.done((k + 1) * chunk) {
+                        break progress.records_out;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -398,12 +380,8 @@ impl Run {
         self.create_topics().await?;
         let mut bronze = self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned");
         let mut silver = self.spawn("silver", "bronze.data.cleaned", "silver.data.processed");
-        for process in [&bronze, &silver] {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while http_get(&process.http_url("/readyz")).await.0 != 200 {
-                anyhow::ensure!(Instant::now() < deadline, "a stage did not become ready");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for process in [&mut bronze, &mut silver] {
+            wait_ready(process).await?;
         }
         let watcher: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -530,6 +508,46 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// A stage's record counters, from its metrics.
+struct Progress {
+    records_in: u64,
+    in_flight: u64,
+    records_out: u64,
+}
+
+impl Progress {
+    /// Scrapes `process`'s `/metrics`; `None` while it does not answer.
+    async fn read(process: &StageProcess, stage: &str) -> Option<Self> {
+        let (status, text) = http_get(&process.http_url("/metrics")).await;
+        if status != 200 {
+            return None;
+        }
+        let labels = [("stage", stage)];
+        let counter = |name| metric_sum(&text, name, &labels).unwrap_or(0.0) as u64;
+        Some(Self {
+            records_in: counter("medallion_records_in_total"),
+            in_flight: counter("medallion_records_in_flight"),
+            records_out: counter("medallion_records_out_total"),
+        })
+    }
+
+    /// Whether `records` have been received and none is in flight.
+    fn done(&self, records: u64) -> bool {
+        self.records_in >= records && self.in_flight == 0
+    }
+}
+
+/// Waits up to a minute for `process` to report ready (its partitions assigned).
+async fn wait_ready(process: &mut StageProcess) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&process.http_url("/readyz")).await.0 != 200 {
+        process.assert_running();
+        anyhow::ensure!(Instant::now() < deadline, "a stage did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Records per chunk of the held-ids run.
