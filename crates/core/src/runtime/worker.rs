@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use super::commit::{commit_finished, CommitTask};
+use super::commit::{commit_finished, CommitOutcome, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
 use super::record::{Answered, RecordState, RetryKind};
@@ -118,6 +118,26 @@ pub(crate) struct Worker<P: Processor> {
     scratch: Scratch,
 }
 
+/// What woke the worker's loop.
+enum Turn {
+    /// Acknowledgements arrived (their count; 0 when the channel closed).
+    Deliveries(usize),
+    /// A record's retry is due.
+    RetryDue(Owner),
+    /// A pending revoke's drain deadline passed.
+    RevokeDeadline,
+    /// The periodic commit under way finished.
+    CommitFinished(CommitOutcome),
+    /// Time to start a periodic commit.
+    CommitDue,
+    /// Time to log progress.
+    SummaryDue,
+    /// Time to update readiness and the breaker.
+    HealthDue,
+    /// The polling thread sent records or a rebalance (`None`: it stopped).
+    Event(Option<PollEvent>),
+}
+
 impl<P: Processor> Worker<P> {
     pub(crate) fn new(
         settings: RunSettings,
@@ -182,14 +202,26 @@ impl<P: Processor> Worker<P> {
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
-            // Every branch but shutdown reads the clock first: what it handles shares that one
-            // reading.
-            tokio::select! {
+            let turn = tokio::select! {
                 biased;
-                count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
-                    self.clock = Clock::read();
+                count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => Turn::Deliveries(count),
+                Some(expired) = self.retries.next(), if !self.retries.is_empty() => Turn::RetryDue(expired.into_inner()),
+                () = shutdown.cancelled() => break,
+                () = sleep_until_opt(revoke_deadline), if revoke_deadline.is_some() => Turn::RevokeDeadline,
+                result = commit_finished(&mut self.commit_task), if self.commit_task.is_some() => Turn::CommitFinished(result),
+                _ = commit_timer.tick() => Turn::CommitDue,
+                _ = summary_timer.tick() => Turn::SummaryDue,
+                _ = health_timer.tick() => Turn::HealthDue,
+                event = events.recv(), if can_take => Turn::Event(event),
+            };
+            // What one turn handles shares one reading of the clocks.
+            self.clock = Clock::read();
+            match turn {
+                Turn::Deliveries(count) => {
                     if count == 0 {
-                        return Err(RuntimeError::Thread("the producer's delivery channel closed".into()));
+                        return Err(RuntimeError::Thread(
+                            "the producer's delivery channel closed".into(),
+                        ));
                     }
                     for delivery in answers.drain(..) {
                         self.on_delivery(delivery);
@@ -197,45 +229,31 @@ impl<P: Processor> Worker<P> {
                     self.release_producer_queue();
                     self.try_complete_revoke(false);
                 }
-                Some(expired) = self.retries.next(), if !self.retries.is_empty() => {
-                    self.clock = Clock::read();
-                    self.on_retry_due(expired.into_inner()).await;
-                }
-                () = shutdown.cancelled() => break,
-                () = sleep_until_opt(revoke_deadline), if revoke_deadline.is_some() => {
-                    self.clock = Clock::read();
-                    self.try_complete_revoke(true);
-                }
-                result = commit_finished(&mut self.commit_task), if self.commit_task.is_some() => {
-                    self.clock = Clock::read();
+                Turn::RetryDue(owner) => self.on_retry_due(owner).await,
+                Turn::RevokeDeadline => self.try_complete_revoke(true),
+                Turn::CommitFinished(result) => {
                     self.on_commit_finished(result);
                     self.try_complete_revoke(false);
                 }
-                _ = commit_timer.tick() => {
-                    self.clock = Clock::read();
-                    self.start_commit();
-                }
-                _ = summary_timer.tick() => {
-                    self.clock = Clock::read();
-                    self.log_summary();
-                }
-                _ = health_timer.tick() => {
-                    self.clock = Clock::read();
+                Turn::CommitDue => self.start_commit(),
+                Turn::SummaryDue => self.log_summary(),
+                Turn::HealthDue => {
                     self.release_producer_queue();
                     self.check_health().await;
                 }
-                event = events.recv(), if can_take => {
-                    self.clock = Clock::read();
-                    match event {
-                        Some(PollEvent::Messages(messages)) => {
-                            for message in messages {
-                                self.on_message(message).await;
-                            }
-                        }
-                        Some(PollEvent::Assigned(partitions)) => self.on_assigned(&partitions),
-                        Some(PollEvent::Revoke { partitions, reply }) => self.on_revoke(partitions, reply),
-                        None => return Err(RuntimeError::Thread("the consumer polling thread stopped".into())),
+                Turn::Event(Some(PollEvent::Messages(messages))) => {
+                    for message in messages {
+                        self.on_message(message).await;
                     }
+                }
+                Turn::Event(Some(PollEvent::Assigned(partitions))) => self.on_assigned(&partitions),
+                Turn::Event(Some(PollEvent::Revoke { partitions, reply })) => {
+                    self.on_revoke(partitions, reply)
+                }
+                Turn::Event(None) => {
+                    return Err(RuntimeError::Thread(
+                        "the consumer polling thread stopped".into(),
+                    ))
                 }
             }
             self.answer_locally();
