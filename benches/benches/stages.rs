@@ -227,8 +227,16 @@ impl Run {
         // records (against this broker, whose fetches return at once when there is nothing).
         let idle_start = (Instant::now(), cpu_sample(&pid)?);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle_cores = cpu_sample(&pid)?.since(&idle_start.1).as_secs_f64()
-            / idle_start.0.elapsed().as_secs_f64();
+        let idle_end = cpu_sample(&pid)?;
+        let idle_secs = idle_start.0.elapsed().as_secs_f64();
+        let idle_cores = idle_end.since(&idle_start.1).as_secs_f64() / idle_secs;
+        // Where the CPU went, by kind of thread: the span's against the idle second's.
+        let span_secs = finished.0.duration_since(start).as_secs_f64();
+        println!(
+            "  {stage} threads, span: {}; idle: {}",
+            thread_shares(&finished.1.by_thread(&cpu_start), span_secs),
+            thread_shares(&idle_end.by_thread(&idle_start.1), idle_secs)
+        );
         let (status, _) = process.terminate();
         anyhow::ensure!(status.success(), "{stage} exited with {status}");
         Ok(Figures {
@@ -607,6 +615,17 @@ fn latency_line(name: &str, mut samples_us: Vec<i64>, targets: Option<(f64, f64)
         "  {name:<14} p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  max {max:>6.1} ms  ({} records{target})",
         samples_us.len()
     )
+}
+
+/// `kind share%` of a core for the busiest kinds of thread over `secs`.
+fn thread_shares(kinds: &[(String, Duration)], secs: f64) -> String {
+    kinds
+        .iter()
+        .filter(|(_, cpu)| !cpu.is_zero())
+        .take(6)
+        .map(|(kind, cpu)| format!("{kind} {:.0}%", cpu.as_secs_f64() * 100.0 / secs.max(1e-9)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) -> String {

@@ -87,6 +87,9 @@ pub struct CpuSample {
     ticks: Duration,
     /// Time on CPU of each live thread in ns (`/proc/PID/task/TID/schedstat`).
     threads: HashMap<u32, u64>,
+    /// Each live thread's name (`/proc/PID/task/TID/comm`), trailing digits dropped, so that
+    /// `rdk:broker1` and `rdk:broker2` count as one kind.
+    names: HashMap<u32, String>,
 }
 
 impl CpuSample {
@@ -109,6 +112,23 @@ impl CpuSample {
             self.ticks.saturating_sub(earlier.ticks)
         }
     }
+
+    /// CPU time from `earlier` to this reading by kind of thread, most first: which threads
+    /// a span's CPU went to (a thread born after `earlier` counts from zero).
+    pub fn by_thread(&self, earlier: &CpuSample) -> Vec<(String, Duration)> {
+        let mut kinds: HashMap<&str, u64> = HashMap::new();
+        for (tid, ns) in &self.threads {
+            let name = self.names.get(tid).map_or("?", String::as_str);
+            *kinds.entry(name).or_default() +=
+                ns.saturating_sub(earlier.threads.get(tid).copied().unwrap_or(0));
+        }
+        let mut kinds: Vec<(String, Duration)> = kinds
+            .into_iter()
+            .map(|(name, ns)| (name.to_owned(), Duration::from_nanos(ns)))
+            .collect();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        kinds
+    }
 }
 
 /// Reads a process's CPU time; `pid` may be `self`.
@@ -123,6 +143,7 @@ pub fn cpu_sample(pid: &str) -> anyhow::Result<CpuSample> {
     let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
         + fields.get(12).context("stime")?.parse::<u64>()?;
     let mut threads = HashMap::new();
+    let mut names = HashMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let entry = entry?;
         let Some(tid) = entry
@@ -143,11 +164,18 @@ pub fn cpu_sample(pid: &str) -> anyhow::Result<CpuSample> {
         {
             threads.insert(tid, ns);
         }
+        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
+            let kind = comm
+                .trim_end()
+                .trim_end_matches(|c: char| c.is_ascii_digit());
+            names.insert(tid, kind.to_owned());
+        }
     }
     Ok(CpuSample {
         // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
         ticks: Duration::from_millis(ticks * 10),
         threads,
+        names,
     })
 }
 
