@@ -114,7 +114,8 @@ impl CpuSample {
     }
 
     /// CPU time from `earlier` to this reading by kind of thread, most first: which threads
-    /// a span's CPU went to (a thread born after `earlier` counts from zero).
+    /// a span's CPU went to (a thread born after `earlier` counts from zero; one that exited
+    /// before this reading is left out, so the kinds may sum to less than [`Self::since`]).
     pub fn by_thread(&self, earlier: &CpuSample) -> Vec<(String, Duration)> {
         let mut kinds: HashMap<&str, u64> = HashMap::new();
         for (tid, ns) in &self.threads {
