@@ -1,6 +1,7 @@
 //! Live rule updates on the real broker: the `rule-evaluator` binary applies versioned changes
 //! from `config.changes` in order, records each on `audit.events`, catches up with the changes
-//! already on the topic before it evaluates a window, and evaluates windows with the new rules.
+//! already on the topic before it evaluates a window, evaluates windows with the new rules, and
+//! still reads a change written once it has read the topic to its end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use medallion_contracts::types::{
     WindowAggregate,
 };
 use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
+use medallion_core::side::REST;
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
     create_topics, produce_raw, read_all_async, real_broker, test_producer, unique_name,
@@ -227,6 +229,32 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         rules,
         [("many-clicks".to_owned(), 2, 0)],
         "only the busy window alerts, with version 2"
+    );
+
+    // Read to its end, the reader rests its partitions and fetches them again every
+    // `side::REST`: a change written now is still read, applied and audited.
+    tokio::time::sleep(REST * 3).await;
+    let later = changes_encoder
+        .encode(&change(3, "many-clicks", "upsert", 3, 20.0))
+        .expect("encode");
+    produce_raw(&producer, &changes, PARTITIONS, [(ORG, later.as_slice())])
+        .await
+        .expect("the later change produced");
+    let audited = read(&bootstrap, &audit, FILLERS + 3).await;
+    let mut later_outcome = None;
+    for record in &audited {
+        let event = audit_decoder
+            .decode(record.payload.as_deref().expect("value"))
+            .await
+            .expect("audit decodes");
+        if event.payload.target_id == "many-clicks" && event.payload.details["version"] == "3" {
+            later_outcome = Some(event.payload.outcome);
+        }
+    }
+    assert_eq!(
+        later_outcome.as_deref(),
+        Some("applied"),
+        "the change written after the reader caught up"
     );
 
     evaluator.assert_running();

@@ -8,7 +8,12 @@
 //!   retried with the `[retry]` backoff until it is acknowledged or the caller's token is
 //!   cancelled; a permanent one is returned.
 //! - [`TopicReader`]: reads a whole topic from its beginning without a consumer group (nothing
-//!   committed) and says when it has read everything that was on the topic when it opened.
+//!   committed) and says when it has read everything that was on the topic when it opened. Once
+//!   a partition is read to its end it rests, paused, for [`REST`] before it is fetched again, so
+//!   a reader of a quiet topic sends about four fetches a second instead of one after another
+//!   (a broker that answers an empty fetch at once, without holding it for
+//!   `fetch.wait.max.ms`, would otherwise keep a core busy); a record written to a resting
+//!   partition is read up to that much later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +33,9 @@ use crate::runtime::{common_client_config, partition_counts, producer_client_con
 
 /// How long a side client waits for topic metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a [`TopicReader`]'s partition, once read to its end, rests before it is fetched again.
+pub const REST: Duration = Duration::from_millis(250);
 
 /// Why a side write failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -191,12 +199,27 @@ pub struct SideRecord {
     pub payload: Option<Vec<u8>>,
 }
 
+/// What [`TopicReader::next`] returns.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ReaderEvent {
+    /// A record.
+    Record(SideRecord),
+    /// Every record that was on the topic when the reader opened has been returned (once).
+    CaughtUp,
+}
+
 /// Reads a whole topic from the beginning, outside any consumer group.
 pub struct TopicReader {
     consumer: StreamConsumer,
     topic: String,
     /// The end of each partition when the reader opened, until the reader has passed it.
     pending: HashMap<i32, i64>,
+    /// Partitions read to their end and paused, and when they are fetched again.
+    resting: Vec<i32>,
+    wake_at: tokio::time::Instant,
+    /// Whether [`ReaderEvent::CaughtUp`] has been returned.
+    told_caught_up: bool,
 }
 
 impl std::fmt::Debug for TopicReader {
@@ -222,6 +245,8 @@ impl TopicReader {
         for (name, value) in &config.consumer.librdkafka.0 {
             client.set(name, value);
         }
+        // The reader rests a partition when it reaches its end, so it needs to hear of that.
+        client.set("enable.partition.eof", "true");
         let consumer: StreamConsumer = client.create().map_err(|source| RuntimeError::Client {
             client: "topic reader",
             source,
@@ -237,6 +262,9 @@ impl TopicReader {
             consumer,
             topic: topic.to_owned(),
             pending,
+            resting: Vec::new(),
+            wake_at: tokio::time::Instant::now(),
+            told_caught_up: false,
         })
     }
 
@@ -285,21 +313,44 @@ impl TopicReader {
         self.pending.is_empty()
     }
 
-    /// The next record, or `None` once `stop` is cancelled. Read errors are logged and skipped
-    /// (the reader goes on from where it was).
-    pub async fn next(&mut self, stop: &CancellationToken) -> Option<SideRecord> {
+    /// The next record, [`ReaderEvent::CaughtUp`] once, or `None` once `stop` is cancelled. Read
+    /// errors are logged and skipped (the reader goes on from where it was).
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<ReaderEvent> {
         let mut check = tokio::time::interval(Duration::from_millis(500));
         loop {
+            if self.pending.is_empty() && !self.told_caught_up {
+                self.told_caught_up = true;
+                return Some(ReaderEvent::CaughtUp);
+            }
             let received = tokio::select! {
                 () = stop.cancelled() => return None,
                 _ = check.tick(), if !self.pending.is_empty() => {
                     self.note_positions();
                     continue;
                 }
+                () = tokio::time::sleep_until(self.wake_at), if !self.resting.is_empty() => {
+                    let resting = std::mem::take(&mut self.resting);
+                    if !self.set_paused(&resting, false) {
+                        self.resting = resting;
+                        self.wake_at = tokio::time::Instant::now() + REST;
+                    }
+                    continue;
+                }
                 received = self.consumer.recv() => received,
             };
             let message = match received {
                 Ok(message) => message,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.pending.remove(&partition);
+                    if self.resting.is_empty() {
+                        self.wake_at = tokio::time::Instant::now() + REST;
+                    }
+                    if !self.resting.contains(&partition) {
+                        self.resting.push(partition);
+                        self.set_paused(&[partition], true);
+                    }
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, topic = %self.topic, "topic read failed");
                     continue;
@@ -314,13 +365,31 @@ impl TopicReader {
             {
                 self.pending.remove(&partition);
             }
-            return Some(SideRecord {
+            return Some(ReaderEvent::Record(SideRecord {
                 partition,
                 offset,
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec),
-            });
+            }));
         }
+    }
+
+    /// Pauses or resumes fetching `partitions`; a failure is logged and `false` returned (a
+    /// partition left fetching costs fetches; the caller tries a failed resume again later).
+    fn set_paused(&mut self, partitions: &[i32], paused: bool) -> bool {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            list.add_partition(&self.topic, *partition);
+        }
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(error) = &result {
+            tracing::warn!(%error, topic = %self.topic, ?partitions, paused, "failed to change the pause state of a topic reader's partitions");
+        }
+        result.is_ok()
     }
 
     /// Positions also move over offsets that hold no record (compaction, transaction markers).

@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use medallion_contracts::types::{AuditEntry, ConfigChange, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::ids::derive_event_id;
-use medallion_core::side::{SideError, SideProducer, TopicReader};
+use medallion_core::side::{ReaderEvent, SideError, SideProducer, TopicReader};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -61,14 +61,17 @@ impl ChangesListener {
         let mut caught_up = Some(caught_up);
         self.publish_rule_count();
         loop {
-            if self.reader.caught_up() {
-                if let Some(caught_up) = caught_up.take() {
-                    tracing::info!("rules caught up with config changes");
-                    let _ = caught_up.send(());
+            let message = match self.reader.next(&shutdown).await {
+                None => return Ok(()),
+                Some(ReaderEvent::CaughtUp) => {
+                    if let Some(caught_up) = caught_up.take() {
+                        tracing::info!("rules caught up with config changes");
+                        let _ = caught_up.send(());
+                    }
+                    continue;
                 }
-            }
-            let Some(message) = self.reader.next(&shutdown).await else {
-                return Ok(());
+                Some(ReaderEvent::Record(message)) => message,
+                Some(_) => continue,
             };
             let change = match decoder
                 .decode(message.payload.as_deref().unwrap_or_default())
