@@ -22,7 +22,9 @@
 //! record of each chunk (does a record cost more with more ids held?) and peak RSS at the end
 //! (`MEDALLION_BENCH_HELD_CHUNKS` sets the number of chunks; 0 skips the run). Before it (so
 //! that the broker does not yet hold that run's million records), bronze and silver together at
-//! a steady 5,000 records/s, for latency.
+//! a steady 5,000 records/s, for latency: per stage from its input's timestamp to its output's
+//! acknowledgement, read from the stage's own histogram, and from outside, from the input's send
+//! time to the moment a consumer here reads the output (one broker hop more).
 //!
 //! Run with `scripts/bench.sh` (installs and starts a fast broker, builds the release
 //! binaries), or set `MEDALLION_TEST_BOOTSTRAP` and `MEDALLION_BENCH_BIN_DIR` (where the release
@@ -504,12 +506,43 @@ impl Run {
             }
             anyhow::Ok((broker_us, bronze_us, silver_us))
         };
-        let (sent, watched) = tokio::join!(send, watch);
+        // Each stage's own histogram once the warm-up second is over.
+        let warmed = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (
+                AckHistogram::read(&bronze, "bronze").await,
+                AckHistogram::read(&silver, "silver").await,
+            )
+        };
+        let (sent, watched, warmed) = tokio::join!(send, watch, warmed);
         sent?;
         let (broker_us, bronze_us, silver_us) = watched?;
+        // Silver has read bronze's last output; give bronze's last acknowledgements a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let acked = [
+            (
+                "bronze",
+                AckHistogram::read(&bronze, "bronze").await,
+                warmed.0,
+            ),
+            (
+                "silver",
+                AckHistogram::read(&silver, "silver").await,
+                warmed.1,
+            ),
+        ];
         bronze.terminate();
         silver.terminate();
-        println!("latency at a steady {LATENCY_RATE} records/s, bronze and silver together, input timestamp to output readable downstream ({LATENCY_SECONDS} s after a 1 s warm-up):");
+        println!("latency at a steady {LATENCY_RATE} records/s, bronze and silver together ({LATENCY_SECONDS} s after a 1 s warm-up):");
+        println!("  input timestamp to the output's acknowledgement, from the stage's own histogram ({}; whole-ms readings, so a reading of k ms is under k + 1 ms):", medallion_core::metrics::names::PROCESSING_SECONDS);
+        for (name, end, start) in acked {
+            let line = match (end, start) {
+                (Some(end), Some(start)) => end.since(&start).line(5.0, 50.0),
+                _ => "its metrics did not answer".to_owned(),
+            };
+            println!("  {name:<14} {line}");
+        }
+        println!("  input send time to the output readable downstream (a consumer here sees it; one broker hop more than the above):");
         println!("{}", latency_line("broker alone", broker_us, None));
         for (name, samples) in [("bronze", bronze_us), ("silver", silver_us)] {
             println!("{}", latency_line(name, samples, Some((5.0, 50.0))));
@@ -544,6 +577,99 @@ impl Progress {
     /// Whether `records` have been received and none is in flight.
     fn done(&self, records: u64) -> bool {
         self.records_in >= records && self.in_flight == 0
+    }
+}
+
+/// A stage's histogram of input timestamp to acknowledgement, as cumulative bucket counts.
+struct AckHistogram {
+    /// `(upper bound in ms, records at or under it)`, ascending; the last bound is infinite.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl AckHistogram {
+    /// Scrapes `process`'s `/metrics`; `None` while it does not answer or has no such histogram.
+    async fn read(process: &StageProcess, stage: &str) -> Option<Self> {
+        let (status, text) = http_get(&process.http_url("/metrics")).await;
+        if status != 200 {
+            return None;
+        }
+        let prefix = format!(
+            "{}_bucket{{",
+            medallion_core::metrics::names::PROCESSING_SECONDS
+        );
+        let stage_label = format!("stage=\"{stage}\"");
+        let mut buckets = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            if !labels.contains(&stage_label) {
+                continue;
+            }
+            let Some(le) = labels
+                .split(',')
+                .find_map(|label| label.strip_prefix("le=\""))
+                .map(|le| le.trim_end_matches('"'))
+            else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()? * 1000.0
+            };
+            buckets.push((bound, value.parse::<f64>().ok()?));
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (!buckets.is_empty()).then_some(Self { buckets })
+    }
+
+    /// The records counted after `earlier`.
+    fn since(&self, earlier: &Self) -> Self {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(bound, count)| {
+                let before = earlier
+                    .buckets
+                    .iter()
+                    .find(|(other, _)| other == bound)
+                    .map_or(0.0, |(_, count)| *count);
+                (*bound, count - before)
+            })
+            .collect();
+        Self { buckets }
+    }
+
+    /// The smallest bucket bound (ms) at or under which `quantile` of the records are.
+    fn bound(&self, quantile: f64) -> f64 {
+        let total = self.buckets.last().map_or(0.0, |(_, count)| *count);
+        self.buckets
+            .iter()
+            .find(|(_, count)| *count >= quantile * total)
+            .map_or(f64::INFINITY, |(bound, _)| *bound)
+    }
+
+    /// `p50 and p99 readings, their target check and the count`. A reading is in whole ms, so a
+    /// bucket bound b (ms) holds latencies under b + 1 ms; the target holds when that is at most
+    /// the target.
+    fn line(&self, p50_max: f64, p99_max: f64) -> String {
+        let total = self.buckets.last().map_or(0.0, |(_, count)| *count);
+        if total < 1.0 {
+            return "no records".to_owned();
+        }
+        let (p50, p99) = (self.bound(0.5), self.bound(0.99));
+        let met = if p50 + 1.0 <= p50_max && p99 + 1.0 <= p99_max {
+            "met"
+        } else {
+            "missed"
+        };
+        format!(
+            "p50 <= {p50} ms  p99 <= {p99} ms readings  ({total} records; target p50 < {p50_max} ms, p99 < {p99_max} ms: {met})"
+        )
     }
 }
 
