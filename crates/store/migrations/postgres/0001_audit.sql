@@ -1,0 +1,32 @@
+-- Audit records: one row per audit event, keyed by its event_id so that a redelivery or a
+-- replay of audit.events never writes a second row.
+CREATE TABLE IF NOT EXISTS audit_events (
+    event_id        UUID PRIMARY KEY,
+    event_type      TEXT NOT NULL,
+    event_version   TEXT NOT NULL,
+    event_time_ms   BIGINT NOT NULL,
+    org_id          BIGINT NOT NULL,
+    source_service  TEXT NOT NULL,
+    source_instance TEXT NOT NULL,
+    correlation_id  UUID,
+    causation_id    UUID,
+    action          TEXT NOT NULL,
+    actor           TEXT NOT NULL,
+    target_type     TEXT NOT NULL,
+    target_id       TEXT NOT NULL,
+    outcome         TEXT NOT NULL,
+    payload         JSONB NOT NULL,
+    written_at_ms   BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_org_time ON audit_events (org_id, event_time_ms);
+CREATE INDEX IF NOT EXISTS audit_events_action_time ON audit_events (action, event_time_ms);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (event_time_ms);
+
+-- The notification sender's ledger: what it delivered, once per alert and channel.
+CREATE TABLE IF NOT EXISTS notification_deliveries (
+    alert_id        UUID NOT NULL,
+    channel         TEXT NOT NULL,
+    delivered_at_ms BIGINT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, channel)
+);
