@@ -1,6 +1,7 @@
 //! The `medallion` operator command. Each subcommand is a module with a function that writes
 //! its report to any `Write`, so tests can read what an operator would see.
 
+pub mod audit;
 pub mod demo;
 pub mod schemas;
 pub mod stages;

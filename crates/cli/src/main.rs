@@ -51,6 +51,41 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// The audit store: `audit query` reads who changed what, when.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Prints audit records, newest first.
+    Query {
+        /// The store: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` (the audit writer's
+        /// `stage.store.url`; put a password in the environment).
+        #[arg(
+            long,
+            env = "MEDALLION__STAGE__STORE__URL",
+            default_value = "sqlite://medallion-audit.db"
+        )]
+        store: String,
+        /// Only this org's records.
+        #[arg(long)]
+        org: Option<i64>,
+        /// Only records of this type (their action, e.g. `rule.upsert`).
+        #[arg(long = "type")]
+        action: Option<String>,
+        /// Only records at or after this time (`2026-12-01T08:00:00Z`) or within this age (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +194,40 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let defaults = medallion::stages::defaults(&stage)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&defaults)?)?;
             Ok(true)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    store,
+                    org,
+                    action,
+                    since,
+                    limit,
+                    json,
+                },
+        } => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let since_ms = since
+                .map(|text| medallion::audit::parse_since(&text, now_ms))
+                .transpose()?;
+            let config = medallion_store::StoreConfig {
+                url: store,
+                ..medallion_store::StoreConfig::default()
+            };
+            config.validate().context("invalid --store")?;
+            medallion::audit::check_store_exists(&config.url)?;
+            let filter = medallion_store::AuditFilter {
+                org_id: org,
+                action,
+                since_ms,
+                limit,
+            };
+            runtime.block_on(async {
+                let store = medallion_store::AuditStore::connect(&config).await?;
+                medallion::audit::query(&store, &filter, json, &mut out).await?;
+                store.close().await;
+                anyhow::Ok(true)
+            })
         }
         Command::Schemas { command } => match command {
             SchemasCommand::List => medallion::schemas::list(&mut out).map(|()| true),
