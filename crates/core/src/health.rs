@@ -29,16 +29,19 @@ pub enum NotReady {
     BrokersDown,
     /// The worker is shutting down.
     Stopping,
+    /// The processor's sink is unavailable (its flush failed transiently); retrying.
+    SinkUnavailable,
 }
 
 impl NotReady {
-    const ALL: [NotReady; 6] = [
+    const ALL: [NotReady; 7] = [
         NotReady::Starting,
         NotReady::NoPartitions,
         NotReady::BreakerOpen,
         NotReady::Stalled,
         NotReady::BrokersDown,
         NotReady::Stopping,
+        NotReady::SinkUnavailable,
     ];
 
     /// What `/readyz` says.
@@ -52,6 +55,7 @@ impl NotReady {
             }
             NotReady::BrokersDown => "no broker reachable",
             NotReady::Stopping => "shutting down",
+            NotReady::SinkUnavailable => "sink unavailable: paused, retrying",
         }
     }
 
@@ -63,6 +67,7 @@ impl NotReady {
             NotReady::Stalled => 4,
             NotReady::BrokersDown => 5,
             NotReady::Stopping => 6,
+            NotReady::SinkUnavailable => 7,
         }
     }
 }

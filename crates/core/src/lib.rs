@@ -37,6 +37,6 @@ pub mod tracker;
 pub use config::{ConfigError, NoRegistry, NoStageSettings, Validate, WorkerConfig};
 pub use error::{ErrorClass, ProcessError, RuntimeError};
 pub use metrics::{MetricsSnapshot, RuntimeMetrics};
-pub use processor::{InputRecord, OutputRecord, ProcessContext, Processor};
+pub use processor::{InputRecord, OutputRecord, ProcessContext, Processor, Refused};
 pub use runtime::Runtime;
 pub use tracker::HoldKey;

@@ -46,6 +46,11 @@ pub mod names {
     pub const READY: &str = "medallion_ready";
     /// Gauge: 1 while the dead-letter circuit breaker is open.
     pub const BREAKER_OPEN: &str = "medallion_breaker_open";
+    /// Gauge: 1 while the processor's flush (its sink: a database, an endpoint) fails
+    /// transiently and every partition is paused.
+    pub const SINK_UNAVAILABLE: &str = "medallion_sink_unavailable";
+    /// Counter: flushes that failed transiently and were tried again.
+    pub const SINK_RETRIES: &str = "medallion_sink_retries_total";
     /// Counter: times the dead-letter circuit breaker opened.
     pub const BREAKER_TRIPS: &str = "medallion_breaker_trips_total";
     /// Counter: librdkafka client errors, by client and code.

@@ -6,6 +6,15 @@
 //!
 //! Retries: after a transient error the runtime calls `decode` and `process` again for the same
 //! record, so a processor must leave its state unchanged when it returns an error.
+//!
+//! Sinks: a processor whose work ends outside Kafka (rows in a database) sets
+//! [`Processor::FLUSHES`], keeps what `process` accepted, and makes it durable in
+//! [`Processor::flush`], which the runtime calls after each turn of its loop in which records
+//! were processed (so a batch holds up to a few hundred records under load, one when records
+//! trickle in). Such a record is done (its outputs written, its offset committable) only once a
+//! flush after it succeeded. While a flush fails transiently every partition is paused, nothing
+//! past the waiting records is committed, readiness says `sink unavailable`, and the same batch
+//! is flushed again with the `[retry]` backoff, without limit: an outage is not a bad record.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,6 +84,18 @@ impl OutputRecord {
     }
 }
 
+/// A record a flush could not make durable because of the record itself (the sink refused it);
+/// the runtime dead-letters it with `error`.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its input partition.
+    pub partition: i32,
+    /// Its input offset.
+    pub offset: i64,
+    /// Why (a permanent error).
+    pub error: ProcessError,
+}
+
 /// What a processor may do while handling one record.
 #[derive(Debug)]
 pub struct ProcessContext<'a> {
@@ -137,6 +158,10 @@ pub trait Processor: Send + 'static {
     /// The decoded form of an input record.
     type Input: Send;
 
+    /// Whether `process` leaves work that [`Processor::flush`] makes durable (see the module
+    /// docs); records are then done only after a flush that followed them succeeded.
+    const FLUSHES: bool = false;
+
     /// The topics this processor writes to; the runtime checks they exist at start-up.
     fn output_topics(&self) -> Vec<Arc<str>>;
 
@@ -172,5 +197,15 @@ pub trait Processor: Send + 'static {
     /// Called when partitions are assigned, before their first record.
     fn partitions_assigned(&mut self, partitions: &[i32]) {
         let _ = partitions;
+    }
+
+    /// Makes durable, in one go, everything `process` accepted since the last flush that
+    /// returned `Ok` or a permanent error (only called when [`Processor::FLUSHES`]). `Ok` names
+    /// the records the sink refused for what they are (dead-lettered; the others are done). A
+    /// transient error keeps the batch: the runtime pauses and calls `flush` again later. A
+    /// permanent error dead-letters every record of the batch. The batch may hold records of
+    /// partitions revoked since; writing them anyway must be harmless (idempotent sinks).
+    fn flush(&mut self) -> impl Future<Output = Result<Vec<Refused>, ProcessError>> + Send {
+        async { Ok(Vec::new()) }
     }
 }

@@ -51,6 +51,8 @@ impl<P: Processor> Worker<P> {
         let stalled = now.duration_since(self.progress.1) > self.settings.stall_timeout;
         let readiness = if self.draining {
             Err(NotReady::Stopping)
+        } else if self.flush.blocked() {
+            Err(NotReady::SinkUnavailable)
         } else if self.breaker.holds_records() {
             Err(NotReady::BreakerOpen)
         } else if self.partitions.is_empty() {
@@ -125,7 +127,7 @@ impl<P: Processor> Worker<P> {
             self.set_paused(&partitions, true);
         } else if self.paused_for_backpressure && self.in_flight <= max / 2 && !full {
             self.paused_for_backpressure = false;
-            if self.breaker.holds_records() {
+            if self.breaker.holds_records() || self.flush.blocked() {
                 return;
             }
             let partitions: Vec<i32> = self

@@ -33,6 +33,7 @@
 mod commit;
 mod consumer;
 mod flow;
+mod flush;
 mod produce;
 mod record;
 mod revoke;

@@ -24,6 +24,8 @@ pub(crate) struct WorkerTelemetry {
     pub(crate) event_time_lag_seconds: metrics::Histogram,
     pub(crate) ready: metrics::Gauge,
     pub(crate) breaker_open: metrics::Gauge,
+    pub(crate) sink_unavailable: metrics::Gauge,
+    pub(crate) sink_retries: metrics::Counter,
     pub(crate) breaker_trips: metrics::Counter,
 }
 
@@ -78,6 +80,8 @@ impl WorkerTelemetry {
             event_time_lag_seconds: metrics::histogram!(names::EVENT_TIME_LAG_SECONDS, &stage_only),
             ready: metrics::gauge!(names::READY, &stage_only),
             breaker_open: metrics::gauge!(names::BREAKER_OPEN, &stage_only),
+            sink_unavailable: metrics::gauge!(names::SINK_UNAVAILABLE, &stage_only),
+            sink_retries: metrics::counter!(names::SINK_RETRIES, &stage_only),
             breaker_trips: metrics::counter!(names::BREAKER_TRIPS, &stage_only),
         }
     }

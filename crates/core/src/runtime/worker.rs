@@ -9,8 +9,8 @@
 //!
 //! The parts: [`super::record`] (one record's state machine), [`super::produce`] (writes and
 //! their acknowledgements), [`super::commit`] (offsets), [`super::revoke`] (giving partitions
-//! up), [`super::flow`] (readiness, breaker, backpressure). This file is the loop and the steps of
-//! a record between them.
+//! up), [`super::flow`] (readiness, breaker, backpressure), [`super::flush`] (a sink processor's
+//! batches). This file is the loop and the steps of a record between them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use tokio_util::time::DelayQueue;
 
 use super::commit::{commit_finished, CommitOutcome, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
+use super::flush::FlushState;
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
 use super::record::{Answered, RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
@@ -88,7 +89,7 @@ pub(crate) struct Worker<P: Processor> {
     deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// Answers known without the broker (a write librdkafka refused), handled after each event.
     local_answers: Vec<Delivery>,
-    processor: P,
+    pub(super) processor: P,
     pub(super) dedup: Deduplicator,
     pub(super) metrics: Arc<RuntimeMetrics>,
     partition_counts: HashMap<Arc<str>, i32>,
@@ -116,6 +117,8 @@ pub(crate) struct Worker<P: Processor> {
     /// The clock as of the start of the turn being handled.
     pub(super) clock: Clock,
     scratch: Scratch,
+    /// A sink processor's records waiting for its flush.
+    pub(super) flush: FlushState,
 }
 
 /// What woke the worker's loop.
@@ -136,6 +139,8 @@ enum Turn {
     HealthDue,
     /// The polling thread sent records or a rebalance (`None`: it stopped).
     Event(Option<PollEvent>),
+    /// A failed flush is due to be tried again.
+    FlushDue,
 }
 
 impl<P: Processor> Worker<P> {
@@ -183,6 +188,7 @@ impl<P: Processor> Worker<P> {
             release_due: false,
             clock: Clock::read(),
             scratch: Scratch::default(),
+            flush: FlushState::default(),
         }
     }
 
@@ -202,6 +208,7 @@ impl<P: Processor> Worker<P> {
         loop {
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             let can_take = self.in_flight < self.settings.max_in_flight;
+            let flush_at = self.flush.retry_at();
             let turn = tokio::select! {
                 biased;
                 count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => Turn::Deliveries(count),
@@ -212,10 +219,12 @@ impl<P: Processor> Worker<P> {
                 _ = commit_timer.tick() => Turn::CommitDue,
                 _ = summary_timer.tick() => Turn::SummaryDue,
                 _ = health_timer.tick() => Turn::HealthDue,
+                () = sleep_until_opt(flush_at), if flush_at.is_some() => Turn::FlushDue,
                 event = events.recv(), if can_take => Turn::Event(event),
             };
             // What one turn handles shares one reading of the clocks.
             self.clock = Clock::read();
+            let flush_due = matches!(turn, Turn::FlushDue);
             match turn {
                 Turn::Deliveries(count) => {
                     if count == 0 {
@@ -255,7 +264,9 @@ impl<P: Processor> Worker<P> {
                         "the consumer polling thread stopped".into(),
                     ))
                 }
+                Turn::FlushDue => {}
             }
+            self.flush_if_due(flush_due).await;
             self.answer_locally();
             self.update_backpressure();
         }
@@ -282,6 +293,9 @@ impl<P: Processor> Worker<P> {
         if let Some(revoke) = self.pending_revoke.take() {
             let _ = revoke.reply.send(self.committable_for(&revoke.partitions));
         }
+        // One last try for a sink's batch; if it fails, its records will be read again.
+        self.flush_if_due(true).await;
+        self.answer_locally();
         let mut answers = Vec::with_capacity(DELIVERY_BATCH);
         while self.writes_in_flight() > 0 {
             tokio::select! {
@@ -339,7 +353,7 @@ impl<P: Processor> Worker<P> {
         live(&mut self.records, owner)
     }
 
-    fn record(&self, owner: Owner) -> Option<&RecordState> {
+    pub(super) fn record(&self, owner: Owner) -> Option<&RecordState> {
         self.records
             .get(owner.slot)
             .filter(|state| state.seq == owner.seq)
@@ -377,7 +391,7 @@ impl<P: Processor> Worker<P> {
         let seq = self.next_seq;
         let slot = self.records.insert(RecordState::new(seq, message));
         let owner = Owner { slot, seq };
-        if waiting || !self.breaker.may_start() {
+        if waiting || !self.breaker.may_start() || self.flush.blocked() {
             if let Some(state) = self.partitions.get_mut(&partition) {
                 state.backlog.push_back(owner);
             }
@@ -507,7 +521,11 @@ impl<P: Processor> Worker<P> {
                     state.org_id = state.org_id.or(first_org_id);
                     state.produced = !writes.is_empty();
                 }
-                self.start_writes(owner, writes);
+                if P::FLUSHES {
+                    self.flush.deferred.push((owner, writes));
+                } else {
+                    self.start_writes(owner, writes);
+                }
             }
             Err(error) => {
                 let max_attempts = self.settings.retry.max_attempts;
@@ -554,7 +572,7 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Hands the record's writes to the producer, in order; a record with none is done.
-    fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
+    pub(super) fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
         let Some(state) = self.record_mut(owner) else {
             return;
         };
@@ -726,7 +744,7 @@ impl<P: Processor> Worker<P> {
             if state.backlog.is_empty() {
                 break;
             }
-            if !self.breaker.may_start() {
+            if !self.breaker.may_start() || self.flush.blocked() {
                 return;
             }
             let Some(owner) = state.backlog.pop_front() else {
@@ -734,12 +752,12 @@ impl<P: Processor> Worker<P> {
             };
             self.run_record(owner).await;
         }
-        if !self.paused_for_backpressure && !self.breaker.holds_records() {
+        if !self.paused_for_backpressure && !self.breaker.holds_records() && !self.flush.blocked() {
             self.set_paused(&[partition], false);
         }
     }
 
-    fn dead_letter(&mut self, owner: Owner, error: &ProcessError) {
+    pub(super) fn dead_letter(&mut self, owner: Owner, error: &ProcessError) {
         let dlq_partitions = self
             .partition_counts
             .get(&self.settings.dlq_topic)
@@ -861,7 +879,7 @@ impl<P: Processor> Worker<P> {
         self.telemetry.assigns.increment(1);
         self.telemetry.assigned.set(self.partitions.len() as f64);
         self.processor.partitions_assigned(partitions);
-        if self.paused_for_backpressure || self.breaker.holds_records() {
+        if self.paused_for_backpressure || self.breaker.holds_records() || self.flush.blocked() {
             self.set_paused(partitions, true);
         }
     }
