@@ -18,9 +18,11 @@ Exits 1 with one line per problem.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -72,7 +74,9 @@ def served_statuses(binary, stage, paths):
                MEDALLION__TELEMETRY__PORT=str(port),
                MEDALLION__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
                MEDALLION__SUMMARY__ENABLED="false")
-    process = subprocess.Popen([binary, "run", stage], env=env,
+    # In a directory of its own: a stage may create files there (the audit writer's SQLite store).
+    workdir = tempfile.mkdtemp(prefix="medallion-deploy-check-")
+    process = subprocess.Popen([os.path.abspath(binary), "run", stage], env=env, cwd=workdir,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     statuses = {}
     try:
@@ -97,6 +101,7 @@ def served_statuses(binary, stage, paths):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
     return statuses
 
 

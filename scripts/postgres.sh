@@ -52,13 +52,25 @@ postgres_start() {
     cat "$POSTGRES_DIR/initdb.log" >&2
     return 1
   fi
+  # In the configuration file, so that a test can stop and start the server with plain pg_ctl.
+  cat >>"$POSTGRES_DIR/data/postgresql.conf" <<CONF
+port = $POSTGRES_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$POSTGRES_DIR'
+fsync = off
+CONF
   if ! postgres_as_owner "$bin/pg_ctl" -D "$POSTGRES_DIR/data" -l "$POSTGRES_DIR/server.log" -w -t 30 \
-      -o "-p $POSTGRES_PORT -k $POSTGRES_DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null; then
+      start >/dev/null; then
     echo "postgres: the server did not start; its log:" >&2
     cat "$POSTGRES_DIR/server.log" >&2
     return 1
   fi
   export MEDALLION_TEST_POSTGRES="postgres://medallion@127.0.0.1:$POSTGRES_PORT/postgres"
+  # Tests that stop and start the server (an outage) run pg_ctl on this cluster, as its owner.
+  export MEDALLION_TEST_POSTGRES_CTL="$bin/pg_ctl"
+  export MEDALLION_TEST_POSTGRES_DATA="$POSTGRES_DIR/data"
+  export MEDALLION_TEST_POSTGRES_OWNER=""
+  if [ "$(id -u)" = 0 ]; then MEDALLION_TEST_POSTGRES_OWNER="postgres"; fi
   echo "postgres: $("$bin/postgres" --version) on 127.0.0.1:$POSTGRES_PORT (data $POSTGRES_DIR)" >&2
 }
 

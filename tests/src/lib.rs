@@ -68,6 +68,41 @@ pub async fn fresh_postgres_database() -> String {
     format!("{base}/{name}")
 }
 
+/// Stops (`"stop"`, fast shutdown) or starts (`"start"`) the tests' PostgreSQL, waiting until it
+/// is down or accepting connections; for outage tests. Panics with the fix when `scripts/test.sh`
+/// did not start it.
+pub fn postgres_ctl(action: &str) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run `scripts/test.sh`, which starts the tests' PostgreSQL")
+        })
+    };
+    let (ctl, data) = (
+        var("MEDALLION_TEST_POSTGRES_CTL"),
+        var("MEDALLION_TEST_POSTGRES_DATA"),
+    );
+    let owner = std::env::var("MEDALLION_TEST_POSTGRES_OWNER").unwrap_or_default();
+    let mut command = if owner.is_empty() {
+        std::process::Command::new(&ctl)
+    } else {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", &owner, "--", &ctl]);
+        command
+    };
+    command.args(["-D", &data, "-w", "-t", "30"]);
+    match action {
+        "stop" => command.args(["-m", "fast", "stop"]),
+        _ => command.args(["-l", &format!("{data}/../server.log"), "start"]),
+    };
+    let output = command.output().expect("pg_ctl runs");
+    assert!(
+        output.status.success(),
+        "pg_ctl {action}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A name no other test uses: `{prefix}-{random}`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())

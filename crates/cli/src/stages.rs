@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
+use medallion_audit_writer::AuditWriterStage;
 use medallion_bronze::BronzeStage;
 use medallion_gold::GoldStage;
 use medallion_rule_evaluator::RuleEvaluatorStage;
@@ -19,6 +20,7 @@ pub const STAGES: &[&str] = &[
     SilverStage::NAME,
     GoldStage::NAME,
     RuleEvaluatorStage::NAME,
+    AuditWriterStage::NAME,
 ];
 
 fn unknown(stage: &str) -> anyhow::Error {
@@ -32,6 +34,7 @@ pub fn run(stage: &str, config: Option<&Path>) -> anyhow::Result<()> {
         SilverStage::NAME => medallion_stage::main_with::<SilverStage>(config),
         GoldStage::NAME => medallion_stage::main_with::<GoldStage>(config),
         RuleEvaluatorStage::NAME => medallion_stage::main_with::<RuleEvaluatorStage>(config),
+        AuditWriterStage::NAME => medallion_stage::main_with::<AuditWriterStage>(config),
         other => Err(unknown(other)),
     }
 }
@@ -44,6 +47,7 @@ pub fn keys(stage: &str) -> anyhow::Result<BTreeSet<String>> {
         SilverStage::NAME => keys_of::<SilverStage>(),
         GoldStage::NAME => keys_of::<GoldStage>(),
         RuleEvaluatorStage::NAME => keys_of::<RuleEvaluatorStage>(),
+        AuditWriterStage::NAME => keys_of::<AuditWriterStage>(),
         other => Err(unknown(other)),
     }
 }
@@ -65,6 +69,7 @@ pub fn defaults(stage: &str) -> anyhow::Result<serde_json::Value> {
         SilverStage::NAME => defaults_of::<SilverStage>(),
         GoldStage::NAME => defaults_of::<GoldStage>(),
         RuleEvaluatorStage::NAME => defaults_of::<RuleEvaluatorStage>(),
+        AuditWriterStage::NAME => defaults_of::<AuditWriterStage>(),
         other => Err(unknown(other)),
     }
 }
@@ -137,11 +142,16 @@ mod tests {
                 "telemetry.port",
                 "health.stall_timeout_ms",
                 "breaker.max_dlq_ratio",
-                "stage.output_topic",
             ] {
                 assert!(keys.contains(shared), "{stage} lacks {shared}: {keys:?}");
             }
         }
+        for stage in ["bronze", "silver", "gold", "rule-evaluator"] {
+            assert!(keys(stage).expect("keys").contains("stage.output_topic"));
+        }
+        assert!(keys("audit-writer")
+            .expect("audit-writer")
+            .contains("stage.store.url"));
         assert!(keys("gold").expect("gold").contains("stage.window_ms"));
         assert!(keys("bronze")
             .expect("bronze")

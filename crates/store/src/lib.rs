@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 use uuid::Uuid;
 
-/// Where the store is and how it is kept: the `[store]` table of the groups that use it.
+/// Where the store is and how it is kept: the `[stage.store]` table of the groups that use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -100,25 +100,25 @@ impl Validate for StoreConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.backend().is_none() {
             return Err(ConfigError::key(
-                "store.url",
+                "stage.store.url",
                 "must start with `sqlite:` (for example `sqlite://medallion-audit.db`) or `postgres://`",
             ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::key(
-                "store.max_connections",
+                "stage.store.max_connections",
                 "must be at least 1",
             ));
         }
         if self.connect_timeout_ms == 0 {
             return Err(ConfigError::key(
-                "store.connect_timeout_ms",
+                "stage.store.connect_timeout_ms",
                 "must be at least 1 ms",
             ));
         }
         if self.retention_batch == 0 {
             return Err(ConfigError::key(
-                "store.retention_batch",
+                "stage.store.retention_batch",
                 "must be at least 1",
             ));
         }
@@ -137,7 +137,7 @@ enum Backend {
 #[non_exhaustive]
 pub enum StoreError {
     /// The database cannot be reached or cannot take the work now: retry later.
-    #[error("the audit store is unavailable ({operation}): {source}; check store.url and that the database is up")]
+    #[error("the audit store is unavailable ({operation}): {source}; check stage.store.url and that the database is up")]
     Unavailable {
         /// What was being done.
         operation: &'static str,
@@ -305,7 +305,7 @@ impl AuditStore {
         let pool = match config.backend() {
             Some(Backend::Sqlite) => {
                 let options = SqliteConnectOptions::from_str(&config.url)
-                    .map_err(|error| StoreError::Config(format!("store.url: {error}")))?
+                    .map_err(|error| StoreError::Config(format!("stage.store.url: {error}")))?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(timeout);
@@ -320,7 +320,7 @@ impl AuditStore {
             }
             Some(Backend::Postgres) => {
                 let options = PgConnectOptions::from_str(&config.url)
-                    .map_err(|error| StoreError::Config(format!("store.url: {error}")))?;
+                    .map_err(|error| StoreError::Config(format!("stage.store.url: {error}")))?;
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(timeout)
@@ -332,7 +332,7 @@ impl AuditStore {
             }
             None => {
                 return Err(StoreError::Config(
-                    "store.url must start with `sqlite:` or `postgres://`".to_owned(),
+                    "stage.store.url must start with `sqlite:` or `postgres://`".to_owned(),
                 ))
             }
         };
@@ -606,7 +606,7 @@ mod tests {
             .await
             .expect_err("nothing listens");
         assert!(error.is_transient(), "{error}");
-        assert!(error.to_string().contains("store.url"), "{error}");
+        assert!(error.to_string().contains("stage.store.url"), "{error}");
     }
 
     #[test]
@@ -632,7 +632,7 @@ mod tests {
             ..StoreConfig::default()
         };
         let error = config.validate().expect_err("mysql is not supported");
-        assert!(error.to_string().contains("store.url"), "{error}");
+        assert!(error.to_string().contains("stage.store.url"), "{error}");
         let zero = StoreConfig {
             retention_batch: 0,
             ..StoreConfig::default()
