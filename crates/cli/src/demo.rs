@@ -2,10 +2,12 @@
 //!
 //! Starts librdkafka's mock cluster (a Kafka-protocol broker in this process), creates the
 //! topics, runs a synthetic connector (several orgs; a share of malformed and duplicate
-//! records; entities that trip the default rules), runs bronze, silver, gold and the rule
-//! evaluator with their own consumer groups and the embedded schema registry, and redraws a
-//! one-screen summary every second until `--duration` passes or Ctrl-C. Gold uses 10 s windows
-//! with 2 s grace here so windows close while you watch (the stage default is 5 min / 1 min).
+//! records; entities that trip the default rules), runs bronze, silver, gold, the rule
+//! evaluator and the audit writer (into a SQLite store in a temporary directory) with their own
+//! consumer groups and the embedded schema registry, publishes one rule change (so that the
+//! audit trail has a record), and redraws a one-screen summary every second until `--duration`
+//! passes or Ctrl-C. Gold uses 10 s windows with 2 s grace here so windows close while you watch
+//! (the stage default is 5 min / 1 min).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -14,16 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use medallion_audit_writer::AuditWriterStage;
 use medallion_bronze::BronzeStage;
 use medallion_contracts::registry::EmbeddedRegistry;
-use medallion_contracts::types::Alert;
-use medallion_contracts::{Decoder, Registry};
+use medallion_contracts::types::{Alert, ConfigChange, EventSource, RuleDefinition};
+use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_core::partitioner::{java_partition, org_key};
 use medallion_core::MetricsSnapshot;
 use medallion_gold::GoldStage;
 use medallion_rule_evaluator::RuleEvaluatorStage;
 use medallion_silver::SilverStage;
 use medallion_stage::{now_ms, Launched, Stage};
+use medallion_store::{AuditFilter, AuditStore, StoreConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
@@ -92,17 +96,26 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         }
     }
     let bootstrap = cluster.bootstrap_servers();
+    let store_dir = std::env::temp_dir().join(format!("medallion-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&store_dir)
+        .with_context(|| format!("failed to create {}", store_dir.display()))?;
+    let store_url = format!("sqlite://{}", store_dir.join("audit.db").display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    let result = runtime.block_on(run_pipeline(&bootstrap, options));
+    let result = runtime.block_on(run_pipeline(&bootstrap, &store_url, options));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&store_dir);
     result
 }
 
-async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<()> {
+async fn run_pipeline(
+    bootstrap: &str,
+    store_url: &str,
+    options: &DemoOptions,
+) -> anyhow::Result<()> {
     let shutdown = medallion_core::shutdown::shutdown_on_signals();
     let registry = Registry::Embedded(Arc::new(EmbeddedRegistry::with_compiled_in()));
     let stages = vec![
@@ -117,7 +130,13 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
             &shutdown,
         )?,
         launch::<RuleEvaluatorStage>(bootstrap, &[], &shutdown)?,
+        launch::<AuditWriterStage>(
+            bootstrap,
+            &[("MEDALLION__STAGE__STORE__URL", &format!("\"{store_url}\""))],
+            &shutdown,
+        )?,
     ];
+    publish_rule_change(bootstrap).await?;
 
     let produced = Arc::new(medallion_core::metrics::Counter::default());
     let connector = tokio::spawn(connector(
@@ -134,6 +153,13 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
         shutdown.child_token(),
     ));
 
+    let audit = Arc::new(Mutex::new(AuditLog::default()));
+    let audit_watcher = tokio::spawn(watch_audit(
+        store_url.to_owned(),
+        Arc::clone(&audit),
+        shutdown.child_token(),
+    ));
+
     let started = Instant::now();
     let mut screen = Screen::new(bootstrap, options);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -142,7 +168,7 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        screen.draw(started.elapsed(), produced.get(), &stages, &alerts)?;
+        screen.draw(started.elapsed(), produced.get(), &stages, &alerts, &audit)?;
         if options
             .duration
             .is_some_and(|limit| started.elapsed() >= limit)
@@ -163,6 +189,7 @@ async fn run_pipeline(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<
     }
     let _ = connector.await;
     let _ = watcher.await;
+    let _ = audit_watcher.await;
     screen.final_line(started.elapsed(), produced.get());
     if failures.is_empty() {
         Ok(())
@@ -268,6 +295,111 @@ fn demo_event(
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
+/// One rule change, as an admin tool would publish it: a rule that never fires (its threshold is
+/// out of reach), so the demo's alerts stay the default rules', and the audit trail gets a record.
+async fn publish_rule_change(bootstrap: &str) -> anyhow::Result<()> {
+    let embedded = EmbeddedRegistry::with_compiled_in();
+    let id = embedded
+        .current_id(ConfigChange::TOPIC)
+        .context("no compiled-in schema for config.changes")?;
+    let event = Envelope::new(
+        uuid::Uuid::new_v4(),
+        now_ms(),
+        EventSource {
+            service: "medallion-demo".into(),
+            instance: "demo".into(),
+        },
+        1,
+        ConfigChange {
+            kind: "rule".into(),
+            action: "upsert".into(),
+            rule_id: "demo-clicks-ceiling".into(),
+            version: 1,
+            rule: Some(RuleDefinition {
+                metric: "clicks".into(),
+                operator: "gt".into(),
+                threshold: 1e12,
+                scope: "org".into(),
+                severity: "info".into(),
+                cooldown_ms: 0,
+                enabled: true,
+            }),
+            changed_by: Some("demo@medallion.example".into()),
+        },
+    );
+    let value = Encoder::<ConfigChange>::with_id(id).encode(&event)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("failed to create the demo's admin producer")?;
+    let key = org_key(1);
+    producer
+        .send(
+            FutureRecord::to(ConfigChange::TOPIC)
+                .partition(java_partition(1, PARTITIONS))
+                .key(&key)
+                .payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| {
+            anyhow::anyhow!("failed to publish the demo's rule change: {error}")
+        })?;
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct AuditLog {
+    total: usize,
+    recent: Vec<String>,
+}
+
+/// Reads the audit store every second: the latest rows, for the screen.
+async fn watch_audit(
+    store_url: String,
+    log: Arc<Mutex<AuditLog>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = StoreConfig {
+        url: store_url,
+        ..StoreConfig::default()
+    };
+    let mut store = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        // The audit writer creates the store; until it has, there is nothing to show.
+        if store.is_none() {
+            store = AuditStore::connect(&config).await.ok();
+        }
+        let Some(store) = &store else { continue };
+        let filter = AuditFilter {
+            limit: 1_000,
+            ..AuditFilter::default()
+        };
+        let Ok(rows) = store.query(&filter).await else {
+            continue;
+        };
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.total = rows.len();
+        log.recent = rows
+            .iter()
+            .take(4)
+            .map(|row| {
+                format!(
+                    "{:<12} {:<24} {}/{} {}",
+                    row.action, row.actor, row.target_type, row.target_id, row.outcome
+                )
+            })
+            .collect();
+    }
+}
+
 #[derive(Debug, Default)]
 struct AlertLog {
     total: u64,
@@ -353,6 +485,7 @@ impl Screen {
         produced: u64,
         stages: &[Launched],
         alerts: &Mutex<AlertLog>,
+        audit: &Mutex<AuditLog>,
     ) -> anyhow::Result<()> {
         // Off a terminal (CI, a pipe), print a plain block every 5 s instead of redrawing.
         if !self.terminal
@@ -413,6 +546,17 @@ impl Screen {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(text, "\nalerts fired: {} (latest first)", log.total);
         for line in &log.recent {
+            let _ = writeln!(text, "  {line}");
+        }
+        let audit = audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(
+            text,
+            "\naudit store: {} records (latest first)",
+            audit.total
+        );
+        for line in &audit.recent {
             let _ = writeln!(text, "  {line}");
         }
         let mut stdout = std::io::stdout().lock();

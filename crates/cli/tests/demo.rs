@@ -1,6 +1,6 @@
 //! The README's first command, run as an operator would (shortened with --duration): it must
-//! start the embedded broker and all four stages, move records through every stage, fire
-//! alerts, and stop cleanly.
+//! start the embedded broker and every stage, move records through every stage, fire alerts,
+//! store the audit trail (the demo's rule change), and stop cleanly.
 
 use std::process::Command;
 
@@ -51,4 +51,23 @@ fn the_demo_runs_every_stage_and_fires_alerts() {
         .and_then(|count| count.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(fired > 0, "no alert fired:\n{last_block}");
+    let writer = last_block
+        .lines()
+        .find(|line| line.starts_with("audit-writer"))
+        .unwrap_or_else(|| panic!("no audit-writer row in\n{last_block}"));
+    assert!(
+        column(writer, 3) > 0,
+        "the audit writer received nothing: {writer}"
+    );
+    let stored = last_block
+        .lines()
+        .find_map(|line| line.strip_prefix("audit store: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(stored > 0, "no audit record stored:\n{last_block}");
+    assert!(
+        last_block.contains("rule.upsert") && last_block.contains("rule/demo-clicks-ceiling"),
+        "the demo's rule change is in the audit trail:\n{last_block}"
+    );
 }

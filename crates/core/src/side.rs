@@ -19,9 +19,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -209,9 +211,27 @@ pub enum ReaderEvent {
     CaughtUp,
 }
 
+/// The reader's client context: librdkafka's errors go to the log and the client-error metric,
+/// except the end-of-partition events the reader asks for (they are how it knows to rest).
+struct ReaderContext {
+    stage: String,
+}
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            return;
+        }
+        crate::metrics::client_error(&self.stage, "topic reader", &error);
+        tracing::warn!(%error, reason, "kafka topic reader error");
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Reads a whole topic from the beginning, outside any consumer group.
 pub struct TopicReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<ReaderContext>,
     topic: String,
     /// The end of each partition when the reader opened, until the reader has passed it.
     pending: HashMap<i32, i64>,
@@ -247,10 +267,16 @@ impl TopicReader {
         }
         // The reader rests a partition when it reaches its end, so it needs to hear of that.
         client.set("enable.partition.eof", "true");
-        let consumer: StreamConsumer = client.create().map_err(|source| RuntimeError::Client {
-            client: "topic reader",
-            source,
-        })?;
+        let context = ReaderContext {
+            stage: config.worker.stage.clone(),
+        };
+        let consumer: StreamConsumer<ReaderContext> =
+            client
+                .create_with_context(context)
+                .map_err(|source| RuntimeError::Client {
+                    client: "topic reader",
+                    source,
+                })?;
         let name = topic.to_owned();
         let (consumer, pending) = tokio::task::spawn_blocking(move || {
             let pending = Self::assign_from_beginning(&consumer, &name)?;
@@ -269,7 +295,7 @@ impl TopicReader {
     }
 
     fn assign_from_beginning(
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<ReaderContext>,
         topic: &str,
     ) -> Result<HashMap<i32, i64>, RuntimeError> {
         let unreachable = |error: KafkaError| {
