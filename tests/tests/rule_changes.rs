@@ -1,9 +1,10 @@
 //! Live rule updates on the real broker: the `rule-evaluator` binary applies versioned changes
 //! from `config.changes` in order, records each on `audit.events`, catches up with the changes
 //! already on the topic before it evaluates a window, evaluates windows with the new rules, and
-//! still reads a change written once it has read the topic to its end.
+//! still reads a change written once it has read the topic to its end; the audit writer then
+//! stores every audit record of the run exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,11 @@ use medallion_contracts::types::{
 };
 use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_core::side::REST;
+use medallion_store::{AuditFilter, AuditStore, StoreConfig};
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
-    create_topics, produce_raw, read_all_async, real_broker, test_producer, unique_name,
+    create_topics, fresh_postgres_database, produce_raw, read_all_async, real_broker,
+    test_producer, unique_name,
 };
 use uuid::Uuid;
 
@@ -117,10 +120,13 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
     let audit = format!("audit.events.{run}");
     let dlq = format!("{ready}.dlq");
     let summaries = format!("etl.execution.{run}");
-    let topics: Vec<(&str, i32)> = [&ready, &alerts, &changes, &audit, &dlq, &summaries]
-        .into_iter()
-        .map(|topic| (topic.as_str(), PARTITIONS))
-        .collect();
+    let audit_dlq = format!("{audit}.dlq");
+    let topics: Vec<(&str, i32)> = [
+        &ready, &alerts, &changes, &audit, &dlq, &summaries, &audit_dlq,
+    ]
+    .into_iter()
+    .map(|topic| (topic.as_str(), PARTITIONS))
+    .collect();
     create_topics(&bootstrap, &topics).await.expect("topics");
 
     let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
@@ -242,11 +248,13 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         .expect("the later change produced");
     let audited = read(&bootstrap, &audit, FILLERS + 3).await;
     let mut later_outcome = None;
+    let mut audit_ids = HashSet::new();
     for record in &audited {
         let event = audit_decoder
             .decode(record.payload.as_deref().expect("value"))
             .await
             .expect("audit decodes");
+        audit_ids.insert(event.event_id);
         if event.payload.target_id == "many-clicks" && event.payload.details["version"] == "3" {
             later_outcome = Some(event.payload.outcome);
         }
@@ -259,5 +267,45 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
 
     evaluator.assert_running();
     let (status, _) = evaluator.terminate();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+
+    // The audit writer stores every one of these audit records, once, in PostgreSQL.
+    let store_url = fresh_postgres_database().await;
+    let writer_group = format!("audit-writer-{run}");
+    let envs = [
+        ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("MEDALLION__CONSUMER__INPUT_TOPIC", audit.clone()),
+        ("MEDALLION__CONSUMER__GROUP_ID", writer_group.clone()),
+        ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
+        ("MEDALLION__STAGE__STORE__URL", store_url.clone()),
+    ];
+    let binary = stage_binary("medallion-audit-writer", "audit-writer");
+    let mut writer = StageProcess::spawn(&binary, &envs, &writer_group);
+    let store = AuditStore::connect(&StoreConfig {
+        url: store_url,
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("the test reads the store");
+    let all = AuditFilter {
+        limit: 10_000,
+        ..AuditFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let stored = loop {
+        let rows = store.query(&all).await.expect("query");
+        if rows.len() >= audit_ids.len() || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored_ids: HashSet<Uuid> = stored.iter().map(|row| row.event_id).collect();
+    assert_eq!(stored.len(), audit_ids.len(), "one row per audit record");
+    assert_eq!(stored_ids, audit_ids);
+    assert!(stored
+        .iter()
+        .any(|row| row.target_id == "many-clicks" && row.actor == "ops@example.com"));
+    writer.assert_running();
+    let (status, _) = writer.terminate();
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
