@@ -23,8 +23,9 @@ pub use processor::{audit_row, AuditWriter};
 
 use std::time::Duration;
 
+use anyhow::Context;
 use medallion_stage::{Setup, Stage};
-use medallion_store::{AuditStore, StoreConfig};
+use medallion_store::AuditStore;
 use tokio_util::sync::CancellationToken;
 
 /// The stage name: log field, metric label, `worker.stage`'s default.
@@ -43,7 +44,9 @@ impl Stage for AuditWriterStage {
     async fn build(setup: &mut Setup<'_, AuditWriterSettings>) -> anyhow::Result<AuditWriter> {
         let settings = setup.config.stage.clone();
         let shutdown = setup.shutdown();
-        let store = connect_patiently(&settings.store, &shutdown).await?;
+        let store = AuditStore::connect_patiently(&settings.store, &shutdown)
+            .await
+            .context("the audit store cannot be used")?;
         if let Some(age_ms) = settings.store.retention_ms() {
             let retention_store = store.clone();
             let interval = Duration::from_millis(settings.retention_interval_ms);
@@ -54,32 +57,6 @@ impl Stage for AuditWriterStage {
             );
         }
         Ok(AuditWriter::new(store, setup.registry.clone()))
-    }
-}
-
-/// Connects to the store, trying again every few seconds while it is unavailable (a database
-/// that starts after the writer is not an error); a store that refuses us (bad URL, migrations
-/// not allowed) stops start-up.
-async fn connect_patiently(
-    config: &StoreConfig,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<AuditStore> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match AuditStore::connect(config).await {
-            Ok(store) => return Ok(store),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "audit store unavailable at start-up; retrying");
-            }
-            Err(error) => {
-                return Err(anyhow::Error::new(error).context("the audit store cannot be used"))
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the audit store"),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -33,7 +33,7 @@ enum Command {
     },
     /// Runs one stage as its own binary would (the container image's entrypoint).
     Run {
-        /// `bronze`, `silver`, `gold`, `rule-evaluator` or `audit-writer`.
+        /// `bronze`, `silver`, `gold`, `rule-evaluator`, `audit-writer` or `notification-sender`.
         stage: String,
         /// TOML configuration file, layered over the stage's defaults; `MEDALLION__TABLE__KEY`
         /// environment variables override both.

@@ -10,6 +10,7 @@ use anyhow::Context;
 use medallion_audit_writer::AuditWriterStage;
 use medallion_bronze::BronzeStage;
 use medallion_gold::GoldStage;
+use medallion_notification_sender::NotificationSenderStage;
 use medallion_rule_evaluator::RuleEvaluatorStage;
 use medallion_silver::SilverStage;
 use medallion_stage::Stage;
@@ -21,6 +22,7 @@ pub const STAGES: &[&str] = &[
     GoldStage::NAME,
     RuleEvaluatorStage::NAME,
     AuditWriterStage::NAME,
+    NotificationSenderStage::NAME,
 ];
 
 fn unknown(stage: &str) -> anyhow::Error {
@@ -35,6 +37,9 @@ pub fn run(stage: &str, config: Option<&Path>) -> anyhow::Result<()> {
         GoldStage::NAME => medallion_stage::main_with::<GoldStage>(config),
         RuleEvaluatorStage::NAME => medallion_stage::main_with::<RuleEvaluatorStage>(config),
         AuditWriterStage::NAME => medallion_stage::main_with::<AuditWriterStage>(config),
+        NotificationSenderStage::NAME => {
+            medallion_stage::main_with::<NotificationSenderStage>(config)
+        }
         other => Err(unknown(other)),
     }
 }
@@ -48,6 +53,7 @@ pub fn keys(stage: &str) -> anyhow::Result<BTreeSet<String>> {
         GoldStage::NAME => keys_of::<GoldStage>(),
         RuleEvaluatorStage::NAME => keys_of::<RuleEvaluatorStage>(),
         AuditWriterStage::NAME => keys_of::<AuditWriterStage>(),
+        NotificationSenderStage::NAME => keys_of::<NotificationSenderStage>(),
         other => Err(unknown(other)),
     }
 }
@@ -70,6 +76,7 @@ pub fn defaults(stage: &str) -> anyhow::Result<serde_json::Value> {
         GoldStage::NAME => defaults_of::<GoldStage>(),
         RuleEvaluatorStage::NAME => defaults_of::<RuleEvaluatorStage>(),
         AuditWriterStage::NAME => defaults_of::<AuditWriterStage>(),
+        NotificationSenderStage::NAME => defaults_of::<NotificationSenderStage>(),
         other => Err(unknown(other)),
     }
 }

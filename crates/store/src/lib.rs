@@ -339,6 +339,30 @@ impl AuditStore {
         Ok(Self { pool })
     }
 
+    /// [`AuditStore::connect`], trying again (every 0.5 s, doubling up to 10 s) while the store
+    /// is unavailable, until `stop` is cancelled: a database that starts after the worker is not
+    /// an error. A store that refuses us (bad URL, migrations not allowed) is returned at once.
+    pub async fn connect_patiently(
+        config: &StoreConfig,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Self::connect(config).await {
+                Ok(store) => return Ok(store),
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "audit store unavailable at start-up; retrying");
+                }
+                Err(error) => return Err(error),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(StoreError::Config("stopped while waiting for the audit store".to_owned())),
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
     /// Writes `rows` in one transaction; rows whose `event_id` is already stored are skipped.
     /// Returns how many rows were new.
     pub async fn insert_batch(&self, rows: &[AuditRow], now_ms: i64) -> Result<u64, StoreError> {

@@ -1,0 +1,184 @@
+//! The `[stage]` table of the notification sender, and the channels and routes file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use medallion_core::{ConfigError, Validate};
+use medallion_store::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+/// Compiled-in defaults (`config/notification-sender.toml`).
+pub const DEFAULTS: &str = include_str!("../../../config/notification-sender.toml");
+
+/// Compiled-in channels and routes (`config/notifications.toml`: none).
+pub const NOTIFICATIONS_DEFAULTS: &str = include_str!("../../../config/notifications.toml");
+
+/// The notification sender's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSenderSettings {
+    /// Where each delivery is recorded.
+    #[serde(default)]
+    pub audit_topic: String,
+    /// How long one request may take, in ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Channels and routes; absent: the compiled-in `config/notifications.toml`.
+    #[serde(default)]
+    pub notifications_file: Option<PathBuf>,
+    /// The delivery ledger (the audit store).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for NotificationSenderSettings {
+    fn default() -> Self {
+        Self {
+            audit_topic: String::new(),
+            request_timeout_ms: default_request_timeout_ms(),
+            notifications_file: None,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Validate for NotificationSenderSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.audit_topic.is_empty() {
+            return Err(ConfigError::key(
+                "stage.audit_topic",
+                "must name the audit topic (audit.events)",
+            ));
+        }
+        if !(100..=300_000).contains(&self.request_timeout_ms) {
+            return Err(ConfigError::key(
+                "stage.request_timeout_ms",
+                "must be between 100 and 300000",
+            ));
+        }
+        self.store.validate()
+    }
+}
+
+/// How a channel delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// The alert as JSON, signed when a secret is set.
+    Webhook,
+    /// A Slack-compatible incoming webhook: `{"text": ...}`.
+    Slack,
+}
+
+/// One channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// Its name, which routes use (and the ledger, and the audit records).
+    pub name: String,
+    /// How it delivers.
+    pub kind: ChannelKind,
+    /// Where.
+    pub url: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// An environment variable holding the HMAC-SHA256 key of `X-Medallion-Signature`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// Which alerts go to which channels; an empty list matches any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Severities (`critical`, `warning`, `info`).
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Rule ids.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Orgs.
+    #[serde(default)]
+    pub orgs: Vec<i64>,
+    /// Channel names.
+    pub channels: Vec<String>,
+}
+
+/// `config/notifications.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsFile {
+    /// The channels.
+    #[serde(default)]
+    pub channels: Vec<ChannelSpec>,
+    /// The routes, each tried; an alert goes to the union of the channels of every route it matches.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+impl NotificationsFile {
+    /// Parses and checks a file: unique channel names, http(s) URLs, routes naming known channels.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: NotificationsFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        let mut names = HashSet::new();
+        for channel in &file.channels {
+            if channel.name.is_empty() || !names.insert(channel.name.as_str()) {
+                return Err(format!(
+                    "channel name `{}` is empty or used twice; give each channel its own name",
+                    channel.name
+                ));
+            }
+            if !(channel.url.starts_with("http://") || channel.url.starts_with("https://")) {
+                return Err(format!(
+                    "channel `{}`: url `{}` must start with http:// or https://",
+                    channel.name, channel.url
+                ));
+            }
+        }
+        for (index, route) in file.routes.iter().enumerate() {
+            if route.channels.is_empty() {
+                return Err(format!("route {index} names no channel"));
+            }
+            if let Some(unknown) = route
+                .channels
+                .iter()
+                .find(|name| !names.contains(name.as_str()))
+            {
+                return Err(format!(
+                    "route {index} names channel `{unknown}`, which no [[channels]] entry defines"
+                ));
+            }
+        }
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_in_files_are_valid() {
+        let file = NotificationsFile::parse(NOTIFICATIONS_DEFAULTS).expect("defaults");
+        assert!(file.channels.is_empty() && file.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_must_name_defined_channels_and_urls_must_be_http() {
+        let unknown = r#"
+            channels = [{ name = "a", kind = "webhook", url = "http://x" }]
+            routes = [{ channels = ["b"] }]
+        "#;
+        let error = NotificationsFile::parse(unknown).expect_err("unknown channel");
+        assert!(error.contains("`b`"), "{error}");
+        let ftp = r#"channels = [{ name = "a", kind = "slack", url = "ftp://x" }]"#;
+        assert!(NotificationsFile::parse(ftp).is_err());
+        let twice = r#"channels = [{ name = "a", kind = "slack", url = "http://x" }, { name = "a", kind = "webhook", url = "http://y" }]"#;
+        assert!(NotificationsFile::parse(twice).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! One delivery: the request a channel gets for an alert, and what its answer means.
+
+use hmac::{Hmac, Mac};
+use medallion_contracts::types::Alert;
+use sha2::Sha256;
+
+use crate::config::{ChannelKind, ChannelSpec};
+
+/// The header carrying the body's HMAC-SHA256, as `sha256=<hex>`.
+pub const SIGNATURE_HEADER: &str = "X-Medallion-Signature";
+/// The header carrying the alert id, so the receiver can drop a repeat.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// A channel ready to deliver: its spec and its signing key.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// The spec from the file.
+    pub spec: ChannelSpec,
+    /// The HMAC key, from `secret_env`.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// The body a channel gets for `alert` of `org_id`.
+pub(crate) fn body(kind: ChannelKind, alert: &Alert, org_id: i64) -> Vec<u8> {
+    let value = match kind {
+        ChannelKind::Webhook => serde_json::json!({
+            "alert_id": alert.alert_id,
+            "org_id": org_id,
+            "rule_id": alert.rule_id,
+            "rule_version": alert.rule_version,
+            "severity": alert.severity,
+            "metric": alert.metric,
+            "operator": alert.operator,
+            "threshold": alert.threshold,
+            "observed_value": alert.observed_value,
+            "entity": {"type": alert.entity.kind, "id": alert.entity.id},
+            "window_start": alert.window_start,
+            "window_end": alert.window_end,
+            "message": alert.message,
+        }),
+        ChannelKind::Slack => serde_json::json!({
+            "text": format!(
+                "[{}] {} (org {}, {} {}): {}",
+                alert.severity, alert.rule_id, org_id, alert.entity.kind, alert.entity.id, alert.message
+            ),
+        }),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// `sha256=<hex>` of `body` under `key`.
+pub fn signature(key: &[u8], body: &[u8]) -> String {
+    // HMAC takes a key of any length: `new_from_slice` fails only for fixed-size keys.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// What a channel's answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: delivered.
+    Delivered,
+    /// Timeout, connection failure, 429 or 5xx: try again later.
+    Retry(String),
+    /// Another 4xx: the channel refuses this notification; dead-letter it.
+    Rejected(String),
+}
+
+/// Classifies a response by its status and the start of its body.
+pub fn classify(status: u16, body: &str) -> Outcome {
+    let excerpt: String = body.chars().take(200).collect();
+    match status {
+        200..=299 => Outcome::Delivered,
+        429 | 500..=599 => Outcome::Retry(format!("status {status}: {excerpt}")),
+        _ => Outcome::Rejected(format!("status {status}: {excerpt}")),
+    }
+}
+
+/// Sends one notification.
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    channel: &Channel,
+    alert_id: uuid::Uuid,
+    body: Vec<u8>,
+) -> Outcome {
+    let mut request = client
+        .post(&channel.spec.url)
+        .header("Content-Type", "application/json")
+        .header(IDEMPOTENCY_HEADER, alert_id.to_string());
+    for (name, value) in &channel.spec.headers {
+        request = request.header(name, value);
+    }
+    if let Some(key) = &channel.secret {
+        request = request.header(SIGNATURE_HEADER, signature(key, &body));
+    }
+    match request.body(body).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            classify(status, &text)
+        }
+        Err(error) => Outcome::Retry(format!("request failed: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_delivered_retried_or_rejected() {
+        assert_eq!(classify(200, ""), Outcome::Delivered);
+        assert_eq!(classify(204, ""), Outcome::Delivered);
+        assert!(matches!(classify(429, "slow down"), Outcome::Retry(_)));
+        assert!(matches!(classify(503, ""), Outcome::Retry(_)));
+        match classify(400, &"x".repeat(1_000)) {
+            Outcome::Rejected(reason) => {
+                assert!(reason.starts_with("status 400: "), "{reason}");
+                assert!(reason.len() < 220, "the body is cut: {reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The notification sender's processor: each alert is routed to its channels in `process`, and
+//! delivered in `flush`, in input order, at most once per alert and channel (the ledger in the
+//! audit store says what was delivered; the webhook's `Idempotency-Key` covers a crash between
+//! a delivery and its ledger row).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use medallion_contracts::types::{Alert, AuditEntry, EventSource};
+use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_core::side::SideProducer;
+use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
+use medallion_store::AuditStore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::RouteSpec;
+use crate::deliver::{self, Channel, Outcome};
+use crate::routes::channels_for;
+
+/// Counter: alerts no route matched.
+pub const UNROUTED: &str = "medallion_notifications_unrouted_total";
+/// Counter: notifications by channel and outcome (`delivered`, `rejected`, `retried`).
+pub const NOTIFICATIONS: &str = "medallion_notifications_total";
+
+/// Where delivery records go.
+#[derive(Debug)]
+pub struct AuditOut {
+    /// The producer.
+    pub producer: SideProducer,
+    /// `audit.events`.
+    pub topic: String,
+    /// Encoder of audit records.
+    pub encoder: Encoder<AuditEntry>,
+    /// This instance.
+    pub source: EventSource,
+    /// The stage's shutdown.
+    pub stop: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Pending {
+    partition: i32,
+    offset: i64,
+    org_id: i64,
+    alert_id: Uuid,
+    channel: usize,
+    body: Vec<u8>,
+    attempts: u32,
+}
+
+/// Sends notifications.
+#[derive(Debug)]
+pub struct NotificationSender {
+    decoder: Decoder<Alert>,
+    channels: Vec<Channel>,
+    routes: Vec<RouteSpec>,
+    client: reqwest::Client,
+    ledger: AuditStore,
+    audit: AuditOut,
+    pending: VecDeque<Pending>,
+}
+
+impl NotificationSender {
+    /// A sender over `channels` and `routes` (the routes name only these channels).
+    pub fn new(
+        registry: Registry,
+        channels: Vec<Channel>,
+        routes: Vec<RouteSpec>,
+        client: reqwest::Client,
+        ledger: AuditStore,
+        audit: AuditOut,
+    ) -> Self {
+        Self {
+            decoder: Decoder::new(registry),
+            channels,
+            routes,
+            client,
+            ledger,
+            audit,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Writes the audit record of one delivery; its id is derived from the alert, channel and
+    /// outcome, so a repeat is stored once.
+    async fn record(&self, pending: &Pending, outcome: &str) -> Result<(), ProcessError> {
+        let channel = &self.channels[pending.channel].spec.name;
+        let event = Envelope::new(
+            Uuid::new_v5(&pending.alert_id, format!("{channel}/{outcome}").as_bytes()),
+            now_ms(),
+            self.audit.source.clone(),
+            pending.org_id,
+            AuditEntry {
+                action: format!("notification.{outcome}"),
+                actor: crate::STAGE.to_owned(),
+                target_type: "alert".into(),
+                target_id: pending.alert_id.to_string(),
+                outcome: outcome.to_owned(),
+                details: [
+                    ("channel".to_owned(), channel.clone()),
+                    ("attempts".to_owned(), pending.attempts.to_string()),
+                ]
+                .into(),
+            },
+        );
+        let payload = self
+            .audit
+            .encoder
+            .encode(&event)
+            .map_err(ProcessError::from)?;
+        self.audit
+            .producer
+            .send_for_org(
+                &self.audit.topic,
+                pending.org_id,
+                &payload,
+                &self.audit.stop,
+            )
+            .await
+            .map_err(|error| {
+                ProcessError::transient(
+                    "audit_not_written",
+                    format!("the delivery's audit record: {error}"),
+                )
+            })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn counted(channel: &str, outcome: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+impl Processor for NotificationSender {
+    type Input = Envelope<Alert>;
+    const FLUSHES: bool = true;
+
+    fn output_topics(&self) -> Vec<Arc<str>> {
+        vec![Arc::from(self.audit.topic.as_str())]
+    }
+
+    async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Envelope<Alert>, ProcessError> {
+        let payload = record.payload.unwrap_or_default();
+        Ok(self.decoder.decode(payload).await?)
+    }
+
+    fn event_id(&self, input: &Envelope<Alert>) -> Option<Uuid> {
+        Some(input.event_id)
+    }
+
+    fn event_time_ms(&self, input: &Envelope<Alert>) -> Option<i64> {
+        Some(input.payload.window_end)
+    }
+
+    fn process(
+        &mut self,
+        input: Envelope<Alert>,
+        ctx: &mut ProcessContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let alert = &input.payload;
+        let names = channels_for(&self.routes, &alert.severity, &alert.rule_id, input.org_id);
+        if names.is_empty() {
+            metrics::counter!(UNROUTED).increment(1);
+            tracing::debug!(alert_id = %alert.alert_id, rule = %alert.rule_id, "no route matches the alert");
+            return Ok(());
+        }
+        for name in names {
+            let Some(channel) = self.channels.iter().position(|c| c.spec.name == name) else {
+                continue;
+            };
+            self.pending.push_back(Pending {
+                partition: ctx.partition(),
+                offset: ctx.offset(),
+                org_id: input.org_id,
+                alert_id: alert.alert_id,
+                channel,
+                body: deliver::body(self.channels[channel].spec.kind, alert, input.org_id),
+                attempts: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Delivers in order; stops at the first channel that must be tried again (the runtime
+    /// pauses and calls again later: what was delivered is in the ledger and is skipped).
+    async fn flush(&mut self) -> Result<Vec<Refused>, ProcessError> {
+        let mut refused = Vec::new();
+        while let Some(pending) = self.pending.front_mut() {
+            let channel = &self.channels[pending.channel];
+            let name = channel.spec.name.clone();
+            let delivered = self
+                .ledger
+                .delivered(pending.alert_id, &name)
+                .await
+                .map_err(|error| {
+                    ProcessError::transient("ledger_unavailable", error.to_string())
+                })?;
+            if delivered {
+                self.pending.pop_front();
+                continue;
+            }
+            pending.attempts += 1;
+            let outcome = deliver::send(
+                &self.client,
+                channel,
+                pending.alert_id,
+                pending.body.clone(),
+            )
+            .await;
+            match outcome {
+                Outcome::Delivered => {
+                    let attempts = pending.attempts;
+                    let alert_id = pending.alert_id;
+                    if let Some(pending) = self.pending.front() {
+                        self.record(pending, "delivered").await?;
+                    }
+                    self.ledger
+                        .record_delivery(alert_id, &name, now_ms(), attempts)
+                        .await
+                        .map_err(|error| {
+                            ProcessError::transient("ledger_unavailable", error.to_string())
+                        })?;
+                    counted(&name, "delivered");
+                    self.pending.pop_front();
+                }
+                Outcome::Retry(reason) => {
+                    counted(&name, "retried");
+                    return Err(ProcessError::transient(
+                        "channel_unavailable",
+                        format!(
+                            "channel `{name}` did not take alert {}: {reason}",
+                            pending.alert_id
+                        ),
+                    ));
+                }
+                Outcome::Rejected(reason) => {
+                    if let Some(pending) = self.pending.front() {
+                        self.record(pending, "rejected").await?;
+                    }
+                    counted(&name, "rejected");
+                    if let Some(pending) = self.pending.pop_front() {
+                        refused.push(Refused {
+                            partition: pending.partition,
+                            offset: pending.offset,
+                            error: ProcessError::permanent(
+                                "notification_rejected",
+                                format!(
+                                    "channel `{name}` refused alert {}: {reason}",
+                                    pending.alert_id
+                                ),
+                            )
+                            .with_event_id(pending.alert_id)
+                            .with_org_id(pending.org_id),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(refused)
+    }
+}

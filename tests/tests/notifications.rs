@@ -1,0 +1,372 @@
+//! The `notification-sender` binary on the real broker against a local HTTP receiver: alerts
+//! reach their routes' channels once each (a signed webhook with `Idempotency-Key`, a
+//! Slack-style channel that answers 503 once, then 200), a 400 dead-letters its alert with the
+//! status, an alert no route matches is only counted; through a SIGKILL, repeated alerts (as the
+//! rule evaluator writes them again after a restart) and a replay of the whole topic, nothing is
+//! delivered twice; every delivery is on `audit.events`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use medallion_contracts::registry::EmbeddedRegistry;
+use medallion_contracts::types::{Alert, AuditEntry, EntityRef, EventSource};
+use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
+use medallion_notification_sender::{signature, IDEMPOTENCY_HEADER, SIGNATURE_HEADER};
+use medallion_tests::process::{stage_binary, StageProcess};
+use medallion_tests::{
+    committed_offsets, create_topics, high_watermarks, produce_raw, read_all_async, real_broker,
+    test_producer, unique_name, wait_until,
+};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+const SECRET: &str = "test-webhook-secret";
+
+/// One request the receiver took: path, idempotency key, signature, body.
+type Received = (String, String, Option<String>, Vec<u8>);
+
+#[derive(Default)]
+struct Receiver {
+    accepted: Mutex<Vec<Received>>,
+    flaky_calls: AtomicU32,
+    bad_calls: AtomicU32,
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    match path.as_str() {
+        "flaky" if receiver.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "warming up".into());
+        }
+        "bad" => {
+            receiver.bad_calls.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::BAD_REQUEST, "unknown team".into());
+        }
+        _ => {}
+    }
+    receiver.accepted.lock().expect("lock").push((
+        path,
+        header(IDEMPOTENCY_HEADER).unwrap_or_default(),
+        header(SIGNATURE_HEADER),
+        body.to_vec(),
+    ));
+    (StatusCode::OK, "ok".into())
+}
+
+fn alert(n: u128, rule_id: &str, severity: &str) -> Envelope<Alert> {
+    let alert_id = Uuid::from_u128(0xa1e7 << 64 | n);
+    Envelope::new(
+        alert_id,
+        1_796_112_000_000 + n as i64,
+        EventSource {
+            service: "rule-evaluator".into(),
+            instance: "rule-evaluator-0".into(),
+        },
+        1 + (n % 3) as i64,
+        Alert {
+            alert_id,
+            rule_id: rule_id.into(),
+            rule_version: 1,
+            severity: severity.into(),
+            metric: "clicks".into(),
+            operator: "gt".into(),
+            threshold: 10.0,
+            observed_value: 50.0,
+            entity: EntityRef {
+                kind: "campaign".into(),
+                id: format!("cmp-{n}"),
+                name: None,
+                attributes: Default::default(),
+            },
+            window_start: 0,
+            window_end: 300_000,
+            message: format!("clicks 50 > 10 for campaign cmp-{n}"),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_their_channels_once_through_a_kill_repeats_and_a_replay() {
+    let bootstrap = real_broker();
+    let run = unique_name("notify").replace('-', "");
+    let alerts = format!("rules.alerts.triggered.{run}");
+    let dlq = format!("{alerts}.dlq");
+    let audit = format!("audit.events.{run}");
+    let summaries = format!("etl.execution.{run}");
+    create_topics(
+        &bootstrap,
+        &[
+            (&alerts, PARTITIONS),
+            (&dlq, PARTITIONS),
+            (&audit, PARTITIONS),
+            (&summaries, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+
+    let receiver = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/{path}", post(receive))
+        .with_state(Arc::clone(&receiver));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = dir.path().join("notifications.toml");
+    std::fs::write(
+        &notifications,
+        format!(
+            r#"
+[[channels]]
+name = "ops"
+kind = "webhook"
+url = "http://127.0.0.1:{port}/ok"
+secret_env = "MEDALLION_TEST_WEBHOOK_SECRET"
+headers = {{ "X-Team" = "ops" }}
+
+[[channels]]
+name = "chat"
+kind = "slack"
+url = "http://127.0.0.1:{port}/flaky"
+
+[[channels]]
+name = "broken"
+kind = "webhook"
+url = "http://127.0.0.1:{port}/bad"
+
+[[routes]]
+severities = ["critical"]
+channels = ["ops"]
+
+[[routes]]
+rules = ["chatty"]
+channels = ["chat"]
+
+[[routes]]
+rules = ["misrouted"]
+channels = ["broken"]
+"#
+        ),
+    )
+    .expect("notifications file");
+
+    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
+    let encoder =
+        Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("compiled in"));
+    let producer = test_producer(&bootstrap).expect("producer");
+    let produce = |events: Vec<Envelope<Alert>>| {
+        let values: Vec<(i64, Vec<u8>)> = events
+            .iter()
+            .map(|event| (event.org_id, encoder.encode(event).expect("encode")))
+            .collect();
+        let (producer, alerts) = (&producer, &alerts);
+        async move {
+            produce_raw(
+                producer,
+                alerts,
+                PARTITIONS,
+                values.iter().map(|(org, value)| (*org, value.as_slice())),
+            )
+            .await
+            .expect("alerts produced");
+        }
+    };
+    let mut first: Vec<Envelope<Alert>> = (0..10).map(|n| alert(n, "hot", "critical")).collect();
+    first.push(alert(100, "chatty", "warning"));
+    first.push(alert(101, "misrouted", "info"));
+    first.push(alert(102, "nobody-listens", "info"));
+    produce(first).await;
+
+    let store = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let spawn = |group: &str, label: &str| {
+        let envs = [
+            ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("MEDALLION__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS", "4000".to_owned()),
+            ("MEDALLION__CONSUMER__INPUT_TOPIC", alerts.clone()),
+            ("MEDALLION__CONSUMER__GROUP_ID", group.to_owned()),
+            ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
+            ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
+            ("MEDALLION__STAGE__STORE__URL", store.clone()),
+            (
+                "MEDALLION__STAGE__NOTIFICATIONS_FILE",
+                notifications.display().to_string(),
+            ),
+            ("MEDALLION__RETRY__MAX_BACKOFF_MS", "1000".to_owned()),
+            ("MEDALLION_TEST_WEBHOOK_SECRET", SECRET.to_owned()),
+        ];
+        StageProcess::spawn(
+            &stage_binary("medallion-notification-sender", "notification-sender"),
+            &envs,
+            label,
+        )
+    };
+    let accepted = |path: &str| {
+        receiver
+            .accepted
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(p, ..)| p == path)
+            .count()
+    };
+    let dead_letters = || -> i64 {
+        high_watermarks(&bootstrap, &dlq, PARTITIONS)
+            .expect("marks")
+            .values()
+            .sum()
+    };
+
+    let group = unique_name("notification-sender");
+    let mut sender = spawn(&group, "notification-sender-1");
+    assert!(
+        wait_until(Duration::from_secs(60), || accepted("ok") == 10
+            && accepted("flaky") == 1)
+        .await,
+        "the webhook gets 10 alerts and the flaky channel its one after a 503"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || dead_letters() == 1).await,
+        "the 400 is dead-lettered"
+    );
+    assert_eq!(
+        receiver.flaky_calls.load(Ordering::SeqCst),
+        2,
+        "503 once, then 200"
+    );
+    sender.kill();
+
+    // The rule evaluator restarted: it writes the first ten alerts again, then ten new ones.
+    let mut second: Vec<Envelope<Alert>> = (0..10).map(|n| alert(n, "hot", "critical")).collect();
+    second.extend((10..20).map(|n| alert(n, "hot", "critical")));
+    produce(second).await;
+    let mut sender = spawn(&group, "notification-sender-2");
+    assert!(
+        wait_until(Duration::from_secs(60), || accepted("ok") >= 20).await,
+        "the ten new alerts arrive"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || committed_offsets(
+            &bootstrap, &group, &alerts, PARTITIONS
+        )
+        .expect("committed")
+        .values()
+        .sum::<i64>()
+            == 33)
+        .await,
+        "every alert's offset committed"
+    );
+    let (status, _) = sender.terminate();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+
+    // A replay of the whole topic delivers nothing again: the ledger says it was done.
+    let replay = unique_name("notification-replay");
+    let mut sender = spawn(&replay, "notification-sender-replay");
+    assert!(
+        wait_until(Duration::from_secs(60), || committed_offsets(
+            &bootstrap, &replay, &alerts, PARTITIONS
+        )
+        .expect("committed")
+        .values()
+        .sum::<i64>()
+            == 33)
+        .await,
+        "the replay reads the whole topic"
+    );
+    let (status, _) = sender.terminate();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+
+    let received = receiver.accepted.lock().expect("lock").clone();
+    let webhook: Vec<&Received> = received.iter().filter(|(path, ..)| path == "ok").collect();
+    let keys: HashSet<&str> = webhook.iter().map(|(_, key, ..)| key.as_str()).collect();
+    assert_eq!(webhook.len(), 20, "each alert once at the webhook");
+    assert_eq!(keys.len(), 20);
+    for (_, key, signed, body) in &webhook {
+        let json: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
+        assert_eq!(
+            json["alert_id"].as_str(),
+            Some(key.as_str()),
+            "Idempotency-Key is the alert id"
+        );
+        assert_eq!(
+            signed.as_deref(),
+            Some(signature(SECRET.as_bytes(), body).as_str())
+        );
+    }
+    assert_eq!(accepted("flaky"), 1, "the chat channel got its alert once");
+    let chat = received
+        .iter()
+        .find(|(path, ..)| path == "flaky")
+        .expect("chat");
+    let text: serde_json::Value = serde_json::from_slice(&chat.3).expect("slack body");
+    assert!(
+        text["text"].as_str().is_some_and(|t| t.contains("chatty")),
+        "{text}"
+    );
+
+    let dead = read_all_async(
+        &bootstrap,
+        &dlq,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(dead.iter().all(|record| record
+        .header(medallion_core::dlq::header::ERROR_MESSAGE)
+        .is_some_and(|message| message.contains("status 400") && message.contains("broken"))));
+
+    let audited = read_all_async(
+        &bootstrap,
+        &audit,
+        21,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await;
+    let decoder = Decoder::<AuditEntry>::new(Registry::Embedded(embedded));
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    let mut delivered_ids = HashSet::new();
+    for record in &audited {
+        let event = decoder
+            .decode(record.payload.as_deref().expect("value"))
+            .await
+            .expect("audit decodes");
+        if event.payload.outcome == "delivered" {
+            delivered_ids.insert(event.event_id);
+        }
+        *outcomes.entry(event.payload.action).or_default() += 1;
+    }
+    assert_eq!(
+        delivered_ids.len(),
+        21,
+        "a delivery record per delivery: {outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .get("notification.rejected")
+            .is_some_and(|n| *n >= 1),
+        "{outcomes:?}"
+    );
+}
