@@ -3,8 +3,9 @@
 //! Starts librdkafka's mock cluster (a Kafka-protocol broker in this process), creates the
 //! topics, runs a synthetic connector (several orgs; a share of malformed and duplicate
 //! records; entities that trip the default rules), runs bronze, silver, gold, the rule
-//! evaluator and the audit writer (into a SQLite store in a temporary directory) with their own
-//! consumer groups and the embedded schema registry, publishes one rule change (so that the
+//! evaluator, the audit writer (into a SQLite store in a temporary directory) and the
+//! notification sender (every alert to a webhook receiver served in this process) with their
+//! own consumer groups and the embedded schema registry, publishes one rule change (so that the
 //! audit trail has a record), and redraws a one-screen summary every second until `--duration`
 //! passes or Ctrl-C. Gold uses 10 s windows with 2 s grace here so windows close while you watch
 //! (the stage default is 5 min / 1 min).
@@ -24,6 +25,7 @@ use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_core::partitioner::{java_partition, org_key};
 use medallion_core::MetricsSnapshot;
 use medallion_gold::GoldStage;
+use medallion_notification_sender::NotificationSenderStage;
 use medallion_rule_evaluator::RuleEvaluatorStage;
 use medallion_silver::SilverStage;
 use medallion_stage::{now_ms, Launched, Stage};
@@ -100,11 +102,17 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("failed to create {}", store_dir.display()))?;
     let store_url = format!("sqlite://{}", store_dir.join("audit.db").display());
+    let notifications_file = store_dir.join("notifications.toml");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    let result = runtime.block_on(run_pipeline(&bootstrap, &store_url, options));
+    let result = runtime.block_on(run_pipeline(
+        &bootstrap,
+        &store_url,
+        &notifications_file,
+        options,
+    ));
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(cluster);
     let _ = std::fs::remove_dir_all(&store_dir);
@@ -114,8 +122,19 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
 async fn run_pipeline(
     bootstrap: &str,
     store_url: &str,
+    notifications_file: &std::path::Path,
     options: &DemoOptions,
 ) -> anyhow::Result<()> {
+    let received = Arc::new(Mutex::new(NotificationLog::default()));
+    let webhook = start_webhook(Arc::clone(&received)).await?;
+    std::fs::write(
+        notifications_file,
+        format!(
+            "[[channels]]\nname = \"demo-webhook\"\nkind = \"webhook\"\nurl = \"{webhook}\"\n\n\
+             [[routes]]\nchannels = [\"demo-webhook\"]\n"
+        ),
+    )
+    .with_context(|| format!("failed to write {}", notifications_file.display()))?;
     let shutdown = medallion_core::shutdown::shutdown_on_signals();
     let registry = Registry::Embedded(Arc::new(EmbeddedRegistry::with_compiled_in()));
     let stages = vec![
@@ -133,6 +152,17 @@ async fn run_pipeline(
         launch::<AuditWriterStage>(
             bootstrap,
             &[("MEDALLION__STAGE__STORE__URL", &format!("\"{store_url}\""))],
+            &shutdown,
+        )?,
+        launch::<NotificationSenderStage>(
+            bootstrap,
+            &[
+                ("MEDALLION__STAGE__STORE__URL", &format!("\"{store_url}\"")),
+                (
+                    "MEDALLION__STAGE__NOTIFICATIONS_FILE",
+                    &format!("\"{}\"", notifications_file.display()),
+                ),
+            ],
             &shutdown,
         )?,
     ];
@@ -168,7 +198,14 @@ async fn run_pipeline(
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        screen.draw(started.elapsed(), produced.get(), &stages, &alerts, &audit)?;
+        screen.draw(
+            started.elapsed(),
+            produced.get(),
+            &stages,
+            &alerts,
+            &audit,
+            &received,
+        )?;
         if options
             .duration
             .is_some_and(|limit| started.elapsed() >= limit)
@@ -349,8 +386,51 @@ async fn publish_rule_change(bootstrap: &str) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Default)]
+struct NotificationLog {
+    total: u64,
+    recent: VecDeque<String>,
+}
+
+/// Serves the demo's webhook receiver on a free loopback port; returns its URL.
+async fn start_webhook(log: Arc<Mutex<NotificationLog>>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("failed to bind the demo's webhook receiver")?;
+    let address = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let log = Arc::clone(&log);
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let line = format!(
+                    "{:<16} org {:<3} {} {}",
+                    json["rule_id"].as_str().unwrap_or("?"),
+                    json["org_id"],
+                    json["entity"]["type"].as_str().unwrap_or("?"),
+                    json["entity"]["id"].as_str().unwrap_or("?"),
+                );
+                let mut log = log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.total += 1;
+                log.recent.push_front(line);
+                log.recent.truncate(4);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{address}/alerts"))
+}
+
+#[derive(Debug, Default)]
 struct AuditLog {
     total: usize,
+    /// Records by action, as `action count, ...`.
+    by_action: String,
     recent: Vec<String>,
 }
 
@@ -387,6 +467,15 @@ async fn watch_audit(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         log.total = rows.len();
+        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for row in &rows {
+            *counts.entry(row.action.as_str()).or_default() += 1;
+        }
+        log.by_action = counts
+            .iter()
+            .map(|(action, count)| format!("{action} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         log.recent = rows
             .iter()
             .take(4)
@@ -486,6 +575,7 @@ impl Screen {
         stages: &[Launched],
         alerts: &Mutex<AlertLog>,
         audit: &Mutex<AuditLog>,
+        received: &Mutex<NotificationLog>,
     ) -> anyhow::Result<()> {
         // Off a terminal (CI, a pipe), print a plain block every 5 s instead of redrawing.
         if !self.terminal
@@ -508,12 +598,12 @@ impl Screen {
         let _ = writeln!(text, "elapsed {:>4} s", elapsed.as_secs());
         let _ = writeln!(
             text,
-            "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
+            "{:<20} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
             "stage", "in/s", "out/s", "in", "out", "dlq", "dedup", "lag"
         );
         let _ = writeln!(
             text,
-            "{:<15} {:>8} {:>8} {:>10} {:>10}",
+            "{:<20} {:>8} {:>8} {:>10} {:>10}",
             "connector",
             "-",
             per_second(produced.saturating_sub(self.previous_produced)),
@@ -528,7 +618,7 @@ impl Screen {
                 .map_or_else(|| "-".to_owned(), |lag| lag.to_string());
             let _ = writeln!(
                 text,
-                "{:<15} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
+                "{:<20} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>8}",
                 stage.name,
                 per_second(now.records_in.saturating_sub(before.records_in)),
                 per_second(now.records_out.saturating_sub(before.records_out)),
@@ -553,10 +643,21 @@ impl Screen {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(
             text,
-            "\naudit store: {} records (latest first)",
-            audit.total
+            "\naudit store: {} records ({}); latest first:",
+            audit.total, audit.by_action
         );
         for line in &audit.recent {
+            let _ = writeln!(text, "  {line}");
+        }
+        let received = received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(
+            text,
+            "\nnotifications received by the demo webhook: {} (latest first)",
+            received.total
+        );
+        for line in &received.recent {
             let _ = writeln!(text, "  {line}");
         }
         let mut stdout = std::io::stdout().lock();

@@ -1,6 +1,7 @@
 //! The README's first command, run as an operator would (shortened with --duration): it must
 //! start the embedded broker and every stage, move records through every stage, fire alerts,
-//! store the audit trail (the demo's rule change), and stop cleanly.
+//! store the audit trail (the demo's rule change, the deliveries), notify the demo's webhook,
+//! and stop cleanly.
 
 use std::process::Command;
 
@@ -67,7 +68,21 @@ fn the_demo_runs_every_stage_and_fires_alerts() {
         .unwrap_or(0);
     assert!(stored > 0, "no audit record stored:\n{last_block}");
     assert!(
-        last_block.contains("rule.upsert") && last_block.contains("rule/demo-clicks-ceiling"),
+        last_block.contains("rule.upsert 1"),
         "the demo's rule change is in the audit trail:\n{last_block}"
+    );
+    let notified = last_block
+        .lines()
+        .find_map(|line| line.strip_prefix("notifications received by the demo webhook: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        notified > 0,
+        "no notification reached the demo webhook:\n{last_block}"
+    );
+    assert!(
+        last_block.contains("notification.delivered "),
+        "deliveries are in the audit trail:\n{last_block}"
     );
 }

@@ -315,7 +315,19 @@ impl AuditStore {
                     .connect_with(options)
                     .await
                     .map_err(|error| StoreError::from_sqlx("connecting", error))?;
-                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                // Two processes opening one new file race on SQLite's migration table (it has
+                // no migration lock); the loser finds the work done when it tries again.
+                let mut tries = 0;
+                loop {
+                    match sqlx::migrate!("./migrations/sqlite").run(&pool).await {
+                        Ok(()) => break,
+                        Err(_) if tries < 5 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
                 Pool::Sqlite(pool)
             }
             Some(Backend::Postgres) => {
