@@ -370,3 +370,184 @@ channels = ["broken"]
         "{outcomes:?}"
     );
 }
+
+/// A small SMTP server: takes every message, refuses recipients at `bounce.example.com` with 550.
+async fn smtp_sink(mail: Arc<Mutex<Vec<String>>>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let mail = Arc::clone(&mail);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(message) = data.as_mut() {
+                        if line == "." {
+                            mail.lock().expect("lock").push(std::mem::take(message));
+                            data = None;
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            message.push_str(&line);
+                            message.push('\n');
+                        }
+                        continue;
+                    }
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 sink\r\n"
+                    } else if upper.starts_with("RCPT") && upper.contains("BOUNCE.EXAMPLE.COM") {
+                        b"550 no such mailbox\r\n"
+                    } else if upper.starts_with("DATA") {
+                        data = Some(String::new());
+                        b"354 go on\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_route_sends_mail_and_a_refused_recipient_is_dead_lettered() {
+    let bootstrap = real_broker();
+    let run = unique_name("mail").replace('-', "");
+    let alerts = format!("rules.alerts.triggered.{run}");
+    let dlq = format!("{alerts}.dlq");
+    let audit = format!("audit.events.{run}");
+    let summaries = format!("etl.execution.{run}");
+    create_topics(
+        &bootstrap,
+        &[
+            (&alerts, PARTITIONS),
+            (&dlq, PARTITIONS),
+            (&audit, PARTITIONS),
+            (&summaries, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    let mail = Arc::new(Mutex::new(Vec::new()));
+    let port = smtp_sink(Arc::clone(&mail)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = dir.path().join("notifications.toml");
+    std::fs::write(
+        &notifications,
+        format!(
+            r#"
+[[channels]]
+name = "ops-mail"
+kind = "email"
+url = "smtp://127.0.0.1:{port}"
+starttls = false
+from = "medallion@example.com"
+to = ["ops@example.com"]
+
+[[channels]]
+name = "bounce-mail"
+kind = "email"
+url = "smtp://127.0.0.1:{port}"
+starttls = false
+from = "medallion@example.com"
+to = ["nobody@bounce.example.com"]
+
+[[routes]]
+rules = ["mail-me"]
+channels = ["ops-mail"]
+
+[[routes]]
+rules = ["bounce-me"]
+channels = ["bounce-mail"]
+"#
+        ),
+    )
+    .expect("notifications file");
+    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
+    let encoder =
+        Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("compiled in"));
+    let events = [
+        alert(1, "mail-me", "critical"),
+        alert(2, "mail-me", "warning"),
+        alert(3, "bounce-me", "info"),
+    ];
+    let values: Vec<(i64, Vec<u8>)> = events
+        .iter()
+        .map(|event| (event.org_id, encoder.encode(event).expect("encode")))
+        .collect();
+    let producer = test_producer(&bootstrap).expect("producer");
+    produce_raw(
+        &producer,
+        &alerts,
+        PARTITIONS,
+        values.iter().map(|(org, value)| (*org, value.as_slice())),
+    )
+    .await
+    .expect("alerts produced");
+    let group = unique_name("notification-mail");
+    let envs = [
+        ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+        ("MEDALLION__CONSUMER__INPUT_TOPIC", alerts.clone()),
+        ("MEDALLION__CONSUMER__GROUP_ID", group.clone()),
+        ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
+        ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
+        (
+            "MEDALLION__STAGE__STORE__URL",
+            format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        ),
+        (
+            "MEDALLION__STAGE__NOTIFICATIONS_FILE",
+            notifications.display().to_string(),
+        ),
+    ];
+    let mut sender = StageProcess::spawn(
+        &stage_binary("medallion-notification-sender", "notification-sender"),
+        &envs,
+        "notification-sender-mail",
+    );
+    let dead_letters = || -> i64 {
+        high_watermarks(&bootstrap, &dlq, PARTITIONS)
+            .expect("marks")
+            .values()
+            .sum()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || mail.lock().expect("lock").len()
+            == 2
+            && dead_letters() == 1)
+        .await,
+        "two mails sent, the bounced one dead-lettered"
+    );
+    let sent = mail.lock().expect("lock").clone();
+    for text in &sent {
+        assert!(
+            text.contains("Subject: [") && text.contains("mail-me"),
+            "{text}"
+        );
+        assert!(text.contains("To: ops@example.com"), "{text}");
+    }
+    let dead = read_all_async(
+        &bootstrap,
+        &dlq,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(dead[0]
+        .header(medallion_core::dlq::header::ERROR_MESSAGE)
+        .is_some_and(|message| message.contains("550") && message.contains("bounce-mail")));
+    let (status, _) = sender.terminate();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}

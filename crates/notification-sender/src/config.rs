@@ -72,6 +72,8 @@ pub enum ChannelKind {
     Webhook,
     /// A Slack-compatible incoming webhook: `{"text": ...}`.
     Slack,
+    /// E-mail over SMTP (`url = "smtp://HOST:PORT"`), STARTTLS unless `starttls = false`.
+    Email,
 }
 
 /// One channel.
@@ -82,7 +84,7 @@ pub struct ChannelSpec {
     pub name: String,
     /// How it delivers.
     pub kind: ChannelKind,
-    /// Where.
+    /// Where: `http(s)://...` for webhooks, `smtp://HOST[:PORT]` (default port 587) for e-mail.
     pub url: String,
     /// Extra request headers.
     #[serde(default)]
@@ -90,6 +92,37 @@ pub struct ChannelSpec {
     /// An environment variable holding the HMAC-SHA256 key of `X-Medallion-Signature`.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// E-mail: the sender address.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// E-mail: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// E-mail: upgrade the connection with STARTTLS (required unless false).
+    #[serde(default = "default_starttls")]
+    pub starttls: bool,
+    /// E-mail: environment variables holding the SMTP user name and password.
+    #[serde(default)]
+    pub username_env: Option<String>,
+    /// E-mail: see `username_env`.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_starttls() -> bool {
+    true
+}
+
+impl ChannelSpec {
+    /// The SMTP host and port of an e-mail channel's `url`.
+    pub fn smtp_address(&self) -> Option<(String, u16)> {
+        let rest = self.url.strip_prefix("smtp://")?;
+        let rest = rest.trim_end_matches('/');
+        match rest.rsplit_once(':') {
+            Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+            None => Some((rest.to_owned(), 587)),
+        }
+    }
 }
 
 /// Which alerts go to which channels; an empty list matches any value.
@@ -133,11 +166,39 @@ impl NotificationsFile {
                     channel.name
                 ));
             }
-            if !(channel.url.starts_with("http://") || channel.url.starts_with("https://")) {
-                return Err(format!(
-                    "channel `{}`: url `{}` must start with http:// or https://",
-                    channel.name, channel.url
-                ));
+            match channel.kind {
+                ChannelKind::Webhook | ChannelKind::Slack => {
+                    if !(channel.url.starts_with("http://") || channel.url.starts_with("https://"))
+                    {
+                        return Err(format!(
+                            "channel `{}`: url `{}` must start with http:// or https://",
+                            channel.name, channel.url
+                        ));
+                    }
+                }
+                ChannelKind::Email => {
+                    if channel.smtp_address().is_none() {
+                        return Err(format!(
+                            "channel `{}`: url `{}` must be smtp://HOST or smtp://HOST:PORT",
+                            channel.name, channel.url
+                        ));
+                    }
+                    let addresses = channel.from.iter().chain(&channel.to);
+                    if channel.from.is_none() || channel.to.is_empty() {
+                        return Err(format!(
+                            "channel `{}`: an e-mail channel needs `from` and at least one `to`",
+                            channel.name
+                        ));
+                    }
+                    for address in addresses {
+                        if address.parse::<lettre::message::Mailbox>().is_err() {
+                            return Err(format!(
+                                "channel `{}`: `{address}` is not an e-mail address",
+                                channel.name
+                            ));
+                        }
+                    }
+                }
             }
         }
         for (index, route) in file.routes.iter().enumerate() {
@@ -180,5 +241,21 @@ mod tests {
         assert!(NotificationsFile::parse(ftp).is_err());
         let twice = r#"channels = [{ name = "a", kind = "slack", url = "http://x" }, { name = "a", kind = "webhook", url = "http://y" }]"#;
         assert!(NotificationsFile::parse(twice).is_err());
+    }
+
+    #[test]
+    fn an_email_channel_needs_an_smtp_url_and_addresses() {
+        let good = r#"channels = [{ name = "m", kind = "email", url = "smtp://mail.example.com", from = "medallion@example.com", to = ["ops@example.com"] }]"#;
+        let file = NotificationsFile::parse(good).expect("valid");
+        assert_eq!(
+            file.channels[0].smtp_address(),
+            Some(("mail.example.com".to_owned(), 587))
+        );
+        let no_to = r#"channels = [{ name = "m", kind = "email", url = "smtp://mail:25", from = "a@example.com" }]"#;
+        assert!(NotificationsFile::parse(no_to).is_err());
+        let bad_address = r#"channels = [{ name = "m", kind = "email", url = "smtp://mail:25", from = "not an address", to = ["ops@example.com"] }]"#;
+        assert!(NotificationsFile::parse(bad_address)
+            .expect_err("bad from")
+            .contains("not an e-mail address"));
     }
 }

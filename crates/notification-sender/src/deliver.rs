@@ -38,6 +38,26 @@ pub(crate) fn body(kind: ChannelKind, alert: &Alert, org_id: i64) -> Vec<u8> {
             "window_end": alert.window_end,
             "message": alert.message,
         }),
+        ChannelKind::Email => {
+            return format!(
+                "{}\n\nrule {} (version {}), severity {}, org {}\n{} {}: {} {} {} (observed {})\nwindow {} to {} (epoch ms)\nalert id {}\n",
+                alert.message,
+                alert.rule_id,
+                alert.rule_version,
+                alert.severity,
+                org_id,
+                alert.entity.kind,
+                alert.entity.id,
+                alert.metric,
+                alert.operator,
+                alert.threshold,
+                alert.observed_value,
+                alert.window_start,
+                alert.window_end,
+                alert.alert_id
+            )
+            .into_bytes();
+        }
         ChannelKind::Slack => serde_json::json!({
             "text": format!(
                 "[{}] {} (org {}, {} {}): {}",
@@ -84,8 +104,12 @@ pub(crate) async fn send(
     client: &reqwest::Client,
     channel: &Channel,
     alert_id: uuid::Uuid,
+    subject: &str,
     body: Vec<u8>,
 ) -> Outcome {
+    if channel.spec.kind == ChannelKind::Email {
+        return mail(channel, alert_id, subject, body).await;
+    }
     let mut request = client
         .post(&channel.spec.url)
         .header("Content-Type", "application/json")
@@ -103,6 +127,56 @@ pub(crate) async fn send(
             classify(status, &text)
         }
         Err(error) => Outcome::Retry(format!("request failed: {error}")),
+    }
+}
+
+/// Sends one e-mail. A permanent SMTP answer (5xx: no such mailbox) rejects it; a transient one
+/// (4xx) or a connection failure is tried again.
+async fn mail(channel: &Channel, alert_id: uuid::Uuid, subject: &str, body: Vec<u8>) -> Outcome {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let spec = &channel.spec;
+    let Some((host, port)) = spec.smtp_address() else {
+        return Outcome::Rejected(format!("url `{}` is not smtp://HOST:PORT", spec.url));
+    };
+    let mut message = Message::builder()
+        .message_id(Some(format!("<{alert_id}.{}@medallion>", spec.name)))
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    if let Some(from) = spec.from.as_deref().and_then(|from| from.parse().ok()) {
+        message = message.from(from);
+    }
+    for to in spec.to.iter().filter_map(|to| to.parse().ok()) {
+        message = message.to(to);
+    }
+    let message = match message.body(String::from_utf8_lossy(&body).into_owned()) {
+        Ok(message) => message,
+        Err(error) => return Outcome::Rejected(format!("the message cannot be built: {error}")),
+    };
+    let tls = if spec.starttls {
+        match TlsParameters::new(host.clone()) {
+            Ok(parameters) => Tls::Required(parameters),
+            Err(error) => return Outcome::Retry(format!("TLS set-up failed: {error}")),
+        }
+    } else {
+        Tls::None
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .timeout(Some(std::time::Duration::from_secs(30)));
+    if let (Some(user), Some(password)) = (&spec.username_env, &spec.password_env) {
+        if let (Ok(user), Ok(password)) = (std::env::var(user), std::env::var(password)) {
+            transport = transport.credentials(Credentials::new(user, password));
+        }
+    }
+    match transport.build().send(message).await {
+        Ok(_) => Outcome::Delivered,
+        Err(error) if error.is_permanent() => Outcome::Rejected(format!("mail refused: {error}")),
+        Err(error) => Outcome::Retry(format!("mail not sent: {error}")),
     }
 }
 

@@ -1,7 +1,8 @@
 //! # notification-sender
 //!
-//! `rules.alerts.triggered` -> webhooks and Slack-compatible incoming webhooks, routed by
-//! severity, rule and org (`config/notifications.toml`, or `stage.notifications_file`).
+//! `rules.alerts.triggered` -> webhooks, Slack-compatible incoming webhooks and e-mail over SMTP
+//! (STARTTLS; credentials from the environment), routed by severity, rule and org
+//! (`config/notifications.toml`, or `stage.notifications_file`).
 //!
 //! Guarantees and their limits:
 //! - At most one notification per `alert_id` and channel, across restarts, rebalances and
@@ -14,10 +15,11 @@
 //!   again with the `[retry]` backoff until the channel takes it. Later alerts wait behind it,
 //!   also those for other channels (one channel down holds up the others; `Retry-After` is not
 //!   read). Another 4xx dead-letters the alert to `rules.alerts.triggered.dlq` with the status
-//!   and the start of the response body.
+//!   and the start of the response body; so does mail the server refuses for good (5xx), while
+//!   a 4xx SMTP answer or a connection failure is retried.
 //! - Each delivery and each rejection is recorded on `audit.events` (channel, outcome,
 //!   attempts), with an id derived from the alert, channel and outcome.
-//! - Not here yet: e-mail over SMTP, and a rate limit per channel.
+//! - Not here yet: a rate limit per channel.
 
 mod config;
 mod deliver;

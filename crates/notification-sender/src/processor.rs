@@ -45,6 +45,7 @@ struct Pending {
     org_id: i64,
     alert_id: Uuid,
     channel: usize,
+    subject: String,
     body: Vec<u8>,
     attempts: u32,
 }
@@ -183,6 +184,10 @@ impl Processor for NotificationSender {
                 org_id: input.org_id,
                 alert_id: alert.alert_id,
                 channel,
+                subject: format!(
+                    "[{}] {}: {} {} (org {})",
+                    alert.severity, alert.rule_id, alert.entity.kind, alert.entity.id, input.org_id
+                ),
                 body: deliver::body(self.channels[channel].spec.kind, alert, input.org_id),
                 attempts: 0,
             });
@@ -213,6 +218,7 @@ impl Processor for NotificationSender {
                 &self.client,
                 channel,
                 pending.alert_id,
+                &pending.subject,
                 pending.body.clone(),
             )
             .await;
