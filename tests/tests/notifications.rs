@@ -1,6 +1,6 @@
 //! The `notification-sender` binary on the real broker against a local HTTP receiver: alerts
 //! reach their routes' channels once each (a signed webhook with `Idempotency-Key`, a
-//! Slack-style channel that answers 503 once, then 200), a 400 dead-letters its alert with the
+//! Slack-style channel that answers 503 with `Retry-After: 2` once, then 200), a 400 dead-letters its alert with the
 //! status, an alert no route matches is only counted; through a SIGKILL, repeated alerts (as the
 //! rule evaluator writes them again after a restart) and a replay of the whole topic, nothing is
 //! delivered twice; every delivery is on `audit.events`.
@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -37,6 +37,9 @@ struct Receiver {
     accepted: Mutex<Vec<Received>>,
     flaky_calls: AtomicU32,
     bad_calls: AtomicU32,
+    /// When the flaky channel answered 503 with `Retry-After: 2`, and when it was called again.
+    flaky_first: Mutex<Option<Instant>>,
+    flaky_second: Mutex<Option<Instant>>,
 }
 
 async fn receive(
@@ -44,7 +47,8 @@ async fn receive(
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let header = |name: &str| {
         headers
             .get(name)
@@ -53,11 +57,21 @@ async fn receive(
     };
     match path.as_str() {
         "flaky" if receiver.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "warming up".into());
+            let first = Instant::now();
+            *receiver.flaky_first.lock().expect("lock") = Some(first);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "2")],
+                "warming up",
+            )
+                .into_response();
+        }
+        "flaky" => {
+            *receiver.flaky_second.lock().expect("lock") = Some(Instant::now());
         }
         "bad" => {
             receiver.bad_calls.fetch_add(1, Ordering::SeqCst);
-            return (StatusCode::BAD_REQUEST, "unknown team".into());
+            return (StatusCode::BAD_REQUEST, "unknown team").into_response();
         }
         _ => {}
     }
@@ -67,7 +81,7 @@ async fn receive(
         header(SIGNATURE_HEADER),
         body.to_vec(),
     ));
-    (StatusCode::OK, "ok".into())
+    (StatusCode::OK, "ok").into_response()
 }
 
 fn alert(n: u128, rule_id: &str, severity: &str) -> Envelope<Alert> {
@@ -254,6 +268,23 @@ channels = ["broken"]
         receiver.flaky_calls.load(Ordering::SeqCst),
         2,
         "503 once, then 200"
+    );
+    let (first, second) = (
+        receiver
+            .flaky_first
+            .lock()
+            .expect("lock")
+            .expect("first call"),
+        receiver
+            .flaky_second
+            .lock()
+            .expect("lock")
+            .expect("second call"),
+    );
+    assert!(
+        second.duration_since(first) >= Duration::from_millis(1_900),
+        "Retry-After: 2 is honoured ({:?})",
+        second.duration_since(first)
     );
     sender.kill();
 

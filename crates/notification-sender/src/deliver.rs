@@ -83,8 +83,9 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 pub enum Outcome {
     /// 2xx: delivered.
     Delivered,
-    /// Timeout, connection failure, 429 or 5xx: try again later.
-    Retry(String),
+    /// Timeout, connection failure, 429 or 5xx: try again later (not before the `Retry-After` the
+    /// answer gave, if any).
+    Retry(String, Option<std::time::Duration>),
     /// Another 4xx: the channel refuses this notification; dead-letter it.
     Rejected(String),
 }
@@ -94,7 +95,7 @@ pub fn classify(status: u16, body: &str) -> Outcome {
     let excerpt: String = body.chars().take(200).collect();
     match status {
         200..=299 => Outcome::Delivered,
-        429 | 500..=599 => Outcome::Retry(format!("status {status}: {excerpt}")),
+        429 | 500..=599 => Outcome::Retry(format!("status {status}: {excerpt}"), None),
         _ => Outcome::Rejected(format!("status {status}: {excerpt}")),
     }
 }
@@ -123,11 +124,25 @@ pub(crate) async fn send(
     match request.body(body).send().await {
         Ok(response) => {
             let status = response.status().as_u16();
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(retry_after);
             let text = response.text().await.unwrap_or_default();
-            classify(status, &text)
+            match classify(status, &text) {
+                Outcome::Retry(reason, _) => Outcome::Retry(reason, wait),
+                other => other,
+            }
         }
-        Err(error) => Outcome::Retry(format!("request failed: {error}")),
+        Err(error) => Outcome::Retry(format!("request failed: {error}"), None),
     }
+}
+
+/// A `Retry-After` in seconds (an HTTP date is not read), at most ten minutes.
+pub(crate) fn retry_after(value: &str) -> Option<std::time::Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(seconds.min(600)))
 }
 
 /// Sends one e-mail. A permanent SMTP answer (5xx: no such mailbox) rejects it; a transient one
@@ -159,7 +174,7 @@ async fn mail(channel: &Channel, alert_id: uuid::Uuid, subject: &str, body: Vec<
     let tls = if spec.starttls {
         match TlsParameters::new(host.clone()) {
             Ok(parameters) => Tls::Required(parameters),
-            Err(error) => return Outcome::Retry(format!("TLS set-up failed: {error}")),
+            Err(error) => return Outcome::Retry(format!("TLS set-up failed: {error}"), None),
         }
     } else {
         Tls::None
@@ -176,7 +191,7 @@ async fn mail(channel: &Channel, alert_id: uuid::Uuid, subject: &str, body: Vec<
     match transport.build().send(message).await {
         Ok(_) => Outcome::Delivered,
         Err(error) if error.is_permanent() => Outcome::Rejected(format!("mail refused: {error}")),
-        Err(error) => Outcome::Retry(format!("mail not sent: {error}")),
+        Err(error) => Outcome::Retry(format!("mail not sent: {error}"), None),
     }
 }
 
@@ -188,8 +203,14 @@ mod tests {
     fn answers_are_delivered_retried_or_rejected() {
         assert_eq!(classify(200, ""), Outcome::Delivered);
         assert_eq!(classify(204, ""), Outcome::Delivered);
-        assert!(matches!(classify(429, "slow down"), Outcome::Retry(_)));
-        assert!(matches!(classify(503, ""), Outcome::Retry(_)));
+        assert!(matches!(classify(429, "slow down"), Outcome::Retry(..)));
+        assert!(matches!(classify(503, ""), Outcome::Retry(..)));
+        assert_eq!(retry_after(" 7 "), Some(std::time::Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("86400"),
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
         match classify(400, &"x".repeat(1_000)) {
             Outcome::Rejected(reason) => {
                 assert!(reason.starts_with("status 400: "), "{reason}");

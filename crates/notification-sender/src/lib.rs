@@ -13,8 +13,8 @@
 //! - A timeout, a connection failure, 429 or 5xx is an outage, not a bad alert: the sender
 //!   pauses (readiness `sink unavailable`), commits nothing past the alert it waits on, and tries
 //!   again with the `[retry]` backoff until the channel takes it. Later alerts wait behind it,
-//!   also those for other channels (one channel down holds up the others; `Retry-After` is not
-//!   read). Another 4xx dead-letters the alert to `rules.alerts.triggered.dlq` with the status
+//!   also those for other channels (one channel down holds up the others). A `Retry-After` in
+//!   seconds (at most ten minutes) is honoured: the channel is not called again before it. Another 4xx dead-letters the alert to `rules.alerts.triggered.dlq` with the status
 //!   and the start of the response body; so does mail the server refuses for good (5xx), while
 //!   a 4xx SMTP answer or a connection failure is retried.
 //! - Each delivery and each rejection is recorded on `audit.events` (channel, outcome,

@@ -60,6 +60,8 @@ pub struct NotificationSender {
     ledger: AuditStore,
     audit: AuditOut,
     pending: VecDeque<Pending>,
+    /// Per channel: no request before this (a `Retry-After` it answered with).
+    not_before: Vec<Option<tokio::time::Instant>>,
 }
 
 impl NotificationSender {
@@ -74,9 +76,10 @@ impl NotificationSender {
     ) -> Self {
         Self {
             decoder: Decoder::new(registry),
-            channels,
             routes,
             client,
+            not_before: vec![None; channels.len()],
+            channels,
             ledger,
             audit,
             pending: VecDeque::new(),
@@ -213,6 +216,14 @@ impl Processor for NotificationSender {
                 self.pending.pop_front();
                 continue;
             }
+            if let Some(at) = self.not_before[pending.channel] {
+                if tokio::time::Instant::now() < at {
+                    return Err(ProcessError::transient(
+                        "channel_unavailable",
+                        format!("channel `{name}` asked to be called again later (Retry-After)"),
+                    ));
+                }
+            }
             pending.attempts += 1;
             let outcome = deliver::send(
                 &self.client,
@@ -238,8 +249,10 @@ impl Processor for NotificationSender {
                     counted(&name, "delivered");
                     self.pending.pop_front();
                 }
-                Outcome::Retry(reason) => {
+                Outcome::Retry(reason, wait) => {
                     counted(&name, "retried");
+                    self.not_before[pending.channel] =
+                        wait.map(|wait| tokio::time::Instant::now() + wait);
                     return Err(ProcessError::transient(
                         "channel_unavailable",
                         format!(
