@@ -298,6 +298,17 @@ const QUERY_FILTER: &str = "WHERE ($1 IS NULL OR org_id = $1) AND ($2 IS NULL OR
 const DELETE_OLD: &str = "DELETE FROM audit_events WHERE event_id IN \
     (SELECT event_id FROM audit_events WHERE event_time_ms < $1 LIMIT $2)";
 
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is (the body is
+/// written once and compiled for each).
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
 impl AuditStore {
     /// Connects, creating a SQLite file when missing, and runs the migrations.
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
@@ -375,74 +386,50 @@ impl AuditStore {
         }
     }
 
+    /// `sqlite` or `postgres`, whichever statement this store's backend takes.
+    fn sql<'s>(&self, sqlite: &'s str, postgres: &'s str) -> &'s str {
+        match self.pool {
+            Pool::Sqlite(_) => sqlite,
+            Pool::Postgres(_) => postgres,
+        }
+    }
+
     /// Writes `rows` in one transaction; rows whose `event_id` is already stored are skipped.
     /// Returns how many rows were new.
     pub async fn insert_batch(&self, rows: &[AuditRow], now_ms: i64) -> Result<u64, StoreError> {
         let error = |source| StoreError::from_sqlx("writing audit rows", source);
+        let sql = self.sql(INSERT_AUDIT_SQLITE, INSERT_AUDIT_PG);
         let mut inserted = 0;
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut transaction = pool.begin().await.map_err(error)?;
-                for row in rows {
-                    inserted += bind_audit(sqlx::query(INSERT_AUDIT_SQLITE), row, now_ms)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(error)?
-                        .rows_affected();
-                }
-                transaction.commit().await.map_err(error)?;
+        with_pool!(self, pool => {
+            let mut transaction = pool.begin().await.map_err(error)?;
+            for row in rows {
+                inserted += bind_audit(sqlx::query(sql), row, now_ms)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(error)?
+                    .rows_affected();
             }
-            Pool::Postgres(pool) => {
-                let mut transaction = pool.begin().await.map_err(error)?;
-                for row in rows {
-                    inserted += bind_audit(sqlx::query(INSERT_AUDIT_PG), row, now_ms)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(error)?
-                        .rows_affected();
-                }
-                transaction.commit().await.map_err(error)?;
-            }
-        }
+            transaction.commit().await.map_err(error)?;
+        });
         Ok(inserted)
     }
 
     /// The rows `filter` selects, newest first.
     pub async fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
         let error = |source| StoreError::from_sqlx("reading audit rows", source);
-        let since = filter.since_ms.unwrap_or(i64::MIN);
-        let limit = i64::from(filter.limit);
-        let rows = match &self.pool {
-            Pool::Sqlite(pool) => {
-                let sql =
-                    format!("SELECT {SELECT_COLUMNS_SQLITE} FROM audit_events {QUERY_FILTER}");
-                sqlx::query(&sql)
-                    .bind(filter.org_id)
-                    .bind(filter.action.as_deref())
-                    .bind(since)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(error)?
-                    .iter()
-                    .map(read_row)
-                    .collect::<Result<Vec<_>, _>>()
-            }
-            Pool::Postgres(pool) => {
-                let sql = format!("SELECT {SELECT_COLUMNS_PG} FROM audit_events {QUERY_FILTER}");
-                sqlx::query(&sql)
-                    .bind(filter.org_id)
-                    .bind(filter.action.as_deref())
-                    .bind(since)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(error)?
-                    .iter()
-                    .map(read_row)
-                    .collect::<Result<Vec<_>, _>>()
-            }
-        };
+        let columns = self.sql(SELECT_COLUMNS_SQLITE, SELECT_COLUMNS_PG);
+        let sql = format!("SELECT {columns} FROM audit_events {QUERY_FILTER}");
+        let rows = with_pool!(self, pool => sqlx::query(&sql)
+            .bind(filter.org_id)
+            .bind(filter.action.as_deref())
+            .bind(filter.since_ms.unwrap_or(i64::MIN))
+            .bind(i64::from(filter.limit))
+            .fetch_all(pool)
+            .await
+            .map_err(error)?
+            .iter()
+            .map(read_row)
+            .collect::<Result<Vec<_>, _>>());
         rows.map_err(error)
     }
 
@@ -450,27 +437,18 @@ impl AuditStore {
     /// none is left. Returns how many were deleted.
     pub async fn delete_older_than(&self, cutoff_ms: i64, batch: u32) -> Result<u64, StoreError> {
         let error = |source| StoreError::from_sqlx("deleting old audit rows", source);
-        let batch_size = i64::from(batch.max(1));
+        let batch = batch.max(1);
         let mut deleted = 0;
         loop {
-            let affected = match &self.pool {
-                Pool::Sqlite(pool) => sqlx::query(DELETE_OLD)
-                    .bind(cutoff_ms)
-                    .bind(batch_size)
-                    .execute(pool)
-                    .await
-                    .map_err(error)?
-                    .rows_affected(),
-                Pool::Postgres(pool) => sqlx::query(DELETE_OLD)
-                    .bind(cutoff_ms)
-                    .bind(batch_size)
-                    .execute(pool)
-                    .await
-                    .map_err(error)?
-                    .rows_affected(),
-            };
+            let affected = with_pool!(self, pool => sqlx::query(DELETE_OLD)
+                .bind(cutoff_ms)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map_err(error)?
+                .rows_affected());
             deleted += affected;
-            if affected < batch.max(1).into() {
+            if affected < u64::from(batch) {
                 return Ok(deleted);
             }
         }
@@ -479,27 +457,17 @@ impl AuditStore {
     /// Whether the ledger holds a delivery of `alert_id` on `channel`.
     pub async fn delivered(&self, alert_id: Uuid, channel: &str) -> Result<bool, StoreError> {
         let error = |source| StoreError::from_sqlx("reading the delivery ledger", source);
-        let id = alert_id.to_string();
-        let found = match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(
-                "SELECT 1 FROM notification_deliveries WHERE alert_id = $1 AND channel = $2",
-            )
-            .bind(id)
+        let sql = self.sql(
+            "SELECT 1 FROM notification_deliveries WHERE alert_id = $1 AND channel = $2",
+            "SELECT 1 FROM notification_deliveries WHERE alert_id = $1::uuid AND channel = $2",
+        );
+        let found = with_pool!(self, pool => sqlx::query(sql)
+            .bind(alert_id.to_string())
             .bind(channel)
             .fetch_optional(pool)
             .await
             .map_err(error)?
-            .is_some(),
-            Pool::Postgres(pool) => sqlx::query(
-                "SELECT 1 FROM notification_deliveries WHERE alert_id = $1::uuid AND channel = $2",
-            )
-            .bind(id)
-            .bind(channel)
-            .fetch_optional(pool)
-            .await
-            .map_err(error)?
-            .is_some(),
-        };
+            .is_some());
         Ok(found)
     }
 
@@ -512,43 +480,27 @@ impl AuditStore {
         attempts: u32,
     ) -> Result<(), StoreError> {
         let error = |source| StoreError::from_sqlx("writing the delivery ledger", source);
-        let id = alert_id.to_string();
-        let attempts = i64::from(attempts);
-        match &self.pool {
-            Pool::Sqlite(pool) => sqlx::query(
-                "INSERT INTO notification_deliveries (alert_id, channel, delivered_at_ms, attempts) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (alert_id, channel) DO NOTHING",
-            )
-            .bind(id)
+        let sql = self.sql(
+            "INSERT INTO notification_deliveries (alert_id, channel, delivered_at_ms, attempts) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (alert_id, channel) DO NOTHING",
+            "INSERT INTO notification_deliveries (alert_id, channel, delivered_at_ms, attempts) \
+             VALUES ($1::uuid, $2, $3, $4) ON CONFLICT (alert_id, channel) DO NOTHING",
+        );
+        with_pool!(self, pool => sqlx::query(sql)
+            .bind(alert_id.to_string())
             .bind(channel)
             .bind(delivered_at_ms)
-            .bind(attempts)
+            .bind(i64::from(attempts))
             .execute(pool)
             .await
             .map_err(error)?
-            .rows_affected(),
-            Pool::Postgres(pool) => sqlx::query(
-                "INSERT INTO notification_deliveries (alert_id, channel, delivered_at_ms, attempts) \
-                 VALUES ($1::uuid, $2, $3, $4) ON CONFLICT (alert_id, channel) DO NOTHING",
-            )
-            .bind(id)
-            .bind(channel)
-            .bind(delivered_at_ms)
-            .bind(attempts)
-            .execute(pool)
-            .await
-            .map_err(error)?
-            .rows_affected(),
-        };
+            .rows_affected());
         Ok(())
     }
 
     /// Closes the pool's connections.
     pub async fn close(&self) {
-        match &self.pool {
-            Pool::Sqlite(pool) => pool.close().await,
-            Pool::Postgres(pool) => pool.close().await,
-        }
+        with_pool!(self, pool => pool.close().await);
     }
 }
 
