@@ -116,25 +116,118 @@ fn alert(n: u128, rule_id: &str, severity: &str) -> Envelope<Alert> {
     )
 }
 
+/// One test's topics on the real broker, and the sender's process over them.
+struct Run {
+    bootstrap: String,
+    alerts: String,
+    dlq: String,
+    audit: String,
+    summaries: String,
+    encoder: Encoder<Alert>,
+    embedded: Arc<EmbeddedRegistry>,
+}
+
+impl Run {
+    async fn new(prefix: &str) -> Self {
+        let bootstrap = real_broker();
+        let run = unique_name(prefix).replace('-', "");
+        let alerts = format!("rules.alerts.triggered.{run}");
+        let dlq = format!("{alerts}.dlq");
+        let audit = format!("audit.events.{run}");
+        let summaries = format!("etl.execution.{run}");
+        create_topics(
+            &bootstrap,
+            &[
+                (&alerts, PARTITIONS),
+                (&dlq, PARTITIONS),
+                (&audit, PARTITIONS),
+                (&summaries, 1),
+            ],
+        )
+        .await
+        .expect("topics");
+        let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
+        let encoder =
+            Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("compiled in"));
+        Self {
+            bootstrap,
+            alerts,
+            dlq,
+            audit,
+            summaries,
+            encoder,
+            embedded,
+        }
+    }
+
+    async fn produce(&self, events: &[Envelope<Alert>]) {
+        let values: Vec<(i64, Vec<u8>)> = events
+            .iter()
+            .map(|event| (event.org_id, self.encoder.encode(event).expect("encode")))
+            .collect();
+        let producer = test_producer(&self.bootstrap).expect("producer");
+        produce_raw(
+            &producer,
+            &self.alerts,
+            PARTITIONS,
+            values.iter().map(|(org, value)| (*org, value.as_slice())),
+        )
+        .await
+        .expect("alerts produced");
+    }
+
+    /// The sender in group `group`, its ledger at `store`, its channels in `notifications`.
+    fn spawn(
+        &self,
+        group: &str,
+        store: &str,
+        notifications: &std::path::Path,
+        label: &str,
+    ) -> StageProcess {
+        let envs = [
+            (
+                "MEDALLION__KAFKA__BOOTSTRAP_SERVERS",
+                self.bootstrap.clone(),
+            ),
+            ("MEDALLION__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS", "4000".to_owned()),
+            ("MEDALLION__CONSUMER__INPUT_TOPIC", self.alerts.clone()),
+            ("MEDALLION__CONSUMER__GROUP_ID", group.to_owned()),
+            ("MEDALLION__SUMMARY__TOPIC", self.summaries.clone()),
+            ("MEDALLION__STAGE__AUDIT_TOPIC", self.audit.clone()),
+            ("MEDALLION__STAGE__STORE__URL", store.to_owned()),
+            (
+                "MEDALLION__STAGE__NOTIFICATIONS_FILE",
+                notifications.display().to_string(),
+            ),
+            ("MEDALLION__RETRY__MAX_BACKOFF_MS", "1000".to_owned()),
+            ("MEDALLION_TEST_WEBHOOK_SECRET", SECRET.to_owned()),
+        ];
+        StageProcess::spawn(
+            &stage_binary("medallion-notification-sender", "notification-sender"),
+            &envs,
+            label,
+        )
+    }
+
+    fn dead_letters(&self) -> i64 {
+        high_watermarks(&self.bootstrap, &self.dlq, PARTITIONS)
+            .expect("marks")
+            .values()
+            .sum()
+    }
+
+    fn committed(&self, group: &str) -> i64 {
+        committed_offsets(&self.bootstrap, group, &self.alerts, PARTITIONS)
+            .expect("committed")
+            .values()
+            .sum()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_their_channels_once_through_a_kill_repeats_and_a_replay() {
-    let bootstrap = real_broker();
-    let run = unique_name("notify").replace('-', "");
-    let alerts = format!("rules.alerts.triggered.{run}");
-    let dlq = format!("{alerts}.dlq");
-    let audit = format!("audit.events.{run}");
-    let summaries = format!("etl.execution.{run}");
-    create_topics(
-        &bootstrap,
-        &[
-            (&alerts, PARTITIONS),
-            (&dlq, PARTITIONS),
-            (&audit, PARTITIONS),
-            (&summaries, 1),
-        ],
-    )
-    .await
-    .expect("topics");
+    let run = Run::new("notify").await;
 
     let receiver = Arc::new(Receiver::default());
     let app = Router::new()
@@ -185,57 +278,14 @@ channels = ["broken"]
     )
     .expect("notifications file");
 
-    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
-    let encoder =
-        Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("compiled in"));
-    let producer = test_producer(&bootstrap).expect("producer");
-    let produce = |events: Vec<Envelope<Alert>>| {
-        let values: Vec<(i64, Vec<u8>)> = events
-            .iter()
-            .map(|event| (event.org_id, encoder.encode(event).expect("encode")))
-            .collect();
-        let (producer, alerts) = (&producer, &alerts);
-        async move {
-            produce_raw(
-                producer,
-                alerts,
-                PARTITIONS,
-                values.iter().map(|(org, value)| (*org, value.as_slice())),
-            )
-            .await
-            .expect("alerts produced");
-        }
-    };
     let mut first: Vec<Envelope<Alert>> = (0..10).map(|n| alert(n, "hot", "critical")).collect();
     first.push(alert(100, "chatty", "warning"));
     first.push(alert(101, "misrouted", "info"));
     first.push(alert(102, "nobody-listens", "info"));
-    produce(first).await;
+    run.produce(&first).await;
 
     let store = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let spawn = |group: &str, label: &str| {
-        let envs = [
-            ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("MEDALLION__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
-            ("MEDALLION__CONSUMER__DRAIN_TIMEOUT_MS", "4000".to_owned()),
-            ("MEDALLION__CONSUMER__INPUT_TOPIC", alerts.clone()),
-            ("MEDALLION__CONSUMER__GROUP_ID", group.to_owned()),
-            ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
-            ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
-            ("MEDALLION__STAGE__STORE__URL", store.clone()),
-            (
-                "MEDALLION__STAGE__NOTIFICATIONS_FILE",
-                notifications.display().to_string(),
-            ),
-            ("MEDALLION__RETRY__MAX_BACKOFF_MS", "1000".to_owned()),
-            ("MEDALLION_TEST_WEBHOOK_SECRET", SECRET.to_owned()),
-        ];
-        StageProcess::spawn(
-            &stage_binary("medallion-notification-sender", "notification-sender"),
-            &envs,
-            label,
-        )
-    };
+    let spawn = |group: &str, label: &str| run.spawn(group, &store, &notifications, label);
     let accepted = |path: &str| {
         receiver
             .accepted
@@ -245,12 +295,7 @@ channels = ["broken"]
             .filter(|(p, ..)| p == path)
             .count()
     };
-    let dead_letters = || -> i64 {
-        high_watermarks(&bootstrap, &dlq, PARTITIONS)
-            .expect("marks")
-            .values()
-            .sum()
-    };
+    let dead_letters = || run.dead_letters();
 
     let group = unique_name("notification-sender");
     let mut sender = spawn(&group, "notification-sender-1");
@@ -291,21 +336,14 @@ channels = ["broken"]
     // The rule evaluator restarted: it writes the first ten alerts again, then ten new ones.
     let mut second: Vec<Envelope<Alert>> = (0..10).map(|n| alert(n, "hot", "critical")).collect();
     second.extend((10..20).map(|n| alert(n, "hot", "critical")));
-    produce(second).await;
+    run.produce(&second).await;
     let mut sender = spawn(&group, "notification-sender-2");
     assert!(
         wait_until(Duration::from_secs(60), || accepted("ok") >= 20).await,
         "the ten new alerts arrive"
     );
     assert!(
-        wait_until(Duration::from_secs(60), || committed_offsets(
-            &bootstrap, &group, &alerts, PARTITIONS
-        )
-        .expect("committed")
-        .values()
-        .sum::<i64>()
-            == 33)
-        .await,
+        wait_until(Duration::from_secs(60), || run.committed(&group) == 33).await,
         "every alert's offset committed"
     );
     let (status, _) = sender.terminate();
@@ -315,14 +353,7 @@ channels = ["broken"]
     let replay = unique_name("notification-replay");
     let mut sender = spawn(&replay, "notification-sender-replay");
     assert!(
-        wait_until(Duration::from_secs(60), || committed_offsets(
-            &bootstrap, &replay, &alerts, PARTITIONS
-        )
-        .expect("committed")
-        .values()
-        .sum::<i64>()
-            == 33)
-        .await,
+        wait_until(Duration::from_secs(60), || run.committed(&replay) == 33).await,
         "the replay reads the whole topic"
     );
     let (status, _) = sender.terminate();
@@ -357,8 +388,8 @@ channels = ["broken"]
     );
 
     let dead = read_all_async(
-        &bootstrap,
-        &dlq,
+        &run.bootstrap,
+        &run.dlq,
         1,
         Duration::from_secs(1),
         Duration::from_secs(30),
@@ -369,14 +400,14 @@ channels = ["broken"]
         .is_some_and(|message| message.contains("status 400") && message.contains("broken"))));
 
     let audited = read_all_async(
-        &bootstrap,
-        &audit,
+        &run.bootstrap,
+        &run.audit,
         21,
         Duration::from_secs(1),
         Duration::from_secs(30),
     )
     .await;
-    let decoder = Decoder::<AuditEntry>::new(Registry::Embedded(embedded));
+    let decoder = Decoder::<AuditEntry>::new(Registry::Embedded(Arc::clone(&run.embedded)));
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     let mut delivered_ids = HashSet::new();
     for record in &audited {
@@ -453,23 +484,7 @@ async fn smtp_sink(mail: Arc<Mutex<Vec<String>>>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_route_sends_mail_and_a_refused_recipient_is_dead_lettered() {
-    let bootstrap = real_broker();
-    let run = unique_name("mail").replace('-', "");
-    let alerts = format!("rules.alerts.triggered.{run}");
-    let dlq = format!("{alerts}.dlq");
-    let audit = format!("audit.events.{run}");
-    let summaries = format!("etl.execution.{run}");
-    create_topics(
-        &bootstrap,
-        &[
-            (&alerts, PARTITIONS),
-            (&dlq, PARTITIONS),
-            (&audit, PARTITIONS),
-            (&summaries, 1),
-        ],
-    )
-    .await
-    .expect("topics");
+    let run = Run::new("mail").await;
     let mail = Arc::new(Mutex::new(Vec::new()));
     let port = smtp_sink(Arc::clone(&mail)).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -505,54 +520,16 @@ channels = ["bounce-mail"]
         ),
     )
     .expect("notifications file");
-    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
-    let encoder =
-        Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("compiled in"));
     let events = [
         alert(1, "mail-me", "critical"),
         alert(2, "mail-me", "warning"),
         alert(3, "bounce-me", "info"),
     ];
-    let values: Vec<(i64, Vec<u8>)> = events
-        .iter()
-        .map(|event| (event.org_id, encoder.encode(event).expect("encode")))
-        .collect();
-    let producer = test_producer(&bootstrap).expect("producer");
-    produce_raw(
-        &producer,
-        &alerts,
-        PARTITIONS,
-        values.iter().map(|(org, value)| (*org, value.as_slice())),
-    )
-    .await
-    .expect("alerts produced");
+    run.produce(&events).await;
     let group = unique_name("notification-mail");
-    let envs = [
-        ("MEDALLION__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("MEDALLION__CONSUMER__INPUT_TOPIC", alerts.clone()),
-        ("MEDALLION__CONSUMER__GROUP_ID", group.clone()),
-        ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
-        ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
-        (
-            "MEDALLION__STAGE__STORE__URL",
-            format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        ),
-        (
-            "MEDALLION__STAGE__NOTIFICATIONS_FILE",
-            notifications.display().to_string(),
-        ),
-    ];
-    let mut sender = StageProcess::spawn(
-        &stage_binary("medallion-notification-sender", "notification-sender"),
-        &envs,
-        "notification-sender-mail",
-    );
-    let dead_letters = || -> i64 {
-        high_watermarks(&bootstrap, &dlq, PARTITIONS)
-            .expect("marks")
-            .values()
-            .sum()
-    };
+    let store = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let mut sender = run.spawn(&group, &store, &notifications, "notification-sender-mail");
+    let dead_letters = || run.dead_letters();
     assert!(
         wait_until(Duration::from_secs(60), || mail.lock().expect("lock").len()
             == 2
@@ -569,8 +546,8 @@ channels = ["bounce-mail"]
         assert!(text.contains("To: ops@example.com"), "{text}");
     }
     let dead = read_all_async(
-        &bootstrap,
-        &dlq,
+        &run.bootstrap,
+        &run.dlq,
         1,
         Duration::from_secs(1),
         Duration::from_secs(30),
