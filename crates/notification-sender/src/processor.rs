@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use medallion_contracts::types::{Alert, AuditEntry, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
-use medallion_core::side::SideProducer;
+use medallion_core::side::{SideError, SideProducer};
 use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
 use medallion_store::AuditStore;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,19 @@ pub struct AuditOut {
     pub stop: CancellationToken,
 }
 
+/// Where one (alert, channel) delivery is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Not sent yet (or to be sent again).
+    Send,
+    /// The channel answered; its audit record is still to be written (`delivered` is in the
+    /// ledger already), with the dead letter's reason for a rejection.
+    Audit {
+        outcome: &'static str,
+        rejected: Option<String>,
+    },
+}
+
 #[derive(Debug)]
 struct Pending {
     partition: i32,
@@ -48,6 +61,7 @@ struct Pending {
     subject: String,
     body: Vec<u8>,
     attempts: u32,
+    step: Step,
 }
 
 /// Sends notifications.
@@ -60,6 +74,9 @@ pub struct NotificationSender {
     ledger: AuditStore,
     audit: AuditOut,
     pending: VecDeque<Pending>,
+    /// Rejections found by flushes that then stopped at an unavailable channel: returned by
+    /// the next flush that gets through.
+    refused: Vec<Refused>,
     /// Per channel: no request before this (a `Retry-After` it answered with).
     not_before: Vec<Option<tokio::time::Instant>>,
 }
@@ -83,6 +100,7 @@ impl NotificationSender {
             ledger,
             audit,
             pending: VecDeque::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -108,12 +126,15 @@ impl NotificationSender {
                 .into(),
             },
         );
-        let payload = self
+        let payload = match self.audit.encoder.encode(&event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, alert_id = %pending.alert_id, "a delivery's audit record cannot be encoded; not written");
+                return Ok(());
+            }
+        };
+        match self
             .audit
-            .encoder
-            .encode(&event)
-            .map_err(ProcessError::from)?;
-        self.audit
             .producer
             .send_for_org(
                 &self.audit.topic,
@@ -122,12 +143,17 @@ impl NotificationSender {
                 &self.audit.stop,
             )
             .await
-            .map_err(|error| {
-                ProcessError::transient(
-                    "audit_not_written",
-                    format!("the delivery's audit record: {error}"),
-                )
-            })
+        {
+            Ok(()) => Ok(()),
+            Err(error @ SideError::Refused { .. }) => {
+                tracing::error!(%error, alert_id = %pending.alert_id, "the broker refused a delivery's audit record; not written");
+                Ok(())
+            }
+            Err(error) => Err(ProcessError::transient(
+                "audit_not_written",
+                format!("the delivery's audit record: {error}"),
+            )),
+        }
     }
 }
 
@@ -193,97 +219,113 @@ impl Processor for NotificationSender {
                 ),
                 body: deliver::body(self.channels[channel].spec.kind, alert, input.org_id),
                 attempts: 0,
+                step: Step::Send,
             });
         }
         Ok(())
     }
 
     /// Delivers in order; stops at the first channel that must be tried again (the runtime
-    /// pauses and calls again later: what was delivered is in the ledger and is skipped).
+    /// pauses and calls again later). A delivery is written to the ledger as soon as the channel
+    /// took it, then its audit record; a retry resumes each delivery at the step it stopped at,
+    /// and what the ledger holds is not sent again.
     async fn flush(&mut self) -> Result<Vec<Refused>, ProcessError> {
-        let mut refused = Vec::new();
         while let Some(pending) = self.pending.front_mut() {
-            let channel = &self.channels[pending.channel];
-            let name = channel.spec.name.clone();
-            let delivered = self
-                .ledger
-                .delivered(pending.alert_id, &name)
-                .await
-                .map_err(|error| {
-                    ProcessError::transient("ledger_unavailable", error.to_string())
-                })?;
-            if delivered {
-                self.pending.pop_front();
-                continue;
-            }
-            if let Some(at) = self.not_before[pending.channel] {
-                if tokio::time::Instant::now() < at {
-                    return Err(ProcessError::transient(
-                        "channel_unavailable",
-                        format!("channel `{name}` asked to be called again later (Retry-After)"),
-                    ));
-                }
-            }
-            pending.attempts += 1;
-            let outcome = deliver::send(
-                &self.client,
-                channel,
-                pending.alert_id,
-                &pending.subject,
-                pending.body.clone(),
-            )
-            .await;
-            match outcome {
-                Outcome::Delivered => {
-                    let attempts = pending.attempts;
-                    let alert_id = pending.alert_id;
-                    if let Some(pending) = self.pending.front() {
-                        self.record(pending, "delivered").await?;
-                    }
-                    self.ledger
-                        .record_delivery(alert_id, &name, now_ms(), attempts)
-                        .await
-                        .map_err(|error| {
-                            ProcessError::transient("ledger_unavailable", error.to_string())
-                        })?;
-                    counted(&name, "delivered");
+            let name = self.channels[pending.channel].spec.name.clone();
+            if pending.step == Step::Send {
+                let delivered = self
+                    .ledger
+                    .delivered(pending.alert_id, &name)
+                    .await
+                    .map_err(|error| {
+                        ProcessError::transient("ledger_unavailable", error.to_string())
+                    })?;
+                if delivered {
                     self.pending.pop_front();
+                    continue;
                 }
-                Outcome::Retry(reason, wait) => {
-                    counted(&name, "retried");
-                    self.not_before[pending.channel] =
-                        wait.map(|wait| tokio::time::Instant::now() + wait);
-                    return Err(ProcessError::transient(
-                        "channel_unavailable",
-                        format!(
-                            "channel `{name}` did not take alert {}: {reason}",
-                            pending.alert_id
-                        ),
-                    ));
+                if let Some(at) = self.not_before[pending.channel] {
+                    if tokio::time::Instant::now() < at {
+                        return Err(ProcessError::transient(
+                            "channel_unavailable",
+                            format!(
+                                "channel `{name}` asked to be called again later (Retry-After)"
+                            ),
+                        ));
+                    }
                 }
-                Outcome::Rejected(reason) => {
-                    if let Some(pending) = self.pending.front() {
-                        self.record(pending, "rejected").await?;
+                pending.attempts += 1;
+                let outcome = deliver::send(
+                    &self.client,
+                    &self.channels[pending.channel],
+                    pending.alert_id,
+                    &pending.subject,
+                    pending.body.clone(),
+                )
+                .await;
+                match outcome {
+                    Outcome::Delivered => {
+                        self.ledger
+                            .record_delivery(pending.alert_id, &name, now_ms(), pending.attempts)
+                            .await
+                            .map_err(|error| {
+                                ProcessError::transient("ledger_unavailable", error.to_string())
+                            })?;
+                        counted(&name, "delivered");
+                        pending.step = Step::Audit {
+                            outcome: "delivered",
+                            rejected: None,
+                        };
                     }
-                    counted(&name, "rejected");
-                    if let Some(pending) = self.pending.pop_front() {
-                        refused.push(Refused {
-                            partition: pending.partition,
-                            offset: pending.offset,
-                            error: ProcessError::permanent(
-                                "notification_rejected",
-                                format!(
-                                    "channel `{name}` refused alert {}: {reason}",
-                                    pending.alert_id
-                                ),
-                            )
-                            .with_event_id(pending.alert_id)
-                            .with_org_id(pending.org_id),
-                        });
+                    Outcome::Retry(reason, wait) => {
+                        counted(&name, "retried");
+                        self.not_before[pending.channel] =
+                            wait.map(|wait| tokio::time::Instant::now() + wait);
+                        return Err(ProcessError::transient(
+                            "channel_unavailable",
+                            format!(
+                                "channel `{name}` did not take alert {}: {reason}",
+                                pending.alert_id
+                            ),
+                        ));
                     }
+                    Outcome::Rejected(reason) => {
+                        counted(&name, "rejected");
+                        pending.step = Step::Audit {
+                            outcome: "rejected",
+                            rejected: Some(reason),
+                        };
+                    }
+                }
+            }
+            let Some(pending) = self.pending.front() else {
+                break;
+            };
+            if let Step::Audit { outcome, .. } = &pending.step {
+                self.record(pending, outcome).await?;
+            }
+            if let Some(pending) = self.pending.pop_front() {
+                if let Step::Audit {
+                    rejected: Some(reason),
+                    ..
+                } = pending.step
+                {
+                    self.refused.push(Refused {
+                        partition: pending.partition,
+                        offset: pending.offset,
+                        error: ProcessError::permanent(
+                            "notification_rejected",
+                            format!(
+                                "channel `{name}` refused alert {}: {reason}",
+                                pending.alert_id
+                            ),
+                        )
+                        .with_event_id(pending.alert_id)
+                        .with_org_id(pending.org_id),
+                    });
                 }
             }
         }
-        Ok(refused)
+        Ok(std::mem::take(&mut self.refused))
     }
 }
