@@ -74,13 +74,8 @@ async fn retention(
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-            });
         match store
-            .delete_older_than(now_ms.saturating_sub(age_ms), batch)
+            .delete_older_than(medallion_stage::now_ms().saturating_sub(age_ms), batch)
             .await
         {
             Ok(0) => {}

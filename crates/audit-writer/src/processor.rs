@@ -6,6 +6,7 @@ use std::sync::Arc;
 use medallion_contracts::types::AuditEntry;
 use medallion_contracts::{Decoder, Envelope, Registry};
 use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
+use medallion_stage::now_ms;
 use medallion_store::{AuditRow, AuditStore, StoreError};
 use uuid::Uuid;
 
@@ -66,14 +67,6 @@ pub fn audit_row(event: Envelope<AuditEntry>) -> Result<AuditRow, ProcessError> 
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 fn unavailable(error: &StoreError) -> ProcessError {
     ProcessError::transient("audit_store_unavailable", error.to_string())
 }
@@ -123,7 +116,8 @@ impl Processor for AuditWriter {
         if self.rows.is_empty() {
             return Ok(Vec::new());
         }
-        match self.store.insert_batch(&self.rows, now_ms()).await {
+        let now = now_ms();
+        match self.store.insert_batch(&self.rows, now).await {
             Ok(_) => {
                 self.rows.clear();
                 self.positions.clear();
@@ -138,7 +132,7 @@ impl Processor for AuditWriter {
         for (row, (partition, offset)) in self.rows.iter().zip(&self.positions) {
             match self
                 .store
-                .insert_batch(std::slice::from_ref(row), now_ms())
+                .insert_batch(std::slice::from_ref(row), now)
                 .await
             {
                 Ok(_) => {}

@@ -334,11 +334,6 @@ impl TopicReader {
         Ok(pending)
     }
 
-    /// Whether every record that was on the topic when the reader opened has been returned.
-    pub fn caught_up(&self) -> bool {
-        self.pending.is_empty()
-    }
-
     /// The next record, [`ReaderEvent::CaughtUp`] once, or `None` once `stop` is cancelled. Read
     /// errors are logged and skipped (the reader goes on from where it was).
     pub async fn next(&mut self, stop: &CancellationToken) -> Option<ReaderEvent> {

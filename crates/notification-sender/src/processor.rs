@@ -10,6 +10,7 @@ use medallion_contracts::types::{Alert, AuditEntry, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::side::{SideError, SideProducer};
 use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
+use medallion_stage::now_ms;
 use medallion_store::AuditStore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -155,14 +156,6 @@ impl NotificationSender {
             )),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 fn counted(channel: &str, outcome: &'static str) {
