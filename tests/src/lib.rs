@@ -6,18 +6,19 @@
 //! test: a skipped broker test would pass without checking anything.
 
 pub mod bench;
+pub mod operator;
 pub mod otlp;
 pub mod passthrough;
 pub mod pipeline;
 pub mod process;
 pub mod registry_server;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use medallion_core::admin::{Admin, TopicSpec};
+use medallion_core::config::{KafkaConfig, LibrdkafkaProperties};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -108,48 +109,27 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())
 }
 
-/// Creates topics with the given partition counts (replication 1).
+/// Creates topics with the given partition counts (replication 1, the broker's default
+/// settings) through the operator's code (`medallion topics apply` uses the same call), and waits
+/// until the metadata shows them.
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("failed to create admin client")?;
-    let new_topics: Vec<NewTopic<'_>> = topics
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        client_id: None,
+        session_timeout_ms: 10_000,
+        librdkafka: LibrdkafkaProperties::default(),
+    };
+    let admin = Admin::connect(&kafka, "medallion-tests")?;
+    let specs: Vec<TopicSpec> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| TopicSpec {
+            name: (*name).to_owned(),
+            partitions: *partitions,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .context("CreateTopics failed")?;
-    for result in results {
-        if let Err((topic, code)) = result {
-            bail!("failed to create topic {topic}: {code}");
-        }
-    }
-    // Wait until the metadata shows every partition.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    for (name, partitions) in topics {
-        loop {
-            let metadata = probe.fetch_metadata(Some(name), Duration::from_secs(5))?;
-            let ready = metadata.topics().iter().any(|topic| {
-                topic.name() == *name
-                    && topic.error().is_none()
-                    && topic.partitions().len() == *partitions as usize
-            });
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("topic {name} did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    admin.create_topics(&specs).await?;
     Ok(())
 }
 

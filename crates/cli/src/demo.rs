@@ -49,7 +49,18 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
 }
 
-const PARTITIONS: i32 = 6;
+/// The partitions of `topic` in the platform's topic plan (the demo creates its topics from it).
+fn planned_partitions(topic: &str) -> i32 {
+    crate::topics::load_plan(None, Some(1), Some(1))
+        .ok()
+        .and_then(|plan| {
+            plan.specs()
+                .into_iter()
+                .find(|spec| spec.name == topic)
+                .map(|spec| spec.partitions)
+        })
+        .unwrap_or(1)
+}
 
 /// Starts stage `S` through the harness, as its binary would, on the embedded broker.
 fn launch<S: Stage>(
@@ -86,16 +97,12 @@ fn launch<S: Stage>(
 pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     // The mock cluster is not Send: it lives on this thread, the stages on the runtime's.
     let cluster = MockCluster::new(1).context("failed to start the embedded broker")?;
-    // Every pipeline topic has a contract: the schema catalog lists them all.
-    for topic in medallion_contracts::schemas::catalog()
-        .iter()
-        .map(|schema| schema.topic)
-    {
-        for name in [topic.to_string(), format!("{topic}.dlq")] {
-            cluster
-                .create_topic(&name, PARTITIONS, 1)
-                .with_context(|| format!("failed to create topic {name}"))?;
-        }
+    // The platform's topics, from the same plan `medallion topics apply` applies (the embedded
+    // broker has one node: replication 1).
+    for spec in crate::topics::load_plan(None, Some(1), Some(1))?.specs() {
+        cluster
+            .create_topic(&spec.name, spec.partitions, 1)
+            .with_context(|| format!("failed to create topic {}", spec.name))?;
     }
     let bootstrap = cluster.bootstrap_servers();
     let store_dir = std::env::temp_dir().join(format!("medallion-demo-{}", std::process::id()));
@@ -252,6 +259,7 @@ async fn connector(
     let per_tick = (options.rate / 10).max(1);
     let mut previous: Option<(i64, Vec<u8>)> = None;
     let mut n = 0u64;
+    let partitions = planned_partitions("connector.data.raw");
     while !shutdown.is_cancelled() {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -272,7 +280,7 @@ async fn connector(
             };
             let key = org_key(org_id);
             let record = FutureRecord::to("connector.data.raw")
-                .partition(java_partition(org_id, PARTITIONS))
+                .partition(java_partition(org_id, partitions))
                 .key(&key)
                 .payload(&value);
             if producer.send_result(record).is_ok() {
@@ -373,7 +381,7 @@ async fn publish_rule_change(bootstrap: &str) -> anyhow::Result<()> {
     producer
         .send(
             FutureRecord::to(ConfigChange::TOPIC)
-                .partition(java_partition(1, PARTITIONS))
+                .partition(java_partition(1, planned_partitions(ConfigChange::TOPIC)))
                 .key(&key)
                 .payload(&value),
             Duration::from_secs(10),

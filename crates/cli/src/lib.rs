@@ -3,5 +3,8 @@
 
 pub mod audit;
 pub mod demo;
+pub mod dlq;
+pub mod operator;
 pub mod schemas;
 pub mod stages;
+pub mod topics;

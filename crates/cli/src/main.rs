@@ -56,6 +56,129 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The platform's topics: `topics apply` creates what is missing, `topics verify` exits 1
+    /// when a topic is missing or differs from the plan (drift; never repaired).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Dead letters: `dlq inspect` counts and samples them, `dlq redrive` sends them back to
+    /// their source topic once the cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqArgs {
+    /// The dead-letter topic, e.g. `bronze.data.cleaned.dlq`.
+    topic: String,
+    #[command(flatten)]
+    operator: OperatorArgs,
+    /// Only records with this error code (`medallion.error.code`).
+    #[arg(long)]
+    code: Option<String>,
+    /// Only records that last failed at or after this time (`2026-12-01T08:00:00Z`) or within
+    /// this age (`24h`).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+impl DlqArgs {
+    fn selection(&self) -> anyhow::Result<medallion::dlq::Selection> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        Ok(medallion::dlq::Selection {
+            code: self.code.clone(),
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|text| medallion::audit::parse_since(text, now_ms))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Counts by error code, stage and org, and samples with their headers and decoded value.
+    Inspect {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Samples to print.
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+    },
+    /// Writes the selected dead letters back to their source topic and partition, with their
+    /// key and headers and a redrive header; the dead-letter topic is left as it is.
+    Redrive {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Records per second at most.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// Print what would be sent; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Creates every missing topic of the plan; reports drift and leaves it alone.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Print what would be created; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Compares the cluster's topics with the plan; exits 1 on a missing or drifted topic.
+    Verify {
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// Configuration with the stages' `[kafka]`, `[producer]`, `[schema_registry]` and `[dlq]`
+    /// tables (a stage's file works; its other tables are ignored); the `MEDALLION__KAFKA__*`
+    /// (and those tables') variables override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    operator: OperatorArgs,
+    /// The topic plan; default: the compiled-in config/topics.toml.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+    /// Replicas per partition, overriding the plan (1 on a single broker).
+    #[arg(long)]
+    replication_factor: Option<i32>,
+    /// `min.insync.replicas`, overriding the plan (1 on a single broker).
+    #[arg(long)]
+    min_insync_replicas: Option<i32>,
+}
+
+impl PlanArgs {
+    fn load(
+        &self,
+    ) -> anyhow::Result<(
+        medallion::operator::Operator,
+        medallion_core::admin::TopicPlan,
+    )> {
+        let plan = medallion::topics::load_plan(
+            self.file.as_deref(),
+            self.replication_factor,
+            self.min_insync_replicas,
+        )?;
+        let operator = medallion::operator::Operator::connect(self.operator.config.as_deref())?;
+        Ok((operator, plan))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +352,52 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 anyhow::Ok(true)
             })
         }
+        Command::Topics { command } => match command {
+            TopicsCommand::Apply { plan, dry_run } => {
+                let (operator, plan) = plan.load()?;
+                runtime.block_on(medallion::topics::apply(
+                    &operator, &plan, dry_run, &mut out,
+                ))
+            }
+            TopicsCommand::Verify { plan } => {
+                let (operator, plan) = plan.load()?;
+                runtime.block_on(medallion::topics::verify(&operator, &plan, &mut out))
+            }
+        },
+        Command::Dlq { command } => match command {
+            DlqCommand::Inspect { args, limit } => {
+                let selection = args.selection()?;
+                let operator =
+                    medallion::operator::Operator::connect(args.operator.config.as_deref())?;
+                runtime
+                    .block_on(medallion::dlq::inspect(
+                        &operator,
+                        &args.topic,
+                        &selection,
+                        limit,
+                        &mut out,
+                    ))
+                    .map(|()| true)
+            }
+            DlqCommand::Redrive {
+                args,
+                rate,
+                dry_run,
+            } => {
+                anyhow::ensure!(rate > 0, "--rate must be positive");
+                let selection = args.selection()?;
+                let operator =
+                    medallion::operator::Operator::connect(args.operator.config.as_deref())?;
+                runtime.block_on(medallion::dlq::redrive(
+                    &operator,
+                    &args.topic,
+                    &selection,
+                    rate,
+                    dry_run,
+                    &mut out,
+                ))
+            }
+        },
         Command::Schemas { command } => match command {
             SchemasCommand::List => medallion::schemas::list(&mut out).map(|()| true),
             SchemasCommand::Print { topic } => {

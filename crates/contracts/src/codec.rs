@@ -258,3 +258,33 @@ fn corrupt(id: u32, error: &dyn std::fmt::Display) -> CodecError {
 
 #[cfg(test)]
 mod tests;
+
+/// Decodes one framed record of any topic with its writer schema, as JSON (for tools that show
+/// records, such as `medallion dlq inspect`; stages use [`Decoder`]).
+pub async fn to_json(registry: &Registry, bytes: &[u8]) -> Result<serde_json::Value, CodecError> {
+    let (id, body) = wire::split(bytes)?;
+    let text = match registry.schema_by_id(id).await {
+        Ok(text) => text,
+        Err(RegistryError::SchemaNotFound(_)) => return Err(CodecError::UnknownSchemaId { id }),
+        Err(error) => return Err(CodecError::Registry(error)),
+    };
+    let writer = SchemaText::parse(text.to_string()).map_err(|error| CodecError::Corrupt {
+        id,
+        reason: format!("the registry's schema does not parse: {error}"),
+    })?;
+    let reader = GenericDatumReader::builder(&writer.schema)
+        .human_readable(true)
+        .build()
+        .map_err(|error| corrupt(id, &error))?;
+    let mut rest = body;
+    let value = reader
+        .read_value(&mut rest)
+        .map_err(|error| corrupt(id, &error))?;
+    if !rest.is_empty() {
+        return Err(CodecError::TrailingBytes {
+            id,
+            extra: rest.len(),
+        });
+    }
+    serde_json::Value::try_from(value).map_err(|error| corrupt(id, &error))
+}

@@ -14,8 +14,12 @@
 //! - metrics, liveness and readiness ([`metrics`], [`health`]) and a dead-letter circuit
 //!   breaker that pauses a stage whose records all fail.
 //!
+//! The operator's tools (topics, group offsets, reading and writing records as they are) are in
+//! [`admin`]; stages do not use them.
+//!
 //! Each module's docs state its guarantee and its limits.
 
+pub mod admin;
 pub mod backoff;
 mod breaker;
 pub mod config;

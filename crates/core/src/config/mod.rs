@@ -620,6 +620,49 @@ where
         merge(&mut merged, layer);
     }
     merge(&mut merged, env_layer(env)?);
+    deserialize(merged)
+}
+
+/// [`load`] keeping only the top-level `tables` of the file and the environment: how a tool that
+/// shares some of the stages' tables (`[kafka]`, `[producer]`) reads a stage's file or the
+/// stages' `MEDALLION__` variables without tripping over the tables it does not have.
+pub fn load_tables<T>(
+    embedded_defaults: &str,
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    tables: &[&str],
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    let kept = |name: &str| tables.iter().any(|table| table.eq_ignore_ascii_case(name));
+    let mut merged = parse_layer("the embedded default configuration", embedded_defaults)?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })?;
+        let mut layer = parse_layer(&format!("config file `{}`", path.display()), &text)?;
+        layer.retain(|name, _| kept(name));
+        merge(&mut merged, layer);
+    }
+    let env: HashMap<String, String> = env
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix(ENV_PREFIX)
+                .and_then(|rest| rest.split("__").next())
+                .is_some_and(kept)
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    merge(&mut merged, env_layer(&env)?);
+    deserialize(merged)
+}
+
+fn deserialize<T>(merged: toml::Table) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
     let config: T =
         serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|error| {
             let path = error.path().to_string();

@@ -243,14 +243,7 @@ impl Runtime {
 
 /// The brokers, `client.id` and shared `[kafka.librdkafka]` properties (TLS, SASL) of every client.
 pub(crate) fn common_client_config<S, R>(config: &WorkerConfig<S, R>) -> ClientConfig {
-    let mut common = ClientConfig::new();
-    common
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("client.id", config.client_id());
-    for (name, value) in &config.kafka.librdkafka.0 {
-        common.set(name, value);
-    }
-    common
+    crate::admin::client_config(&config.kafka, &config.client_id())
 }
 
 /// The idempotent producer's configuration: `acks=all`, idempotence, compression, linger,
