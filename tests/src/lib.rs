@@ -6,6 +6,7 @@
 //! test: a skipped broker test would pass without checking anything.
 
 pub mod bench;
+pub mod fleet;
 pub mod operator;
 pub mod otlp;
 pub mod passthrough;

@@ -56,11 +56,17 @@ impl StageProcess {
     /// HTTP endpoint listens on a free loopback port ([`StageProcess::http_url`]) unless `envs`
     /// sets `MEDALLION__TELEMETRY__PORT`.
     pub fn spawn(program: &Path, envs: &[(&str, String)], label: &str) -> Self {
+        Self::spawn_args(program, &[], envs, label)
+    }
+
+    /// [`StageProcess::spawn`] with command-line arguments (`--config FILE`).
+    pub fn spawn_args(program: &Path, args: &[&str], envs: &[(&str, String)], label: &str) -> Self {
         let log_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/worker-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let log = std::fs::File::create(log_dir.join(format!("{label}.log"))).expect("log file");
         let mut command = Command::new(program);
         command
+            .args(args)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log);

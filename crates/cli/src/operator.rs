@@ -2,9 +2,10 @@
 //! connection to the cluster, and the audit record each change writes.
 //!
 //! Configuration: the stages' own `[kafka]`, `[producer]`, `[schema_registry]` and `[dlq]`
-//! tables, from `--config FILE` (a stage's file works: its other tables are ignored) and the
-//! stages' `MEDALLION__KAFKA__*`, `MEDALLION__PRODUCER__*`, `MEDALLION__SCHEMA_REGISTRY__*` and
-//! `MEDALLION__DLQ__*` variables, over the defaults below.
+//! tables, and `[audit] topic`, from `--config FILE` (a stage's file works: its other tables are
+//! ignored) and the `MEDALLION__KAFKA__*`, `MEDALLION__PRODUCER__*`,
+//! `MEDALLION__SCHEMA_REGISTRY__*`, `MEDALLION__DLQ__*` and `MEDALLION__AUDIT__*` variables, over
+//! the defaults below.
 //!
 //! Audit: a command that changed something writes one record to `audit.events` (org 0: the
 //! platform, not one org), so the audit store answers who changed what, when. The actor is
@@ -26,7 +27,7 @@ use serde::Deserialize;
 pub const DEFAULTS: &str = "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n";
 
 /// The stages' tables the operator reads.
-pub const TABLES: &[&str] = &["kafka", "producer", "schema_registry", "dlq"];
+pub const TABLES: &[&str] = &["kafka", "producer", "schema_registry", "dlq", "audit"];
 
 /// The org of platform-wide audit records.
 pub const PLATFORM_ORG: i64 = 0;
@@ -46,10 +47,37 @@ pub struct OperatorConfig {
     /// The dead-letter suffix.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// Where the commands' audit records go.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the operator commands' audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The topic the audit writer reads (`MEDALLION__AUDIT__TOPIC`).
+    #[serde(default = "default_audit_topic")]
+    pub topic: String,
+}
+
+fn default_audit_topic() -> String {
+    AuditEntry::TOPIC.to_owned()
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_audit_topic(),
+        }
+    }
 }
 
 impl Validate for OperatorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.audit.topic.trim().is_empty() {
+            return Err(ConfigError::key("audit.topic", "must name the audit topic"));
+        }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::key(
                 "kafka.bootstrap_servers",
@@ -131,7 +159,7 @@ impl Operator {
         outcome: &str,
         details: BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
-        let topic = AuditEntry::TOPIC;
+        let topic = self.config.audit.topic.as_str();
         let write = async {
             let encoder = Encoder::<AuditEntry>::register(&self.registry).await?;
             let event = Envelope::new(
