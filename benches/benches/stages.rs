@@ -157,6 +157,10 @@ impl Run {
             // evaluator, as in the demo.
             envs.push(("MEDALLION__STAGE__WINDOW_MS", "10000".to_owned()));
             envs.push(("MEDALLION__STAGE__GRACE_MS", "2000".to_owned()));
+            envs.push((
+                "MEDALLION__STAGE__CHANGES_TOPIC",
+                self.topic("config.changes"),
+            ));
         }
         if stage == "rule-evaluator" {
             envs.push((

@@ -82,6 +82,17 @@ impl Fleet {
                 .collect();
             fleet.write_config(stage, &extra.join("\n"));
         }
+        // The notification sender is not run here, but it is part of the chain the operator
+        // commands read: its group and topic are this run's too.
+        std::fs::write(
+            fleet.config_file("notification-sender"),
+            format!(
+                "[consumer]\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n",
+                fleet.group("notification-sender"),
+                fleet.topic("rules.alerts.triggered")
+            ),
+        )
+        .expect("notification-sender config");
         fleet
     }
 
@@ -134,6 +145,13 @@ impl Fleet {
                 .expect("stage table");
             stage_table.insert("changes_topic".into(), self.topic("config.changes").into());
             stage_table.insert("audit_topic".into(), self.topic("audit.events").into());
+        }
+        if stage == "gold" {
+            let stage_table = table
+                .get_mut("stage")
+                .and_then(toml::Value::as_table_mut)
+                .expect("stage table");
+            stage_table.insert("changes_topic".into(), self.topic("config.changes").into());
         }
         let extra: toml::Table = toml::from_str(extra).expect("extra config");
         for (key, value) in extra {

@@ -462,6 +462,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
 #[derive(Debug)]
 pub struct OwnBroker {
     binary: std::path::PathBuf,
+    storage: String,
     dir: std::path::PathBuf,
     port: u16,
     child: Option<std::process::Child>,
@@ -470,6 +471,13 @@ pub struct OwnBroker {
 impl OwnBroker {
     /// Starts a new broker and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with_storage("sqlite://tansu.db")
+    }
+
+    /// A broker of its own on `storage` (`memory://tansu/` keeps everything in memory: a
+    /// restart loses it, but consumer groups are described, which the SQLite engine of this
+    /// Tansu version cannot do).
+    pub fn start_with_storage(storage: &str) -> Self {
         let binary = std::env::var_os("MEDALLION_TEST_TANSU")
             .map(std::path::PathBuf::from)
             .expect(
@@ -479,6 +487,7 @@ impl OwnBroker {
         std::fs::create_dir_all(&dir).expect("broker dir");
         let mut broker = Self {
             binary,
+            storage: storage.to_owned(),
             dir,
             port: process::free_port(),
             child: None,
@@ -514,7 +523,7 @@ impl OwnBroker {
                 "--advertised-listener-url",
                 &address,
                 "--storage-engine",
-                "sqlite://tansu.db",
+                &self.storage,
                 "--cluster-id",
                 "medallion-own",
             ])

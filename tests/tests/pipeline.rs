@@ -111,6 +111,10 @@ impl Pipeline {
         if stage == "gold" {
             envs.push(("MEDALLION__STAGE__WINDOW_MS", WINDOW_MS.to_string()));
             envs.push(("MEDALLION__STAGE__GRACE_MS", GRACE_MS.to_string()));
+            envs.push((
+                "MEDALLION__STAGE__CHANGES_TOPIC",
+                self.topic("config.changes"),
+            ));
         }
         if stage == "rule-evaluator" {
             envs.push((

@@ -62,6 +62,7 @@ fn change(
                 enabled: true,
             }),
             changed_by: Some("ops@example.com".into()),
+            replay: None,
         },
     )
 }

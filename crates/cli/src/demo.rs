@@ -370,6 +370,7 @@ async fn publish_rule_change(bootstrap: &str) -> anyhow::Result<()> {
                 enabled: true,
             }),
             changed_by: Some("demo@medallion.example".into()),
+            replay: None,
         },
     );
     let value = Encoder::<ConfigChange>::with_id(id).encode(&event)?;

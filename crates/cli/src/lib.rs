@@ -5,6 +5,7 @@ pub mod audit;
 pub mod demo;
 pub mod dlq;
 pub mod operator;
+pub mod replay;
 pub mod schemas;
 pub mod stages;
 pub mod topics;

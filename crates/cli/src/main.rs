@@ -62,6 +62,29 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Recomputes everything downstream of a stage from a point in time (`--since`), or moves
+    /// one stage's group (`--to`). Refuses while an affected group has members (docs/replay.md).
+    Replay {
+        /// The stage to replay: bronze, silver, gold, rule-evaluator or notification-sender.
+        #[arg(long)]
+        from_stage: String,
+        /// Replay from this time (`2026-12-01T08:00:00Z`) or this long ago (`2h`), aligned down
+        /// to a gold window start.
+        #[arg(long, conflicts_with = "to", required_unless_present = "to")]
+        since: Option<String>,
+        /// Move the stage's group alone: `earliest`, `latest` or an offset.
+        #[arg(long)]
+        to: Option<medallion::replay::Target>,
+        /// Directory with the stages' configuration files (`<stage>.toml`, as deployed); the
+        /// groups and topics come from them over the compiled-in defaults.
+        #[arg(long)]
+        config_dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Dead letters: `dlq inspect` counts and samples them, `dlq redrive` sends them back to
     /// their source topic once the cause is fixed.
     Dlq {
@@ -364,6 +387,28 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 runtime.block_on(medallion::topics::verify(&operator, &plan, &mut out))
             }
         },
+        Command::Replay {
+            from_stage,
+            since,
+            to,
+            config_dir,
+            operator,
+            dry_run,
+        } => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let options = medallion::replay::ReplayOptions {
+                from_stage,
+                since_ms: since
+                    .as_deref()
+                    .map(|text| medallion::audit::parse_since(text, now_ms))
+                    .transpose()?,
+                to,
+                config_dir,
+                dry_run,
+            };
+            let operator = medallion::operator::Operator::connect(operator.config.as_deref())?;
+            runtime.block_on(medallion::replay::run(&operator, &options, &mut out))
+        }
         Command::Dlq { command } => match command {
             DlqCommand::Inspect { args, limit } => {
                 let selection = args.selection()?;

@@ -85,9 +85,31 @@ fn defaults_of<S: Stage>() -> anyhow::Result<serde_json::Value>
 where
     S::Settings: serde::Serialize,
 {
-    let config = medallion_stage::load_config::<S::Settings>(S::DEFAULTS, None, &HashMap::new())?;
+    config_of::<S>(None)
+}
+
+fn config_of<S: Stage>(file: Option<&Path>) -> anyhow::Result<serde_json::Value>
+where
+    S::Settings: serde::Serialize,
+{
+    let config = medallion_stage::load_config::<S::Settings>(S::DEFAULTS, file, &HashMap::new())
+        .with_context(|| format!("the configuration of {}", S::NAME))?;
     serde_json::to_value(&config)
-        .with_context(|| format!("failed to show the defaults of {}", S::NAME))
+        .with_context(|| format!("failed to show the configuration of {}", S::NAME))
+}
+
+/// `stage`'s configuration as JSON: its compiled-in defaults with `file` over them (no
+/// environment: the operator's shell is not the stage's pod).
+pub fn configuration(stage: &str, file: Option<&Path>) -> anyhow::Result<serde_json::Value> {
+    match stage {
+        BronzeStage::NAME => config_of::<BronzeStage>(file),
+        SilverStage::NAME => config_of::<SilverStage>(file),
+        GoldStage::NAME => config_of::<GoldStage>(file),
+        RuleEvaluatorStage::NAME => config_of::<RuleEvaluatorStage>(file),
+        AuditWriterStage::NAME => config_of::<AuditWriterStage>(file),
+        NotificationSenderStage::NAME => config_of::<NotificationSenderStage>(file),
+        other => Err(unknown(other)),
+    }
 }
 
 /// Tables whose keys are free (pass-through properties), listed as one key.

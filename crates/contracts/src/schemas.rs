@@ -58,7 +58,7 @@ const SOURCES: &[Source] = &[
     source!("silver.data.processed", "silver/data-processed", [1]),
     source!("gold.data.ready", "gold/data-ready", [1]),
     source!("rules.alerts.triggered", "rules/alerts", [1]),
-    source!("config.changes", "config/changes", [1]),
+    source!("config.changes", "config/changes", [1, 2]),
     source!("etl.execution", "etl/execution", [1]),
     source!("audit.events", "audit/events", [1]),
 ];

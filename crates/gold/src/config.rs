@@ -48,6 +48,13 @@ pub struct GoldSettings {
     /// Derived metrics.
     #[serde(default)]
     pub derived: Vec<DerivedSpec>,
+    /// Where `medallion replay` publishes replay boundaries (`config.changes`).
+    #[serde(default)]
+    pub changes_topic: String,
+    /// How long start-up waits to have read every replay boundary already on `changes_topic`
+    /// before it processes any record; 0: do not wait.
+    #[serde(default)]
+    pub catch_up_timeout_ms: u64,
 }
 
 impl Validate for GoldSettings {
@@ -56,6 +63,12 @@ impl Validate for GoldSettings {
             return Err(ConfigError::key(
                 "stage.output_topic",
                 "must name the output topic",
+            ));
+        }
+        if self.changes_topic.trim().is_empty() {
+            return Err(ConfigError::key(
+                "stage.changes_topic",
+                "must name the topic replay boundaries are published on (config.changes)",
             ));
         }
         if self.window_ms <= 0 {

@@ -12,16 +12,23 @@
 //! before the crash whose stragglers lie after the resume point is emitted again from those
 //! stragglers only (same `event_id`, partial aggregates). Late events (their window already
 //! emitted) are dead-lettered as `late_event`.
+//!
+//! Replays: `medallion replay` publishes a boundary on `config.changes` that gold reads before
+//! it processes anything, so a replay emits only the windows it recomputes whole ([`replay`]).
 
 mod config;
 mod processor;
+pub mod replay;
 pub mod windows;
 
 pub use config::{DerivedSpec, GoldConfig, GoldSettings, DEFAULTS};
 pub use processor::{aggregate, window_event_id, Gold, HELD_OFFSETS, OPEN_WINDOWS, STAGE};
 
+use std::sync::{Arc, RwLock};
+
 use medallion_contracts::types::WindowAggregate;
 use medallion_stage::{Setup, Stage};
+use replay::{Boundaries, ReplayListener};
 
 /// gold, as the stage harness runs it.
 #[derive(Debug)]
@@ -35,11 +42,32 @@ impl Stage for GoldStage {
 
     async fn build(setup: &mut Setup<'_, GoldSettings>) -> anyhow::Result<Gold> {
         let encoder = setup.register::<WindowAggregate>().await?;
+        let boundaries = Arc::new(RwLock::new(Boundaries::default()));
+        let settings = setup.config.stage.clone();
+        let listener = ReplayListener {
+            reader: setup.topic_reader(&settings.changes_topic).await?,
+            registry: setup.registry.clone(),
+            group: setup.config.consumer.group_id.clone(),
+            topic: setup.config.consumer.input_topic.clone(),
+            boundaries: Arc::clone(&boundaries),
+        };
+        let (caught_up, current) = tokio::sync::oneshot::channel();
+        let shutdown = setup.shutdown();
+        setup.spawn("replay boundaries", listener.run(shutdown, caught_up));
+        setup
+            .catch_up(
+                current,
+                &settings.changes_topic,
+                "the replay boundaries",
+                settings.catch_up_timeout_ms,
+            )
+            .await?;
         Ok(Gold::new(
-            &setup.config.stage,
+            &settings,
             setup.registry.clone(),
             encoder,
             &setup.instance,
+            boundaries,
         ))
     }
 }

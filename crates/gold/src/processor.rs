@@ -1,7 +1,7 @@
 //! gold's processor: feeds records to the partition's windows, emits closed windows.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use medallion_contracts::types::{DerivedMetric, EventSource, ProcessedData, WindowAggregate};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
@@ -10,6 +10,7 @@ use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Pr
 use uuid::Uuid;
 
 use crate::config::{DerivedSpec, GoldSettings};
+use crate::replay::{Boundaries, REPLAY_SKIPPED};
 use crate::windows::{ClosedWindow, WindowKey, WindowSpec, Windows};
 
 /// The stage name in derived ids.
@@ -26,6 +27,10 @@ pub struct Gold {
     windows: Windows,
     /// Per partition: the open-windows and held-offsets gauges.
     gauges: HashMap<i32, (metrics::Gauge, metrics::Gauge)>,
+    /// Replay boundaries of this group (`config.changes`).
+    boundaries: Arc<RwLock<Boundaries>>,
+    window_ms: i64,
+    replay_skipped: metrics::Counter,
 }
 
 /// Gauge: open windows, by partition.
@@ -34,12 +39,14 @@ pub const OPEN_WINDOWS: &str = "medallion_gold_open_windows";
 pub const HELD_OFFSETS: &str = "medallion_gold_held_offsets";
 
 impl Gold {
-    /// A processor reading through `registry` and writing with `encoder`.
+    /// A processor reading through `registry` and writing with `encoder`, skipping what
+    /// `boundaries` says a replay does not recompute.
     pub fn new(
         settings: &GoldSettings,
         registry: Registry,
         encoder: Encoder<WindowAggregate>,
         instance: &str,
+        boundaries: Arc<RwLock<Boundaries>>,
     ) -> Self {
         Self {
             decoder: Decoder::new(registry),
@@ -56,7 +63,22 @@ impl Gold {
                 step_ms: settings.watermark_step_ms,
             }),
             gauges: HashMap::new(),
+            boundaries,
+            window_ms: settings.window_ms,
+            replay_skipped: metrics::counter!(REPLAY_SKIPPED, "stage" => STAGE),
         }
+    }
+
+    /// The replay boundary at `offset` of `partition`, if a replay covers it.
+    fn boundary(&self, partition: i32, offset: i64) -> Option<i64> {
+        let boundaries = self
+            .boundaries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if boundaries.is_empty() {
+            return None;
+        }
+        boundaries.at(partition, offset)
     }
 }
 
@@ -135,8 +157,17 @@ impl Processor for Gold {
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
         let partition_id = ctx.partition();
+        let boundary = self.boundary(partition_id, ctx.offset());
+        let window_start = input.payload.observed_at.div_euclid(self.window_ms) * self.window_ms;
         let partition = self.windows.partition(partition_id);
         let watermark = partition.watermark();
+        if let Some(boundary) = boundary {
+            // A window the replay does not recompute (crate::replay).
+            if window_start < boundary && watermark.is_none_or(|watermark| watermark < boundary) {
+                self.replay_skipped.increment(1);
+                return Ok(());
+            }
+        }
         let observed = partition.observe(ctx.offset(), input.org_id, &input.payload);
         if observed.late {
             return Err(ProcessError::permanent(

@@ -83,6 +83,10 @@ impl ChangesListener {
                     continue;
                 }
             };
+            if change.payload.kind != "rule" {
+                // Other kinds (replay boundaries) are for other stages.
+                continue;
+            }
             let outcome = self
                 .rules
                 .write()

@@ -67,26 +67,12 @@ impl Stage for RuleEvaluatorStage {
         };
         let (caught_up, rules_current) = tokio::sync::oneshot::channel();
         let shutdown = setup.shutdown();
-        setup.spawn(
-            "config.changes listener",
-            listener.run(shutdown.clone(), caught_up),
-        );
-        if settings.catch_up_timeout_ms > 0 {
-            let timeout = std::time::Duration::from_millis(settings.catch_up_timeout_ms);
-            tokio::select! {
-                caught_up = tokio::time::timeout(timeout, rules_current) => match caught_up {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => anyhow::bail!("the config.changes listener stopped before the rules caught up"),
-                    Err(_) => anyhow::bail!(
-                        "the rules did not catch up with `{}` within stage.catch_up_timeout_ms \
-                         ({} ms); check that the broker is reachable, or raise the timeout",
-                        settings.changes_topic,
-                        settings.catch_up_timeout_ms
-                    ),
-                },
-                () = shutdown.cancelled() => anyhow::bail!("stopped while catching up with config.changes"),
-            }
-        }
+        setup.spawn("config.changes listener", listener.run(shutdown, caught_up));
+        let (topic, timeout_ms) = (settings.changes_topic.clone(), settings.catch_up_timeout_ms);
+        setup
+            .catch_up(rules_current, &topic, "the rules", timeout_ms)
+            .await?;
+        let settings = &setup.config.stage;
         Ok(RuleEvaluator::new(
             &settings.output_topic,
             rules,

@@ -384,6 +384,7 @@ mod tests {
                 enabled: true,
             }),
             changed_by: None,
+            replay: None,
         };
         assert_eq!(
             rules.apply(&change("upsert", 2, 0.5), 7),

@@ -229,6 +229,33 @@ impl<S> Setup<'_, S> {
         });
         self.side_tasks.push((name.to_owned(), handle));
     }
+
+    /// Waits for a side task that reads `topic` from its beginning to say it has caught up
+    /// (`caught_up` fires), for at most `timeout_ms` (0: do not wait); `what` names what is
+    /// being caught up in the error (`the rules`).
+    pub async fn catch_up(
+        &self,
+        caught_up: tokio::sync::oneshot::Receiver<()>,
+        topic: &str,
+        what: &str,
+        timeout_ms: u64,
+    ) -> anyhow::Result<()> {
+        if timeout_ms == 0 {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(timeout_ms);
+        tokio::select! {
+            caught_up = tokio::time::timeout(timeout, caught_up) => match caught_up {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => anyhow::bail!("the `{topic}` reader stopped before {what} caught up"),
+                Err(_) => anyhow::bail!(
+                    "{what} did not catch up with `{topic}` within stage.catch_up_timeout_ms \
+                     ({timeout_ms} ms); check that the broker is reachable, or raise the timeout"
+                ),
+            },
+            () = self.shutdown.cancelled() => anyhow::bail!("stopped while catching up with `{topic}`"),
+        }
+    }
 }
 
 /// Registry, processor, summaries, runtime; then the side tasks are stopped and joined.

@@ -24,7 +24,7 @@ pub use ops::{AuditEntry, Execution};
 pub use pipeline::{
     CleanedData, DerivedMetric, Metric, MetricAggregate, ProcessedData, RawData, WindowAggregate,
 };
-pub use rules::{Alert, ConfigChange, RuleDefinition};
+pub use rules::{Alert, ConfigChange, ReplayBoundary, ReplayPartition, RuleDefinition};
 
 /// A payload type bound to its topic and schema.
 pub trait Contract:

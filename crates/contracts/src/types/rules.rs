@@ -66,7 +66,7 @@ fn enabled_by_default() -> bool {
 /// `config.changes`: one versioned change to one configuration object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigChange {
-    /// What is changed (`rule`).
+    /// What is changed: `rule`, or `replay` (a replay boundary for gold).
     pub kind: String,
     /// `upsert` or `delete`.
     pub action: String,
@@ -78,6 +78,33 @@ pub struct ConfigChange {
     pub rule: Option<RuleDefinition>,
     /// Who made the change.
     pub changed_by: Option<String>,
+    /// Kind `replay`: the replay's boundary; `None` otherwise.
+    #[serde(default)]
+    pub replay: Option<ReplayBoundary>,
+}
+
+/// Where a replay starts for one group of a windowing stage (gold): records read from
+/// `partitions` on belong to the replay, and windows starting before `boundary_ms` are not
+/// emitted again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayBoundary {
+    /// The consumer group.
+    pub group: String,
+    /// That group's input topic.
+    pub topic: String,
+    /// The first window start the replay emits, UTC epoch millis.
+    pub boundary_ms: i64,
+    /// Where the replay starts on each partition.
+    pub partitions: Vec<ReplayPartition>,
+}
+
+/// Where a replay starts on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayPartition {
+    /// The partition.
+    pub partition: i32,
+    /// The first offset the replay covers.
+    pub from_offset: i64,
 }
 
 impl Contract for ConfigChange {

@@ -143,6 +143,7 @@ fn change() -> ConfigChange {
             enabled: true,
         }),
         changed_by: Some("ops@example.com".into()),
+        replay: None,
     }
 }
 

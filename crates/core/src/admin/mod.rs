@@ -8,8 +8,8 @@
 //!   anything. Commands run every check that can refuse before calling them, so a refused command
 //!   has changed nothing.
 //! - [`Admin::commit`] moves a group's offsets from outside the group. Kafka accepts that only
-//!   while the group has no members; the caller checks [`Admin::group`] first, and a member that
-//!   joins between that check and the commit makes the broker refuse the commit.
+//!   while the group has no members; the caller checks [`Admin::members`] first, and a member
+//!   that joins between that check and the commit makes the broker refuse the commit.
 //! - [`Admin::read`] reads a snapshot: each partition up to the end it had when the read
 //!   started, so a topic written while it is read still ends.
 //! - Every call waits at most [`TIMEOUT`] for the broker; an unreachable broker is
@@ -86,15 +86,6 @@ pub enum AdminError {
         /// Where it should have ended.
         end: i64,
     },
-}
-
-/// A consumer group as the broker describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupInfo {
-    /// The broker's state name (`Stable`, `Empty`, `Dead`, ...).
-    pub state: String,
-    /// The members' client ids and hosts, for the refusal message.
-    pub members: Vec<String>,
 }
 
 /// One record read by [`Admin::read`].
@@ -312,9 +303,10 @@ impl Admin {
         Ok(())
     }
 
-    /// The group as the broker describes it; a group the broker does not know is `Dead` with no
-    /// members.
-    pub fn group(&self, group: &str) -> Result<GroupInfo, AdminError> {
+    /// The members of `group` as the broker describes them (client id and host each); a group
+    /// the broker does not know has none. A broker that cannot describe groups is an error, not
+    /// "no members": callers use this to decide whether moving offsets is safe.
+    pub fn members(&self, group: &str) -> Result<Vec<String>, AdminError> {
         let list = self
             .consumer
             .fetch_group_list(Some(group), TIMEOUT)
@@ -322,21 +314,10 @@ impl Admin {
         Ok(list
             .groups()
             .iter()
-            .find(|found| found.name() == group)
-            .map_or_else(
-                || GroupInfo {
-                    state: "Dead".to_owned(),
-                    members: Vec::new(),
-                },
-                |found| GroupInfo {
-                    state: found.state().to_owned(),
-                    members: found
-                        .members()
-                        .iter()
-                        .map(|member| format!("{} ({})", member.client_id(), member.client_host()))
-                        .collect(),
-                },
-            ))
+            .filter(|found| found.name() == group)
+            .flat_map(|found| found.members())
+            .map(|member| format!("{} ({})", member.client_id(), member.client_host()))
+            .collect())
     }
 
     fn group_consumer(&self, group: &str) -> Result<BaseConsumer, AdminError> {
