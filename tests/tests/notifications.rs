@@ -40,6 +40,8 @@ struct Receiver {
     /// When the flaky channel answered 503 with `Retry-After: 2`, and when it was called again.
     flaky_first: Mutex<Option<Instant>>,
     flaky_second: Mutex<Option<Instant>>,
+    /// When each request to the rate-limited `ok` channel arrived.
+    ok_times: Mutex<Vec<Instant>>,
 }
 
 async fn receive(
@@ -73,6 +75,7 @@ async fn receive(
             receiver.bad_calls.fetch_add(1, Ordering::SeqCst);
             return (StatusCode::BAD_REQUEST, "unknown team").into_response();
         }
+        "ok" => receiver.ok_times.lock().expect("lock").push(Instant::now()),
         _ => {}
     }
     receiver.accepted.lock().expect("lock").push((
@@ -251,6 +254,7 @@ kind = "webhook"
 url = "http://127.0.0.1:{port}/ok"
 secret_env = "MEDALLION_TEST_WEBHOOK_SECRET"
 headers = {{ "X-Team" = "ops" }}
+max_per_minute = 300
 
 [[channels]]
 name = "chat"
@@ -332,6 +336,9 @@ channels = ["broken"]
         second.duration_since(first)
     );
     sender.kill();
+    // Tansu hands a dead member's partitions to a new one only when it joins after the dead
+    // one's session expired (README, Tests): the restarted pod comes up a session later.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
 
     // The rule evaluator restarted: it writes the first ten alerts again, then ten new ones.
     let mut second: Vec<Envelope<Alert>> = (0..10).map(|n| alert(n, "hot", "critical")).collect();
@@ -363,6 +370,15 @@ channels = ["broken"]
     let webhook: Vec<&Received> = received.iter().filter(|(path, ..)| path == "ok").collect();
     let keys: HashSet<&str> = webhook.iter().map(|(_, key, ..)| key.as_str()).collect();
     assert_eq!(webhook.len(), 20, "each alert once at the webhook");
+    // max_per_minute = 300: at least 200 ms between two requests (a little less on arrival).
+    let times = receiver.ok_times.lock().expect("lock").clone();
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(150),
+            "the rate limit let two requests through {gap:?} apart"
+        );
+    }
     assert_eq!(keys.len(), 20);
     for (_, key, signed, body) in &webhook {
         let json: serde_json::Value = serde_json::from_slice(body).expect("JSON body");

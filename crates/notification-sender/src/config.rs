@@ -107,6 +107,10 @@ pub struct ChannelSpec {
     /// E-mail: see `username_env`.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// At most this many deliveries a minute to this channel (Slack's incoming webhooks take
+    /// about 60); absent: no limit. Deliveries wait their turn, in order.
+    #[serde(default)]
+    pub max_per_minute: Option<u32>,
 }
 
 fn default_starttls() -> bool {
@@ -114,6 +118,13 @@ fn default_starttls() -> bool {
 }
 
 impl ChannelSpec {
+    /// The least time between two deliveries, from `max_per_minute`.
+    pub fn min_interval(&self) -> Option<std::time::Duration> {
+        self.max_per_minute
+            .filter(|rate| *rate > 0)
+            .map(|rate| std::time::Duration::from_secs(60) / rate)
+    }
+
     /// The SMTP host and port of an e-mail channel's `url`.
     pub fn smtp_address(&self) -> Option<(String, u16)> {
         let rest = self.url.strip_prefix("smtp://")?;
@@ -163,6 +174,12 @@ impl NotificationsFile {
             if channel.name.is_empty() || !names.insert(channel.name.as_str()) {
                 return Err(format!(
                     "channel name `{}` is empty or used twice; give each channel its own name",
+                    channel.name
+                ));
+            }
+            if channel.max_per_minute == Some(0) {
+                return Err(format!(
+                    "channel `{}`: max_per_minute must be at least 1 (leave it out for no limit)",
                     channel.name
                 ));
             }

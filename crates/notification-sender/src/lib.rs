@@ -31,7 +31,7 @@ pub use config::{
     NOTIFICATIONS_DEFAULTS,
 };
 pub use deliver::{classify, signature, Channel, Outcome, IDEMPOTENCY_HEADER, SIGNATURE_HEADER};
-pub use processor::{AuditOut, NotificationSender, NOTIFICATIONS, UNROUTED};
+pub use processor::{AuditOut, NotificationSender, Pacer, NOTIFICATIONS, RATE_LIMITED, UNROUTED};
 pub use routes::channels_for;
 
 use std::time::Duration;

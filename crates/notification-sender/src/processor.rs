@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use medallion_contracts::types::{Alert, AuditEntry, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
@@ -21,6 +22,8 @@ use crate::routes::channels_for;
 
 /// Counter: alerts no route matched.
 pub const UNROUTED: &str = "medallion_notifications_unrouted_total";
+/// Counter: deliveries that waited for their channel's rate limit (`max_per_minute`), by channel.
+pub const RATE_LIMITED: &str = "medallion_notifications_rate_limited_total";
 /// Counter: notifications by channel and outcome (`delivered`, `rejected`, `retried`).
 pub const NOTIFICATIONS: &str = "medallion_notifications_total";
 
@@ -80,6 +83,35 @@ pub struct NotificationSender {
     refused: Vec<Refused>,
     /// Per channel: no request before this (a `Retry-After` it answered with).
     not_before: Vec<Option<tokio::time::Instant>>,
+    /// Per channel: its rate limit's next free slot.
+    pacers: Vec<Pacer>,
+}
+
+/// A channel's rate limit: deliveries at least `interval` apart.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pacer {
+    interval: Option<Duration>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// A pacer for at most one delivery per `interval` (`None`: no limit).
+    pub fn new(interval: Option<Duration>) -> Self {
+        Self {
+            interval,
+            next: None,
+        }
+    }
+
+    /// Takes the next slot at or after `now`; returns how long to wait for it.
+    pub fn take(&mut self, now: tokio::time::Instant) -> Duration {
+        let Some(interval) = self.interval else {
+            return Duration::ZERO;
+        };
+        let slot = self.next.map_or(now, |next| next.max(now));
+        self.next = Some(slot + interval);
+        slot - now
+    }
 }
 
 impl NotificationSender {
@@ -97,6 +129,10 @@ impl NotificationSender {
             routes,
             client,
             not_before: vec![None; channels.len()],
+            pacers: channels
+                .iter()
+                .map(|channel| Pacer::new(channel.spec.min_interval()))
+                .collect(),
             channels,
             ledger,
             audit,
@@ -247,6 +283,11 @@ impl Processor for NotificationSender {
                         ));
                     }
                 }
+                let wait = self.pacers[pending.channel].take(tokio::time::Instant::now());
+                if !wait.is_zero() {
+                    metrics::counter!(RATE_LIMITED, "channel" => name.clone()).increment(1);
+                    tokio::time::sleep(wait).await;
+                }
                 pending.attempts += 1;
                 let outcome = deliver::send(
                     &self.client,
@@ -320,5 +361,26 @@ impl Processor for NotificationSender {
             }
         }
         Ok(std::mem::take(&mut self.refused))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pacer_spaces_deliveries_and_does_not_save_up_idle_time() {
+        let start = tokio::time::Instant::now();
+        let mut pacer = Pacer::new(Some(Duration::from_millis(500)));
+        assert_eq!(pacer.take(start), Duration::ZERO);
+        assert_eq!(pacer.take(start), Duration::from_millis(500));
+        assert_eq!(pacer.take(start), Duration::from_millis(1000));
+        // After a quiet spell the next one goes at once, and only one.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(pacer.take(later), Duration::ZERO);
+        assert_eq!(pacer.take(later), Duration::from_millis(500));
+        let mut free = Pacer::new(None);
+        assert_eq!(free.take(start), Duration::ZERO);
+        assert_eq!(free.take(start), Duration::ZERO);
     }
 }
