@@ -21,8 +21,8 @@ use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_notification_sender::{signature, IDEMPOTENCY_HEADER, SIGNATURE_HEADER};
 use medallion_tests::process::{stage_binary, StageProcess};
 use medallion_tests::{
-    committed_offsets, create_topics, high_watermarks, produce_raw, read_all_async, real_broker,
-    test_producer, unique_name, wait_until,
+    committed_offsets, create_topics, high_watermarks, http_get, produce_raw, read_all_async,
+    real_broker, test_producer, unique_name, wait_until,
 };
 use uuid::Uuid;
 
@@ -204,6 +204,8 @@ impl Run {
                 notifications.display().to_string(),
             ),
             ("MEDALLION__RETRY__MAX_BACKOFF_MS", "1000".to_owned()),
+            // A channel failing longer than 1 s pauses the stage (the flaky one asks for 2 s).
+            ("MEDALLION__STAGE__OUTAGE_AFTER_MS", "1000".to_owned()),
             ("MEDALLION_TEST_WEBHOOK_SECRET", SECRET.to_owned()),
         ];
         StageProcess::spawn(
@@ -303,12 +305,28 @@ channels = ["broken"]
 
     let group = unique_name("notification-sender");
     let mut sender = spawn(&group, "notification-sender-1");
+    // While the flaky channel waits out its Retry-After (longer than the outage threshold), the
+    // stage is paused and says so.
+    let ready_url = sender.http_url("/readyz");
+    let mut saw_outage = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(accepted("ok") == 10 && accepted("flaky") == 1) && Instant::now() < deadline {
+        let (status, body) = http_get(&ready_url).await;
+        saw_outage |= status == 503 && body.contains("sink unavailable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        wait_until(Duration::from_secs(60), || accepted("ok") == 10
-            && accepted("flaky") == 1)
-        .await,
+        accepted("ok") == 10 && accepted("flaky") == 1,
         "the webhook gets 10 alerts and the flaky channel its one after a 503"
     );
+    assert!(saw_outage, "readiness did not report the channel outage");
+    let mut ready = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready && Instant::now() < deadline {
+        ready = http_get(&ready_url).await.0 == 200;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "ready again once the channel answered");
     assert!(
         wait_until(Duration::from_secs(30), || dead_letters() == 1).await,
         "the 400 is dead-lettered"

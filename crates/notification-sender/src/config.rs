@@ -29,9 +29,19 @@ pub struct NotificationSenderSettings {
     /// The delivery ledger (the audit store).
     #[serde(default)]
     pub store: StoreConfig,
+    /// A channel failing (timeouts, 429, 5xx) for up to this long is retried in place, with
+    /// the `[retry]` backoff or its `Retry-After`; failing longer, it pauses the stage (readiness
+    /// `sink unavailable`) until it answers again. Never a reason to dead-letter. 0: pause at
+    /// the first failure.
+    #[serde(default = "default_outage_after_ms")]
+    pub outage_after_ms: u64,
 }
 
 fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_outage_after_ms() -> u64 {
     10_000
 }
 
@@ -42,6 +52,7 @@ impl Default for NotificationSenderSettings {
             request_timeout_ms: default_request_timeout_ms(),
             notifications_file: None,
             store: StoreConfig::default(),
+            outage_after_ms: default_outage_after_ms(),
         }
     }
 }
@@ -58,6 +69,12 @@ impl Validate for NotificationSenderSettings {
             return Err(ConfigError::key(
                 "stage.request_timeout_ms",
                 "must be between 100 and 300000",
+            ));
+        }
+        if self.outage_after_ms > 3_600_000 {
+            return Err(ConfigError::key(
+                "stage.outage_after_ms",
+                "must be at most 3600000 (an hour)",
             ));
         }
         self.store.validate()

@@ -31,7 +31,9 @@ pub use config::{
     NOTIFICATIONS_DEFAULTS,
 };
 pub use deliver::{classify, signature, Channel, Outcome, IDEMPOTENCY_HEADER, SIGNATURE_HEADER};
-pub use processor::{AuditOut, NotificationSender, Pacer, NOTIFICATIONS, RATE_LIMITED, UNROUTED};
+pub use processor::{
+    AuditOut, NotificationSender, Outage, Pacer, NOTIFICATIONS, RATE_LIMITED, UNROUTED,
+};
 pub use routes::channels_for;
 
 use std::time::Duration;
@@ -108,6 +110,10 @@ impl Stage for NotificationSenderStage {
             },
             stop: shutdown,
         };
+        let outage = Outage {
+            after: std::time::Duration::from_millis(setup.config.stage.outage_after_ms),
+            retry: setup.config.retry.clone(),
+        };
         Ok(NotificationSender::new(
             setup.registry.clone(),
             channels,
@@ -115,6 +121,7 @@ impl Stage for NotificationSenderStage {
             client,
             ledger,
             audit,
-        ))
+        )
+        .with_outage(outage))
     }
 }

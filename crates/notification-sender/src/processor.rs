@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use medallion_contracts::types::{Alert, AuditEntry, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_core::backoff::backoff_delay;
+use medallion_core::config::RetryConfig;
 use medallion_core::side::{SideError, SideProducer};
 use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
 use medallion_stage::now_ms;
@@ -85,6 +87,18 @@ pub struct NotificationSender {
     not_before: Vec<Option<tokio::time::Instant>>,
     /// Per channel: its rate limit's next free slot.
     pacers: Vec<Pacer>,
+    /// Per channel: since when it has been failing.
+    failing_since: Vec<Option<tokio::time::Instant>>,
+    outage: Outage,
+}
+
+/// When a failing channel becomes an outage.
+#[derive(Debug, Clone, Default)]
+pub struct Outage {
+    /// Failing for up to this long is retried in place; longer pauses the stage.
+    pub after: Duration,
+    /// The backoff of in-place retries without a `Retry-After`.
+    pub retry: RetryConfig,
 }
 
 /// A channel's rate limit: deliveries at least `interval` apart.
@@ -133,12 +147,21 @@ impl NotificationSender {
                 .iter()
                 .map(|channel| Pacer::new(channel.spec.min_interval()))
                 .collect(),
+            failing_since: vec![None; channels.len()],
+            outage: Outage::default(),
             channels,
             ledger,
             audit,
             pending: VecDeque::new(),
             refused: Vec::new(),
         }
+    }
+
+    /// With `outage` instead of pausing at the first failure.
+    #[must_use]
+    pub fn with_outage(mut self, outage: Outage) -> Self {
+        self.outage = outage;
+        self
     }
 
     /// Writes the audit record of one delivery; its id is derived from the alert, channel and
@@ -299,6 +322,7 @@ impl Processor for NotificationSender {
                 .await;
                 match outcome {
                     Outcome::Delivered => {
+                        self.failing_since[pending.channel] = None;
                         self.ledger
                             .record_delivery(pending.alert_id, &name, now_ms(), pending.attempts)
                             .await
@@ -313,8 +337,17 @@ impl Processor for NotificationSender {
                     }
                     Outcome::Retry(reason, wait) => {
                         counted(&name, "retried");
-                        self.not_before[pending.channel] =
-                            wait.map(|wait| tokio::time::Instant::now() + wait);
+                        let now = tokio::time::Instant::now();
+                        let since = *self.failing_since[pending.channel].get_or_insert(now);
+                        let delay = wait
+                            .unwrap_or_else(|| backoff_delay(&self.outage.retry, pending.attempts));
+                        if now.duration_since(since) + delay <= self.outage.after {
+                            // Not an outage yet: try again in place.
+                            tracing::warn!(channel = %name, %reason, ?delay, "channel failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        self.not_before[pending.channel] = wait.map(|wait| now + wait);
                         return Err(ProcessError::transient(
                             "channel_unavailable",
                             format!(
@@ -324,6 +357,7 @@ impl Processor for NotificationSender {
                         ));
                     }
                     Outcome::Rejected(reason) => {
+                        self.failing_since[pending.channel] = None;
                         counted(&name, "rejected");
                         pending.step = Step::Audit {
                             outcome: "rejected",
