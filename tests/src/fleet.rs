@@ -218,6 +218,22 @@ impl Fleet {
         .expect("join")
     }
 
+    /// Waits (up to 90 s) until `stage`'s group has committed up to the end of its input `input`
+    /// (production name) on every partition.
+    pub async fn caught_up(&self, stage: &str, input: &str) -> bool {
+        let (bootstrap, topic, group) =
+            (self.bootstrap.clone(), self.topic(input), self.group(stage));
+        let partitions = self.partitions;
+        crate::wait_until(Duration::from_secs(90), move || {
+            let ends = crate::high_watermarks(&bootstrap, &topic, partitions).unwrap_or_default();
+            let committed = crate::committed_offsets(&bootstrap, &group, &topic, partitions)
+                .unwrap_or_default();
+            ends.iter()
+                .all(|(partition, end)| committed.get(partition).copied().unwrap_or(0) >= *end)
+        })
+        .await
+    }
+
     /// Waits until `name` holds at least `count` records.
     pub async fn wait_for(&self, name: &str, count: i64, timeout: Duration) -> i64 {
         let deadline = tokio::time::Instant::now() + timeout;

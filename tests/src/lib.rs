@@ -105,6 +105,17 @@ pub fn postgres_ctl(action: &str) {
     );
 }
 
+/// Wall-clock time in UTC epoch milliseconds.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("in range")
+}
+
 /// A name no other test uses: `{prefix}-{random}`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())

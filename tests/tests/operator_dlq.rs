@@ -12,9 +12,7 @@ use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{AuditEntry, WindowAggregate};
 use medallion_contracts::{Decoder, Registry};
 use medallion_tests::fleet::{raw_record, Fleet};
-use medallion_tests::{
-    committed_offsets, high_watermarks, produce_raw, real_broker, test_producer,
-};
+use medallion_tests::{produce_raw, real_broker, test_producer};
 
 const PARTITIONS: i32 = 3;
 const WINDOW_MS: i64 = 60_000;
@@ -23,23 +21,6 @@ const REJECTED: u128 = 20;
 
 fn registry() -> Registry {
     Registry::Embedded(Arc::new(EmbeddedRegistry::with_compiled_in()))
-}
-
-/// Waits until silver's group has committed everything on its input.
-async fn silver_caught_up(fleet: &Fleet) -> bool {
-    let (bootstrap, topic, group) = (
-        fleet.bootstrap.clone(),
-        fleet.topic("bronze.data.cleaned"),
-        fleet.group("silver"),
-    );
-    medallion_tests::wait_until(Duration::from_secs(60), move || {
-        let ends = high_watermarks(&bootstrap, &topic, PARTITIONS).unwrap_or_default();
-        let committed =
-            committed_offsets(&bootstrap, &group, &topic, PARTITIONS).unwrap_or_default();
-        ends.iter()
-            .all(|(partition, end)| committed.get(partition).copied().unwrap_or(0) >= *end)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,7 +36,7 @@ async fn dead_letters_are_inspected_redriven_and_counted_once() {
     let mut silver = fleet.spawn("silver", 1);
     let mut gold = fleet.spawn("gold", 1);
 
-    let now = medallion_core_now();
+    let now = medallion_tests::now_ms();
     let window = (now - 2 * WINDOW_MS).div_euclid(WINDOW_MS) * WINDOW_MS;
     let mut records = Vec::new();
     for n in 0..VALID + REJECTED {
@@ -187,7 +168,10 @@ async fn dead_letters_are_inspected_redriven_and_counted_once() {
         "#,
     );
     let mut silver = fleet.spawn("silver", 2);
-    assert!(silver_caught_up(&fleet).await, "silver restarted");
+    assert!(
+        fleet.caught_up("silver", "bronze.data.cleaned").await,
+        "silver restarted"
+    );
 
     // The redrive sends all 40 dead letters (20 records, each dead-lettered twice) back; silver
     // keeps one copy of each.
@@ -208,7 +192,7 @@ async fn dead_letters_are_inspected_redriven_and_counted_once() {
     let third = fleet.medallion(&["dlq", "redrive", &dlq]);
     assert_eq!(third.code, 0, "{third}");
     assert!(
-        silver_caught_up(&fleet).await,
+        fleet.caught_up("silver", "bronze.data.cleaned").await,
         "silver read the third redrive"
     );
     assert_eq!(fleet.count("silver.data.processed").await, valid + rejected);
@@ -282,14 +266,4 @@ async fn dead_letters_are_inspected_redriven_and_counted_once() {
     for stage in [&mut bronze, &mut silver, &mut gold] {
         stage.terminate();
     }
-}
-
-fn medallion_core_now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis(),
-    )
-    .expect("in range")
 }

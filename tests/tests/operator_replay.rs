@@ -13,7 +13,7 @@ use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{AuditEntry, WindowAggregate};
 use medallion_contracts::{Decoder, Registry};
 use medallion_tests::fleet::{raw_record, Fleet};
-use medallion_tests::{committed_offsets, high_watermarks, produce_raw, test_producer, OwnBroker};
+use medallion_tests::{committed_offsets, produce_raw, test_producer, OwnBroker};
 
 const PARTITIONS: i32 = 3;
 const WINDOW_MS: i64 = 2_000;
@@ -31,16 +31,6 @@ fn usd_per_unit(currency: &str, eur: f64) -> f64 {
         "EUR" => eur,
         other => panic!("no rate for {other}"),
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis(),
-    )
-    .expect("in range")
 }
 
 /// RFC 3339 in UTC with milliseconds.
@@ -87,23 +77,6 @@ async fn emitted(fleet: &Fleet, at_least: usize) -> Vec<(i64, WindowAggregate)> 
     windows
 }
 
-/// Waits until `stage`'s group has committed up to the end of its input on every partition.
-async fn caught_up(fleet: &Fleet, stage: &str, input: &str) -> bool {
-    let (bootstrap, topic, group) = (
-        fleet.bootstrap.clone(),
-        fleet.topic(input),
-        fleet.group(stage),
-    );
-    medallion_tests::wait_until(Duration::from_secs(90), move || {
-        let ends = high_watermarks(&bootstrap, &topic, PARTITIONS).unwrap_or_default();
-        let committed =
-            committed_offsets(&bootstrap, &group, &topic, PARTITIONS).unwrap_or_default();
-        ends.iter()
-            .all(|(partition, end)| committed.get(partition).copied().unwrap_or(0) >= *end)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
     // A broker of its own that describes consumer groups (the replay refuses without that).
@@ -124,19 +97,19 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
     let mut rules = fleet.spawn("rule-evaluator", 1);
 
     // Live data: event time is the time of sending, as with a real connector.
-    let start = (now_ms() / WINDOW_MS + 2) * WINDOW_MS;
+    let start = (medallion_tests::now_ms() / WINDOW_MS + 2) * WINDOW_MS;
     tokio::time::sleep(Duration::from_millis(
-        u64::try_from(start - now_ms()).unwrap_or(0),
+        u64::try_from(start - medallion_tests::now_ms()).unwrap_or(0),
     ))
     .await;
     let producer = test_producer(&bootstrap).expect("producer");
     let raw_topic = fleet.topic("connector.data.raw");
     let mut sent: Vec<(i64, i64, f64)> = Vec::new();
     let mut n: u128 = 0;
-    while now_ms() < start + WINDOWS * WINDOW_MS {
+    while medallion_tests::now_ms() < start + WINDOWS * WINDOW_MS {
         for (org, entity, _) in ORGS {
             n += 1;
-            let observed = now_ms();
+            let observed = medallion_tests::now_ms();
             let spend = f64::from(u8::try_from(n % 7).expect("small")) + 1.0;
             let value = raw_record(
                 0x0e_0000 + n,
@@ -179,11 +152,11 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
     let before = emitted(&fleet, closed).await;
     assert_eq!(before.len(), closed, "gold emitted each closed window once");
     assert!(
-        caught_up(&fleet, "rule-evaluator", "gold.data.ready").await,
+        fleet.caught_up("rule-evaluator", "gold.data.ready").await,
         "the rule evaluator caught up"
     );
     assert!(
-        caught_up(&fleet, "silver", "bronze.data.cleaned").await,
+        fleet.caught_up("silver", "bronze.data.cleaned").await,
         "silver caught up"
     );
 
@@ -311,7 +284,7 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
     let mut rules = fleet.spawn("rule-evaluator", 2);
 
     // Records far enough ahead close every window of the data.
-    while now_ms() < last_window + WINDOW_MS + 3_000 {
+    while medallion_tests::now_ms() < last_window + WINDOW_MS + 3_000 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for (org, entity, _) in ORGS {
@@ -320,7 +293,7 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
             0x0e_0000 + n,
             org,
             entity,
-            now_ms(),
+            medallion_tests::now_ms(),
             "EUR",
             &[("impressions", 1.0)],
         );

@@ -151,6 +151,22 @@ impl Operator {
         Ok(self.admin.writer(&self.config.producer)?)
     }
 
+    /// Writes `payload` to `topic` keyed by the platform's org ([`PLATFORM_ORG`]), to the
+    /// partition the stages' partitioner gives it, and waits for the acknowledgement.
+    pub async fn send_for_platform(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let partitions = self.admin.partitions(topic)?;
+        let partition = self
+            .config
+            .producer
+            .partitioner
+            .partition(PLATFORM_ORG, partitions);
+        let key = org_key(PLATFORM_ORG);
+        self.writer()?
+            .send(topic, partition, Some(key.as_bytes()), Some(payload), &[])
+            .await?;
+        Ok(())
+    }
+
     /// Writes the audit record of a change to `audit.events`.
     pub async fn audit(
         &self,
@@ -180,16 +196,7 @@ impl Operator {
                 },
             );
             let payload = encoder.encode(&event)?;
-            let partitions = self.admin.partitions(topic)?;
-            let partition = self
-                .config
-                .producer
-                .partitioner
-                .partition(PLATFORM_ORG, partitions);
-            let key = org_key(PLATFORM_ORG);
-            self.writer()?
-                .send(topic, partition, Some(key.as_bytes()), Some(&payload), &[])
-                .await?;
+            self.send_for_platform(topic, &payload).await?;
             anyhow::Ok(())
         };
         write.await.with_context(|| {

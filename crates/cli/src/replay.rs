@@ -35,8 +35,7 @@ use anyhow::Context;
 use medallion_contracts::types::{
     ConfigChange, EventSource, ProcessedData, ReplayBoundary, ReplayPartition,
 };
-use medallion_contracts::{Contract, Decoder, Encoder, Envelope};
-use medallion_core::partitioner::org_key;
+use medallion_contracts::{Decoder, Encoder, Envelope};
 
 use crate::operator::{Operator, PLATFORM_ORG};
 
@@ -123,14 +122,21 @@ fn stage_group(stage: &'static str, dir: Option<&Path>) -> anyhow::Result<StageG
     })
 }
 
-fn window_ms(dir: Option<&Path>) -> anyhow::Result<i64> {
+/// Gold's `stage.KEY` from its configuration in `dir` (or its defaults).
+fn gold_setting(dir: Option<&Path>, key: &str) -> anyhow::Result<serde_json::Value> {
     let config = crate::stages::configuration(WINDOWING, stage_file(dir, WINDOWING).as_deref())?;
     config
         .get("stage")
-        .and_then(|stage| stage.get("window_ms"))
-        .and_then(serde_json::Value::as_i64)
+        .and_then(|stage| stage.get(key))
+        .cloned()
+        .with_context(|| format!("gold's configuration has no stage.{key}"))
+}
+
+fn window_ms(dir: Option<&Path>) -> anyhow::Result<i64> {
+    gold_setting(dir, "window_ms")?
+        .as_i64()
         .filter(|window| *window > 0)
-        .context("gold's configuration has no stage.window_ms")
+        .context("gold's stage.window_ms is not a positive number")
 }
 
 fn time_text(ms: i64) -> String {
@@ -552,39 +558,14 @@ async fn publish_boundary(
         },
     );
     let payload = encoder.encode(&event)?;
-    let changes_topic = changes_topic(dir)?;
-    let partitions = operator.admin.partitions(&changes_topic)?;
-    let partition = operator
-        .config
-        .producer
-        .partitioner
-        .partition(PLATFORM_ORG, partitions);
-    let key = org_key(PLATFORM_ORG);
     operator
-        .writer()?
-        .send(
-            &changes_topic,
-            partition,
-            Some(key.as_bytes()),
-            Some(&payload),
-            &[],
-        )
-        .await?;
-    Ok(())
+        .send_for_platform(&changes_topic(dir)?, &payload)
+        .await
 }
 
-/// Where gold reads replay boundaries: its `stage.changes_topic`.
 fn changes_topic(dir: Option<&Path>) -> anyhow::Result<String> {
-    let config = crate::stages::configuration(WINDOWING, stage_file(dir, WINDOWING).as_deref())?;
-    config
-        .get("stage")
-        .and_then(|stage| stage.get("changes_topic"))
-        .and_then(serde_json::Value::as_str)
+    gold_setting(dir, "changes_topic")?
+        .as_str()
         .map(str::to_owned)
-        .with_context(|| {
-            format!(
-                "gold's configuration has no stage.changes_topic (default {})",
-                ConfigChange::TOPIC
-            )
-        })
+        .context("gold's stage.changes_topic is not a topic name")
 }

@@ -14,14 +14,16 @@
 //! late and is dead-lettered as `late_event` as usual.
 //!
 //! Limits: boundaries are kept in memory for the life of the process (one per replay and
-//! partition, so a handful); a change that does not decode is logged and skipped.
+//! partition, so a handful); a change that does not decode is logged and skipped
+//! ([`medallion_stage::changes`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use medallion_contracts::types::{ConfigChange, ReplayBoundary};
-use medallion_contracts::{Decoder, Registry};
-use medallion_core::side::{ReaderEvent, TopicReader};
+use medallion_contracts::{Envelope, Registry};
+use medallion_core::side::TopicReader;
+use medallion_stage::changes::{follow, ChangeHandler, Next};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -82,46 +84,39 @@ impl ReplayListener {
     /// Runs until `shutdown`; `caught_up` is sent once every change that was on the topic when
     /// the reader opened has been read.
     pub async fn run(
-        mut self,
+        self,
         shutdown: CancellationToken,
         caught_up: oneshot::Sender<()>,
     ) -> anyhow::Result<()> {
-        let decoder = Decoder::<ConfigChange>::new(self.registry.clone());
-        let mut caught_up = Some(caught_up);
-        loop {
-            let message = match self.reader.next(&shutdown).await {
-                None => return Ok(()),
-                Some(ReaderEvent::CaughtUp) => {
-                    if let Some(caught_up) = caught_up.take() {
-                        let _ = caught_up.send(());
-                    }
-                    continue;
-                }
-                Some(ReaderEvent::Record(message)) => message,
-                Some(_) => continue,
-            };
-            let change = match decoder
-                .decode(message.payload.as_deref().unwrap_or_default())
-                .await
-            {
-                Ok(change) => change,
-                Err(error) => {
-                    tracing::warn!(%error, offset = message.offset, "skipping an undecodable config change");
-                    continue;
-                }
-            };
-            let Some(boundary) = change
-                .payload
-                .replay
-                .filter(|_| change.payload.kind == "replay")
-            else {
-                continue;
-            };
-            if boundary.group != self.group || boundary.topic != self.topic {
-                continue;
-            }
+        let handler = Keeper {
+            group: self.group,
+            topic: self.topic,
+            boundaries: self.boundaries,
+        };
+        follow(self.reader, self.registry, shutdown, caught_up, handler).await
+    }
+}
+
+/// Keeps the boundaries of one group and topic.
+struct Keeper {
+    group: String,
+    topic: String,
+    boundaries: Arc<RwLock<Boundaries>>,
+}
+
+impl ChangeHandler for Keeper {
+    async fn handle(&mut self, change: Envelope<ConfigChange>) -> Next {
+        let replay_id = change.payload.rule_id;
+        let Some(boundary) = change
+            .payload
+            .replay
+            .filter(|_| change.payload.kind == "replay")
+        else {
+            return Next::Continue;
+        };
+        if boundary.group == self.group && boundary.topic == self.topic {
             tracing::info!(
-                replay = %change.payload.rule_id,
+                replay = %replay_id,
                 boundary_ms = boundary.boundary_ms,
                 partitions = boundary.partitions.len(),
                 "replay boundary"
@@ -131,6 +126,7 @@ impl ReplayListener {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .add(&boundary);
         }
+        Next::Continue
     }
 }
 

@@ -18,9 +18,10 @@
 use std::sync::{Arc, RwLock};
 
 use medallion_contracts::types::{AuditEntry, ConfigChange, EventSource};
-use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_contracts::{Encoder, Envelope, Registry};
 use medallion_core::ids::derive_event_id;
-use medallion_core::side::{ReaderEvent, SideError, SideProducer, TopicReader};
+use medallion_core::side::{SideError, SideProducer, TopicReader};
+use medallion_stage::changes::{follow, ChangeHandler, Next};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -35,14 +36,21 @@ pub const RULES_LOADED: &str = "medallion_rules_loaded";
 pub struct ChangesListener {
     /// The reader of `config.changes`, opened from its beginning.
     pub reader: TopicReader,
+    /// Registry for decoding changes.
+    pub registry: Registry,
+    /// What applies the changes.
+    pub rules: RuleChanges,
+}
+
+/// Applies rule changes and audits them.
+#[derive(Debug)]
+pub struct RuleChanges {
     /// Writes the audit records.
     pub producer: SideProducer,
     /// `audit.events`.
     pub audit_topic: String,
     /// The shared rules.
     pub rules: Arc<RwLock<RuleSet>>,
-    /// Registry for decoding changes.
-    pub registry: Registry,
     /// Encoder of audit records.
     pub audit: Encoder<AuditEntry>,
     /// This instance, for the audit's actor.
@@ -53,51 +61,50 @@ impl ChangesListener {
     /// Runs until `shutdown`. `caught_up` is sent once every change that was on the topic when
     /// the reader opened has been applied.
     pub async fn run(
-        mut self,
+        self,
         shutdown: CancellationToken,
         caught_up: oneshot::Sender<()>,
     ) -> anyhow::Result<()> {
-        let decoder = Decoder::<ConfigChange>::new(self.registry.clone());
-        let mut caught_up = Some(caught_up);
+        self.rules.publish_rule_count();
+        let handler = Applier {
+            changes: self.rules,
+            stop: shutdown.clone(),
+        };
+        follow(self.reader, self.registry, shutdown, caught_up, handler).await
+    }
+}
+
+/// [`RuleChanges`] with the token its audit writes stop at.
+struct Applier {
+    changes: RuleChanges,
+    stop: CancellationToken,
+}
+
+impl ChangeHandler for Applier {
+    async fn handle(&mut self, change: Envelope<ConfigChange>) -> Next {
+        self.changes.apply(&change, &self.stop).await
+    }
+}
+
+impl RuleChanges {
+    /// Applies one change (other kinds than `rule` are for other stages) and audits it.
+    async fn apply(&self, change: &Envelope<ConfigChange>, stop: &CancellationToken) -> Next {
+        if change.payload.kind != "rule" {
+            return Next::Continue;
+        }
+        let outcome = self
+            .rules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(&change.payload, change.org_id);
+        tracing::info!(rule = %change.payload.rule_id, version = change.payload.version, ?outcome, "config change");
         self.publish_rule_count();
-        loop {
-            let message = match self.reader.next(&shutdown).await {
-                None => return Ok(()),
-                Some(ReaderEvent::CaughtUp) => {
-                    if let Some(caught_up) = caught_up.take() {
-                        tracing::info!("rules caught up with config changes");
-                        let _ = caught_up.send(());
-                    }
-                    continue;
-                }
-                Some(ReaderEvent::Record(message)) => message,
-                Some(_) => continue,
-            };
-            let change = match decoder
-                .decode(message.payload.as_deref().unwrap_or_default())
-                .await
-            {
-                Ok(change) => change,
-                Err(error) => {
-                    tracing::warn!(%error, offset = message.offset, "skipping an undecodable config change");
-                    continue;
-                }
-            };
-            if change.payload.kind != "rule" {
-                // Other kinds (replay boundaries) are for other stages.
-                continue;
-            }
-            let outcome = self
-                .rules
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .apply(&change.payload, change.org_id);
-            tracing::info!(rule = %change.payload.rule_id, version = change.payload.version, ?outcome, "config change");
-            self.publish_rule_count();
-            match self.audit(&change, &outcome, &shutdown).await {
-                Ok(()) => {}
-                Err(SideError::Stopped { .. }) => return Ok(()),
-                Err(error) => tracing::error!(%error, "audit record not written"),
+        match self.audit(change, &outcome, stop).await {
+            Ok(()) => Next::Continue,
+            Err(SideError::Stopped { .. }) => Next::Stop,
+            Err(error) => {
+                tracing::error!(%error, "audit record not written");
+                Next::Continue
             }
         }
     }

@@ -17,7 +17,7 @@ mod config;
 mod processor;
 pub mod rules;
 
-pub use changes::{ChangesListener, RULES_LOADED};
+pub use changes::{ChangesListener, RuleChanges, RULES_LOADED};
 pub use config::{RuleEvaluatorConfig, RuleEvaluatorSettings, RulesFile, DEFAULTS, RULES_DEFAULTS};
 pub use processor::{RuleEvaluator, ALERTS};
 
@@ -55,14 +55,16 @@ impl Stage for RuleEvaluatorStage {
         let audit = setup.register::<AuditEntry>().await?;
         let listener = ChangesListener {
             reader: setup.topic_reader(&settings.changes_topic).await?,
-            producer: setup.side_producer()?,
-            audit_topic: settings.audit_topic.clone(),
-            rules: Arc::clone(&rules),
             registry: setup.registry.clone(),
-            audit,
-            source: EventSource {
-                service: STAGE.to_owned(),
-                instance: setup.instance.clone(),
+            rules: RuleChanges {
+                producer: setup.side_producer()?,
+                audit_topic: settings.audit_topic.clone(),
+                rules: Arc::clone(&rules),
+                audit,
+                source: EventSource {
+                    service: STAGE.to_owned(),
+                    instance: setup.instance.clone(),
+                },
             },
         };
         let (caught_up, rules_current) = tokio::sync::oneshot::channel();

@@ -15,6 +15,7 @@
 //! Side tasks a stage starts with [`Setup::spawn`] share one cancellation tree with the
 //! runtime: a side task that fails stops the stage, and the stage stopping stops them.
 
+pub mod changes;
 mod http;
 pub mod summary;
 

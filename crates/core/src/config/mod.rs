@@ -612,12 +612,7 @@ where
 {
     let mut merged = parse_layer("the embedded default configuration", embedded_defaults)?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        let layer = parse_layer(&format!("config file `{}`", path.display()), &text)?;
-        merge(&mut merged, layer);
+        merge(&mut merged, file_layer(path)?);
     }
     merge(&mut merged, env_layer(env)?);
     deserialize(merged)
@@ -638,11 +633,7 @@ where
     let kept = |name: &str| tables.iter().any(|table| table.eq_ignore_ascii_case(name));
     let mut merged = parse_layer("the embedded default configuration", embedded_defaults)?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        let mut layer = parse_layer(&format!("config file `{}`", path.display()), &text)?;
+        let mut layer = file_layer(path)?;
         layer.retain(|name, _| kept(name));
         merge(&mut merged, layer);
     }
@@ -683,6 +674,14 @@ where
 /// The environment as a map, for [`load`].
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars().collect()
+}
+
+fn file_layer(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    })?;
+    parse_layer(&format!("config file `{}`", path.display()), &text)
 }
 
 fn parse_layer(layer: &str, text: &str) -> Result<toml::Table, ConfigError> {
