@@ -370,4 +370,55 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
     for stage in [&mut bronze, &mut silver, &mut gold, &mut rules] {
         stage.terminate();
     }
+
+    // `--to` moves one group alone: checked, dry-run, then for real.
+    let to = |target: &str, extra: &[&str]| {
+        let args = [
+            &[
+                "replay",
+                "--from-stage",
+                "gold",
+                "--to",
+                target,
+                "--config-dir",
+                dir.as_str(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        fleet.medallion(&args)
+    };
+    let mut dry = to("earliest", &["--dry-run"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while dry.stderr.contains("active members") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        dry = to("earliest", &["--dry-run"]);
+    }
+    assert_eq!(dry.code, 0, "{dry}");
+    assert!(
+        dry.stdout.contains("moved to earliest") && dry.stdout.contains("dry run: nothing changed"),
+        "{dry}"
+    );
+    let outside = to("999999999", &[]);
+    assert_eq!(outside.code, 2, "{outside}");
+    assert!(outside.stderr.contains("is outside partition"), "{outside}");
+    let latest = to("latest", &[]);
+    assert_eq!(latest.code, 0, "{latest}");
+    let input = fleet.topic("silver.data.processed");
+    assert_eq!(
+        committed_offsets(&bootstrap, &fleet.group("gold"), &input, PARTITIONS).expect("offsets"),
+        medallion_tests::high_watermarks(&bootstrap, &input, PARTITIONS).expect("ends"),
+        "gold's group is at the end of its input"
+    );
+    let unknown = fleet.medallion(&[
+        "replay",
+        "--from-stage",
+        "notification-sender",
+        "--to",
+        "latest",
+        "--config-dir",
+        dir.as_str(),
+    ]);
+    assert_eq!(unknown.code, 2, "{unknown}");
+    assert!(unknown.stderr.contains("unknown group"), "{unknown}");
 }

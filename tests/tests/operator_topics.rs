@@ -46,32 +46,28 @@ async fn topics_apply_creates_the_platform_topics_and_verify_reports_drift() {
         "a dry run created a topic"
     );
 
-    // One topic exists already, with 3 partitions instead of 12.
-    create_topics(&bootstrap, &[("gold.data.ready", 3)])
-        .await
-        .expect("the drifted topic");
-
-    let applied = medallion(
-        &bootstrap,
-        &[&["topics", "apply"], &SINGLE_BROKER[..]].concat(),
-    );
+    // On the empty broker, apply creates everything, and verify passes.
+    let platform = |command: &str| {
+        medallion(
+            &bootstrap,
+            &[&["topics", command], &SINGLE_BROKER[..]].concat(),
+        )
+    };
+    let applied = platform("apply");
     assert_eq!(applied.code, 0, "{applied}");
     assert!(
-        applied.stdout.contains("created 15 topics; 1 drifted"),
+        applied.stdout.contains("created 16 topics; 0 drifted"),
         "{applied}"
     );
+    let verified = platform("verify");
+    assert_eq!(verified.code, 0, "{verified}");
     assert!(
-        applied.stdout.lines().any(|line| line.contains("drift")
-            && line.contains("gold.data.ready ")
-            && line.contains("partitions: 3, want 12")),
-        "{applied}"
+        verified.stdout.contains("all 16 topics match"),
+        "{verified}"
     );
 
     let topics = admin.topics().expect("topics");
-    assert_eq!(
-        topics["gold.data.ready"].partitions, 3,
-        "drift was repaired"
-    );
+    assert_eq!(topics["gold.data.ready"].partitions, 12);
     assert_eq!(topics["connector.data.raw"].partitions, 12);
     assert_eq!(topics["rules.alerts.triggered.dlq"].partitions, 6);
     let configs = admin
@@ -85,55 +81,50 @@ async fn topics_apply_creates_the_platform_topics_and_verify_reports_drift() {
     );
     assert_eq!(configs["audit.events"]["min.insync.replicas"], "1");
 
-    // verify fails on the drifted topic, and passes once the plan no longer wants 12 there.
-    let verified = medallion(
-        &bootstrap,
-        &[&["topics", "verify"], &SINGLE_BROKER[..]].concat(),
-    );
-    assert_eq!(verified.code, 1, "{verified}");
-    assert!(
-        verified
-            .stdout
-            .contains("1 of 16 topics are missing or drifted"),
-        "{verified}"
-    );
+    // A topic that exists with 3 partitions where the plan wants 12: drift, left alone, and
+    // verify fails on it.
+    create_topics(&bootstrap, &[("ops.drift.check", 3)])
+        .await
+        .expect("the drifted topic");
     let dir = tempfile::tempdir().expect("dir");
     let plan = dir.path().join("topics.toml");
     std::fs::write(
         &plan,
-        "[[topics]]\nname = \"gold.data.ready\"\npartitions = 3\nretention = \"7d\"\ndlq = false\n",
+        "replication_factor = 1\nmin_insync_replicas = 1\n[[topics]]\nname = \"ops.drift.check\"\npartitions = 12\nretention = \"7d\"\ndlq = false\n",
     )
     .expect("plan");
-    let plan_arg = plan.display().to_string();
-    // Partitions and replication match now; the retention the test set up is the broker's
-    // default, not the plan's 7 days: drift on that key alone.
-    let verified = medallion(
-        &bootstrap,
-        &[
-            &["topics", "verify", "--file", plan_arg.as_str()],
-            &SINGLE_BROKER[..],
-        ]
-        .concat(),
-    );
-    assert_eq!(verified.code, 1, "{verified}");
-    let line = verified
-        .stdout
-        .lines()
-        .find(|line| line.contains("gold.data.ready"))
-        .unwrap_or_else(|| panic!("{verified}"));
+    let plan = plan.display().to_string();
+    let drifted = medallion(&bootstrap, &["topics", "apply", "--file", &plan]);
+    assert_eq!(drifted.code, 0, "{drifted}");
     assert!(
-        line.contains("drift") && line.contains("retention.ms") && !line.contains("partitions"),
+        drifted.stdout.contains("created 0 topics; 1 drifted"),
+        "{drifted}"
+    );
+    assert!(
+        drifted.stdout.lines().any(|line| line.contains("drift")
+            && line.contains("ops.drift.check")
+            && line.contains("partitions: 3, want 12")),
+        "{drifted}"
+    );
+    assert_eq!(
+        admin.topics().expect("topics")["ops.drift.check"].partitions,
+        3,
+        "drift was repaired"
+    );
+    let verified = medallion(&bootstrap, &["topics", "verify", "--file", &plan]);
+    assert_eq!(verified.code, 1, "{verified}");
+    assert!(
+        verified
+            .stdout
+            .contains("1 of 1 topics are missing or drifted"),
         "{verified}"
     );
 
-    // Applying again creates nothing and writes no audit record.
-    let again = medallion(
-        &bootstrap,
-        &[&["topics", "apply"], &SINGLE_BROKER[..]].concat(),
-    );
+    // Applying the platform's plan again creates nothing and writes no audit record.
+    let again = platform("apply");
     assert_eq!(again.code, 0, "{again}");
     assert!(
-        again.stdout.contains("created 0 topics; 1 drifted"),
+        again.stdout.contains("created 0 topics; 0 drifted"),
         "{again}"
     );
 
@@ -158,8 +149,8 @@ async fn topics_apply_creates_the_platform_topics_and_verify_reports_drift() {
     assert_eq!(entry.payload.actor, medallion_tests::operator::ACTOR);
     assert_eq!(entry.org_id, 0);
     let created: Vec<&str> = entry.payload.details["created"].split(',').collect();
-    assert_eq!(created.len(), 15);
-    assert!(!created.contains(&"gold.data.ready"));
+    assert_eq!(created.len(), 16);
+    assert!(created.contains(&"gold.data.ready.dlq"));
 }
 
 #[test]
