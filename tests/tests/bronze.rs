@@ -141,7 +141,14 @@ async fn bronze_cleans_dedups_and_dead_letters_with_codes() {
         let mut unknown_id = avro_raw(&raw_encoder, n, 5);
         unknown_id[1..5].copy_from_slice(&999_999u32.to_be_bytes());
         reject("unknown_schema_id", 5, unknown_id);
+        // Unbounded input: a 200 KB entity id, and a 600 KB record.
+        let mut huge_id = connector_json(n + 100, 6);
+        huge_id["payload"]["entity"]["id"] = json!("x".repeat(200_000));
+        reject("too_large", 6, serde_json::to_vec(&huge_id).expect("json"));
     }
+    let mut huge_record = connector_json(2100, 7);
+    huge_record["payload"]["dimensions"]["blob"] = json!("y".repeat(600_000));
+    reject("too_large", 7, serde_json::to_vec(&huge_record).expect("json"));
     let rejected: usize = expected_codes.values().sum();
 
     let producer = test_producer(&bootstrap).expect("producer");

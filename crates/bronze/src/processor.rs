@@ -10,7 +10,7 @@ use medallion_core::ids::derive_event_id;
 use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
 use uuid::Uuid;
 
-use crate::config::BronzeSettings;
+use crate::config::{BronzeSettings, Limits};
 use medallion_stage::now_ms;
 
 /// The stage name in derived ids and in `source.service`.
@@ -33,6 +33,7 @@ pub struct Bronze {
     output_topic: Arc<str>,
     source: EventSource,
     max_future_skew_ms: i64,
+    limits: Limits,
 }
 
 impl Bronze {
@@ -52,6 +53,7 @@ impl Bronze {
                 instance: instance.to_owned(),
             },
             max_future_skew_ms: i64::try_from(settings.max_future_skew_ms).unwrap_or(i64::MAX),
+            limits: settings.limits,
         }
     }
 }
@@ -65,6 +67,14 @@ impl Processor for Bronze {
 
     async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Raw, ProcessError> {
         let payload = record.payload.unwrap_or_default();
+        if payload.len() > self.limits.max_record_bytes {
+            return Err(too_large(
+                "the record",
+                payload.len(),
+                self.limits.max_record_bytes,
+                "max_record_bytes",
+            ));
+        }
         let event = self.ingest.decode(payload).await?;
         Ok(Raw {
             event,
@@ -90,6 +100,7 @@ impl Processor for Bronze {
             input.received_at.unwrap_or(now),
             now,
             self.max_future_skew_ms,
+            &self.limits,
         )
         .map_err(identify)?;
         let output = Envelope::new(
@@ -113,13 +124,73 @@ impl Processor for Bronze {
     }
 }
 
+fn too_large(what: &str, size: usize, limit: usize, key: &str) -> ProcessError {
+    ProcessError::permanent(
+        "too_large",
+        format!("{what} is {size} bytes or items; the limit is {limit} (stage.limits.{key})"),
+    )
+}
+
+/// Rejects a record past `limits` (sizes in bytes, counts in items).
+fn check_limits(payload: &RawData, limits: &Limits) -> Result<(), ProcessError> {
+    if payload.metrics.len() > limits.max_metrics {
+        return Err(too_large(
+            "payload.metrics",
+            payload.metrics.len(),
+            limits.max_metrics,
+            "max_metrics",
+        ));
+    }
+    if payload.dimensions.len() > limits.max_dimensions {
+        return Err(too_large(
+            "payload.dimensions",
+            payload.dimensions.len(),
+            limits.max_dimensions,
+            "max_dimensions",
+        ));
+    }
+    let strings = [
+        ("payload.connector_id", payload.connector_id.as_str()),
+        ("payload.run_id", payload.run_id.as_str()),
+        ("payload.entity.type", payload.entity.kind.as_str()),
+        ("payload.entity.id", payload.entity.id.as_str()),
+        (
+            "payload.entity.name",
+            payload.entity.name.as_deref().unwrap_or_default(),
+        ),
+    ];
+    let named = payload
+        .metrics
+        .keys()
+        .map(|name| ("a payload.metrics name", name.as_str()))
+        .chain(payload.dimensions.iter().flat_map(|(key, value)| {
+            [
+                ("a payload.dimensions key", key.as_str()),
+                ("a payload.dimensions value", value.as_str()),
+            ]
+        }));
+    for (field, text) in strings.into_iter().chain(named) {
+        if text.len() > limits.max_string_bytes {
+            return Err(too_large(
+                field,
+                text.len(),
+                limits.max_string_bytes,
+                "max_string_bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validates and normalises one raw event (pure: the clock is an argument).
 pub fn clean(
     raw: &Envelope<RawData>,
     received_at: i64,
     now: i64,
     max_future_skew_ms: i64,
+    limits: &Limits,
 ) -> Result<CleanedData, ProcessError> {
+    check_limits(&raw.payload, limits)?;
     if raw.event_type != "connector.data.raw" {
         return Err(ProcessError::permanent(
             "wrong_event_type",
@@ -220,7 +291,7 @@ mod tests {
 
     #[test]
     fn normalises_case_and_currency() {
-        let cleaned = clean(&raw(|_| {}), 7, NOW, 86_400_000).expect("clean");
+        let cleaned = clean(&raw(|_| {}), 7, NOW, 86_400_000, &Limits::default()).expect("clean");
         assert_eq!(cleaned.entity.kind, "campaign");
         assert_eq!(cleaned.entity.name.as_deref(), Some("Spring Sale"));
         assert_eq!(cleaned.currency.as_deref(), Some("EUR"));
@@ -248,9 +319,28 @@ mod tests {
                 NOW,
             ),
             ("observed_at_in_future", raw(|_| {}), 1_000),
+            (
+                "too_large",
+                raw(|v| v["payload"]["entity"]["id"] = json!("x".repeat(100_000))),
+                NOW,
+            ),
+            (
+                "too_large",
+                raw(|v| {
+                    let many: serde_json::Map<String, serde_json::Value> =
+                        (0..101).map(|n| (format!("m{n}"), json!(1))).collect();
+                    v["payload"]["metrics"] = serde_json::Value::Object(many);
+                }),
+                NOW,
+            ),
+            (
+                "too_large",
+                raw(|v| v["payload"]["dimensions"]["k"] = json!("v".repeat(257))),
+                NOW,
+            ),
         ];
         for (code, event, now) in cases {
-            let error = clean(&event, 0, now, 86_400_000).expect_err(code);
+            let error = clean(&event, 0, now, 86_400_000, &Limits::default()).expect_err(code);
             assert_eq!(error.code, code, "{error}");
             assert_eq!(error.class, medallion_core::ErrorClass::Permanent);
         }
