@@ -148,7 +148,11 @@ async fn bronze_cleans_dedups_and_dead_letters_with_codes() {
     }
     let mut huge_record = connector_json(2100, 7);
     huge_record["payload"]["dimensions"]["blob"] = json!("y".repeat(600_000));
-    reject("too_large", 7, serde_json::to_vec(&huge_record).expect("json"));
+    reject(
+        "too_large",
+        7,
+        serde_json::to_vec(&huge_record).expect("json"),
+    );
     let rejected: usize = expected_codes.values().sum();
 
     let producer = test_producer(&bootstrap).expect("producer");

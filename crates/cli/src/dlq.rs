@@ -90,24 +90,76 @@ fn source_of<'a>(operator: &Operator, dlq: &'a str) -> anyhow::Result<&'a str> {
         })
 }
 
-/// Reads every record of `topic` that `selection` takes.
-fn select(
-    operator: &Operator,
-    topic: &str,
-    selection: &Selection,
-) -> anyhow::Result<(usize, Vec<AdminRecord>)> {
-    let partitions = operator.admin.partitions(topic)?;
-    let start: BTreeMap<i32, i64> = (0..partitions).map(|partition| (partition, 0)).collect();
-    let mut read = 0;
-    let mut selected = Vec::new();
-    operator.admin.read(topic, &start, |record| {
-        read += 1;
-        if selection.matches(&record) {
-            selected.push(record);
+/// Records redriven per read of the dead-letter topic: what a redrive holds in memory.
+const CHUNK: usize = 500;
+
+/// A pass over a dead-letter topic, up to the end each partition had when it started (so dead
+/// letters written meanwhile, by records that failed again, are not read again).
+struct Scan<'a> {
+    operator: &'a Operator,
+    topic: &'a str,
+    /// Per partition: the next offset and the end.
+    ranges: BTreeMap<i32, (i64, i64)>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(operator: &'a Operator, topic: &'a str) -> anyhow::Result<Self> {
+        let partitions = operator.admin.partitions(topic)?;
+        let ranges = operator
+            .admin
+            .ends(topic, 0..partitions)?
+            .into_iter()
+            .map(|(partition, end)| (partition, (0, end)))
+            .collect();
+        Ok(Self {
+            operator,
+            topic,
+            ranges,
+        })
+    }
+
+    /// Every remaining record, in one pass.
+    fn each(&mut self, mut visit: impl FnMut(AdminRecord)) -> anyhow::Result<()> {
+        self.operator
+            .admin
+            .read_range(self.topic, &self.ranges, |record| {
+                visit(record);
+                true
+            })?;
+        self.finish();
+        Ok(())
+    }
+
+    /// The next `count` records `selection` takes (fewer at the end).
+    fn chunk(&mut self, selection: &Selection, count: usize) -> anyhow::Result<Vec<AdminRecord>> {
+        let mut chunk = Vec::new();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        self.operator
+            .admin
+            .read_range(self.topic, &self.ranges, |record| {
+                next.insert(record.partition, record.offset + 1);
+                if selection.matches(&record) {
+                    chunk.push(record);
+                }
+                chunk.len() < count
+            })?;
+        if chunk.len() < count {
+            self.finish();
+        } else {
+            for (partition, offset) in next {
+                if let Some(range) = self.ranges.get_mut(&partition) {
+                    range.0 = offset;
+                }
+            }
         }
-        true
-    })?;
-    Ok((read, selected))
+        Ok(chunk)
+    }
+
+    fn finish(&mut self) {
+        for range in self.ranges.values_mut() {
+            range.0 = range.1;
+        }
+    }
 }
 
 fn label<'a>(headers: &'a [Header], name: &str) -> &'a str {
@@ -139,14 +191,25 @@ async fn show_value(operator: &Operator, payload: Option<&[u8]>, limit: usize) -
     }
 }
 
-fn counts<'a>(records: &'a [AdminRecord], name: &str) -> Vec<(&'a str, usize)> {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for record in records {
-        *counts.entry(label(&record.headers, name)).or_default() += 1;
+/// Counts of one header's values.
+#[derive(Debug, Default)]
+struct Tally(BTreeMap<String, usize>);
+
+impl Tally {
+    fn add(&mut self, headers: &[Header], name: &str) {
+        *self.0.entry(label(headers, name).to_owned()).or_default() += 1;
     }
-    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    counts
+
+    /// Most frequent first.
+    fn line(&self) -> String {
+        let mut counts: Vec<(&String, &usize)> = self.0.iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = counts
+            .into_iter()
+            .map(|(value, count)| format!("{value} {count}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// Prints counts by error code, stage and org, and up to `limit` samples with their headers.
@@ -158,26 +221,37 @@ pub async fn inspect(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     source_of(operator, topic)?;
-    let (read, selected) = select(operator, topic, selection)?;
-    writeln!(
-        out,
-        "{topic} on {}: {} of {read} dead letters selected ({})",
-        operator.brokers(),
-        selected.len(),
-        selection.describe()
-    )?;
-    for (title, name) in [
+    const TALLIES: [(&str, &str); 3] = [
         ("error code", header::ERROR_CODE),
         ("stage", header::STAGE),
         ("org", header::ORG_ID),
-    ] {
-        let line: Vec<String> = counts(&selected, name)
-            .into_iter()
-            .map(|(value, count)| format!("{value} {count}"))
-            .collect();
-        writeln!(out, "  by {title:<11} {}", line.join(", "))?;
+    ];
+    let mut tallies: [Tally; 3] = Default::default();
+    let (mut read, mut selected) = (0usize, 0usize);
+    let mut samples = Vec::new();
+    Scan::new(operator, topic)?.each(|record| {
+        read += 1;
+        if !selection.matches(&record) {
+            return;
+        }
+        selected += 1;
+        for (tally, (_, name)) in tallies.iter_mut().zip(TALLIES) {
+            tally.add(&record.headers, name);
+        }
+        if samples.len() < limit {
+            samples.push(record);
+        }
+    })?;
+    writeln!(
+        out,
+        "{topic} on {}: {selected} of {read} dead letters selected ({})",
+        operator.brokers(),
+        selection.describe()
+    )?;
+    for (tally, (title, _)) in tallies.iter().zip(TALLIES) {
+        writeln!(out, "  by {title:<11} {}", tally.line())?;
     }
-    for record in selected.iter().take(limit) {
+    for record in &samples {
         writeln!(
             out,
             "\n  partition {} offset {}:",
@@ -234,33 +308,43 @@ pub async fn redrive(
 ) -> anyhow::Result<bool> {
     let source = source_of(operator, topic)?;
     let source_partitions = operator.admin.partitions(source)?;
-    let (read, selected) = select(operator, topic, selection)?;
     // Each record goes back to where it was read; one that does not say is left alone.
-    let mut plan: Vec<(i32, &AdminRecord)> = Vec::new();
-    let mut skipped = 0;
-    for record in &selected {
+    let target = |record: &AdminRecord| {
         let from_topic = header_text(&record.headers, header::SOURCE_TOPIC);
-        let partition = header_text(&record.headers, header::SOURCE_PARTITION)
+        header_text(&record.headers, header::SOURCE_PARTITION)
             .and_then(|text| text.parse::<i32>().ok())
-            .filter(|partition| (0..source_partitions).contains(partition));
-        match (from_topic, partition) {
-            (Some(from), Some(partition)) if from == source => plan.push((partition, record)),
-            _ => skipped += 1,
-        }
-    }
-    let redrive_id = uuid::Uuid::new_v4().to_string();
+            .filter(|partition| (0..source_partitions).contains(partition))
+            .filter(|_| from_topic == Some(source))
+    };
+    let (mut read, mut planned, mut skipped) = (0usize, 0usize, 0usize);
     let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
-    for (partition, _) in &plan {
-        *per_partition.entry(*partition).or_default() += 1;
-    }
+    let mut scan = Scan::new(operator, topic)?;
+    let mut counting = Scan {
+        operator,
+        topic,
+        ranges: scan.ranges.clone(),
+    };
+    counting.each(|record| {
+        read += 1;
+        if !selection.matches(&record) {
+            return;
+        }
+        match target(&record) {
+            Some(partition) => {
+                planned += 1;
+                *per_partition.entry(partition).or_default() += 1;
+            }
+            None => skipped += 1,
+        }
+    })?;
+    let redrive_id = uuid::Uuid::new_v4().to_string();
     let spread: Vec<String> = per_partition
         .iter()
         .map(|(partition, count)| format!("[{partition}] {count}"))
         .collect();
     writeln!(
         out,
-        "redrive {redrive_id}: {} of {read} dead letters in {topic} ({}) back to {source} at up to {rate}/s",
-        plan.len(),
+        "redrive {redrive_id}: {planned} of {read} dead letters in {topic} ({}) back to {source} at up to {rate}/s",
         selection.describe()
     )?;
     writeln!(out, "  by partition: {}", spread.join(", "))?;
@@ -278,25 +362,33 @@ pub async fn redrive(
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written = 0usize;
-    for (partition, record) in &plan {
-        pace.tick().await;
-        let headers = redrive_headers(&record.headers, &redrive_id);
-        writer
-            .send(
-                source,
-                *partition,
-                record.key.as_deref(),
-                record.payload.as_deref(),
-                &headers,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "redrive {redrive_id} stopped after {written} of {} records (the rest were not written; running it again is safe)",
-                    plan.len()
+    loop {
+        let chunk = scan.chunk(selection, CHUNK)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for record in &chunk {
+            let Some(partition) = target(record) else {
+                continue;
+            };
+            pace.tick().await;
+            let headers = redrive_headers(&record.headers, &redrive_id);
+            writer
+                .send(
+                    source,
+                    partition,
+                    record.key.as_deref(),
+                    record.payload.as_deref(),
+                    &headers,
                 )
-            })?;
-        written += 1;
+                .await
+                .with_context(|| {
+                    format!(
+                        "redrive {redrive_id} stopped after {written} of {planned} records (the rest were not written; running it again is safe)"
+                    )
+                })?;
+            written += 1;
+        }
     }
     writeln!(
         out,

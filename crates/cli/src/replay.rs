@@ -62,6 +62,16 @@ pub enum Target {
     Offset(i64),
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Earliest => f.write_str("earliest"),
+            Target::Latest => f.write_str("latest"),
+            Target::Offset(offset) => write!(f, "offset {offset}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -277,7 +287,7 @@ pub async fn run(
         }
         let moved = Move {
             group: replayed.clone(),
-            how: format!("moved to {target:?}").to_lowercase(),
+            how: format!("moved to {target}"),
             before: committed,
             after,
         };
@@ -297,7 +307,7 @@ pub async fn run(
             .commit(&moved.group.group, &moved.group.topic, &moved.after)?;
         let details = BTreeMap::from([
             ("group".to_owned(), moved.group.group.clone()),
-            ("to".to_owned(), format!("{target:?}").to_lowercase()),
+            ("to".to_owned(), target.to_string()),
         ]);
         operator
             .audit(

@@ -428,13 +428,42 @@ impl Admin {
         &self,
         topic: &str,
         start: &BTreeMap<i32, i64>,
+        visit: impl FnMut(AdminRecord) -> bool,
+    ) -> Result<(), AdminError> {
+        let ends = self.ends(topic, start.keys().copied())?;
+        let ranges = start
+            .iter()
+            .map(|(partition, from)| (*partition, (*from, ends[partition])))
+            .collect();
+        self.read_range(topic, &ranges, visit)
+    }
+
+    /// The end (high watermark) of each of `partitions` of `topic` now.
+    pub fn ends(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Result<BTreeMap<i32, i64>, AdminError> {
+        partitions
+            .into_iter()
+            .map(|partition| Ok((partition, self.watermarks(topic, partition)?.1)))
+            .collect()
+    }
+
+    /// [`Admin::read`] of `ranges` (partition to `(from, until)`, `until` exclusive): records
+    /// written after `until` are not read, however long the read takes.
+    pub fn read_range(
+        &self,
+        topic: &str,
+        ranges: &BTreeMap<i32, (i64, i64)>,
         mut visit: impl FnMut(AdminRecord) -> bool,
     ) -> Result<(), AdminError> {
         let mut ends = BTreeMap::new();
         let mut list = TopicPartitionList::new();
-        for (&partition, &from) in start {
+        for (&partition, &(from, until)) in ranges {
             let (low, high) = self.watermarks(topic, partition)?;
             let from = from.max(low);
+            let high = high.min(until);
             if from < high {
                 ends.insert(partition, (from, high));
                 list.add_partition_offset(topic, partition, Offset::Offset(from))
