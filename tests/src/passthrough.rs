@@ -1,8 +1,11 @@
 //! A pass-through processor for runtime tests and benchmarks: it reads `event_id` and `org_id`
 //! from a JSON record and writes the same bytes to the output topic, with two headers that name
 //! its input position (`src.partition`, `src.offset`) so tests can check exactly what was written.
-//! A record whose `poison` field is `transient` or `permanent` fails that way.
+//! A record whose `poison` field is `transient` or `permanent` fails that way. A record whose
+//! `poison` field is `dependency` fails as an unavailable dependency while the switch given to
+//! [`PassThrough::with_dependency`] is off.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +79,7 @@ pub struct Decoded {
 pub struct PassThrough {
     output_topic: Arc<str>,
     source_headers: bool,
+    dependency_up: Arc<AtomicBool>,
 }
 
 impl PassThrough {
@@ -84,7 +88,15 @@ impl PassThrough {
         Self {
             output_topic: Arc::from(output_topic),
             source_headers: true,
+            dependency_up: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Records poisoned with `dependency` need a dependency that is up while `up` is true.
+    #[must_use]
+    pub fn with_dependency(mut self, up: Arc<AtomicBool>) -> Self {
+        self.dependency_up = up;
+        self
     }
 
     /// A pass-through that copies bytes only (no extra headers), for benchmarks.
@@ -92,6 +104,7 @@ impl PassThrough {
         Self {
             output_topic: Arc::from(output_topic),
             source_headers: false,
+            dependency_up: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -120,6 +133,12 @@ impl Processor for PassThrough {
                 "poison_permanent",
                 "asked to fail permanently",
             )),
+            Some("dependency") if !self.dependency_up.load(Ordering::Relaxed) => {
+                Some(ProcessError::unavailable(
+                    "dependency_unavailable",
+                    "the test's dependency is down",
+                ))
+            }
             _ => None,
         };
         if let Some(error) = poisoned {

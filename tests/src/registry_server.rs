@@ -7,8 +7,9 @@
 //! Avro's rules); what this server adds is the HTTP surface, ids and versions.
 //!
 //! Fault injection: [`RegistryServer::fail_next`] makes the next requests answer with a status
-//! of the test's choosing, and [`RegistryServer::requests`] counts requests per route, so tests
-//! can check what is cached.
+//! of the test's choosing, [`RegistryServer::set_outage`] makes every request fail (a status, or
+//! a connection accepted and never answered) until it is lifted, and
+//! [`RegistryServer::requests`] counts requests per route, so tests can check what is cached.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -39,7 +40,17 @@ struct RegistryState {
     subjects: BTreeMap<String, Vec<u32>>,
     levels: HashMap<String, CompatibilityLevel>,
     failures: Vec<StatusCode>,
+    outage: Option<Outage>,
     requests: HashMap<&'static str, usize>,
+}
+
+/// How the registry fails every request during an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Answers with this status and Confluent's error body.
+    Status(StatusCode),
+    /// Accepts the request and never answers (the client's timeout ends it).
+    Hang,
 }
 
 type Shared = Arc<Mutex<RegistryState>>;
@@ -104,6 +115,11 @@ impl RegistryServer {
         lock(&self.state)
             .failures
             .extend(std::iter::repeat_n(status, count));
+    }
+
+    /// Every request fails as `outage` says until `set_outage(None)`.
+    pub fn set_outage(&self, outage: Option<Outage>) {
+        lock(&self.state).outage = outage;
     }
 
     /// How many requests reached `route` (e.g. `GET /schemas/ids`), failed ones included.
@@ -196,14 +212,17 @@ async fn inject_failures(
         let mut guard = lock(&state);
         let route = route_name(request.method(), request.uri().path());
         *guard.requests.entry(route).or_default() += 1;
-        if guard.failures.is_empty() {
+        if let Some(outage) = guard.outage {
+            Some(outage)
+        } else if guard.failures.is_empty() {
             None
         } else {
-            Some(guard.failures.remove(0))
+            Some(Outage::Status(guard.failures.remove(0)))
         }
     };
     match failure {
-        Some(status) => error(
+        Some(Outage::Hang) => std::future::pending().await,
+        Some(Outage::Status(status)) => error(
             status,
             u32::from(status.as_u16()) * 100 + 1,
             "injected failure",

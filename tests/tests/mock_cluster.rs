@@ -1,12 +1,15 @@
 //! Fault injection on librdkafka's mock cluster: failing records, produce errors, a broker going
-//! down mid-stream. The runtime runs in-process with the pass-through processor.
+//! down mid-stream, a dependency of the processor going down. The runtime runs in-process with
+//! the pass-through processor.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use medallion_core::dlq::header;
-use medallion_core::{Runtime, RuntimeMetrics};
+use medallion_core::health::NotReady;
+use medallion_core::{Runtime, RuntimeError, RuntimeMetrics};
 use medallion_tests::passthrough::{load_config, PassThrough, SRC_OFFSET, SRC_PARTITION};
 use medallion_tests::{
     committed_offsets, generate_events, high_watermarks, produce_events, produce_raw, read_all,
@@ -56,6 +59,15 @@ struct RunningWorker {
 
 impl RunningWorker {
     fn start(bootstrap: &str, names: &Names, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(bootstrap, names, extra, PassThrough::new(&names.output))
+    }
+
+    fn start_with(
+        bootstrap: &str,
+        names: &Names,
+        extra: &[(&str, &str)],
+        processor: PassThrough,
+    ) -> Self {
         let mut env: HashMap<String, String> = HashMap::from([
             (
                 "MEDALLION__KAFKA__BOOTSTRAP_SERVERS".into(),
@@ -83,7 +95,6 @@ impl RunningWorker {
         let runtime = Runtime::new(&config);
         let metrics = runtime.metrics();
         let shutdown = CancellationToken::new();
-        let processor = PassThrough::new(&names.output);
         let handle = tokio::spawn(runtime.run(processor, shutdown.clone()));
         Self {
             shutdown,
@@ -455,4 +466,205 @@ async fn produce_errors_are_retried_without_loss_or_duplicates() {
         .collect();
     assert_eq!(written.len(), 2_000, "nothing lost");
     assert_eq!(outputs.len(), 2_000, "nothing written twice");
+}
+
+/// The input offset each output was written for, per input partition, in the order written.
+fn source_offsets(outputs: &[ReadRecord]) -> HashMap<i32, Vec<i64>> {
+    let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+    for output in outputs {
+        let partition = output
+            .header(SRC_PARTITION)
+            .and_then(|v| v.parse().ok())
+            .expect("src partition");
+        let offset = output
+            .header(SRC_OFFSET)
+            .and_then(|v| v.parse().ok())
+            .expect("src offset");
+        by_partition.entry(partition).or_default().push(offset);
+    }
+    by_partition
+}
+
+/// Every fifth event needs the processor's dependency; the rest do not.
+fn events_needing_a_dependency(count: u64) -> Vec<TestEvent> {
+    let mut events = generate_events(count, 12, 120);
+    for event in events.iter_mut().skip(4).step_by(5) {
+        event.poison = Some("dependency".into());
+    }
+    events
+}
+
+const OUTAGE_SETTINGS: [(&str, &str); 5] = [
+    ("MEDALLION__RETRY__MAX_ATTEMPTS", "3"),
+    ("MEDALLION__RETRY__INITIAL_BACKOFF_MS", "50"),
+    ("MEDALLION__RETRY__MAX_BACKOFF_MS", "200"),
+    ("MEDALLION__RETRY__UNAVAILABLE_MAX_BACKOFF_MS", "200"),
+    ("MEDALLION__HEALTH__STALL_TIMEOUT_MS", "1000"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_dependency_pauses_its_partitions_and_dead_letters_nothing() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let names = names("outage");
+    create_topics(&cluster, &names);
+    let events = events_needing_a_dependency(300);
+    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
+        .await
+        .expect("input");
+    let inputs = read_all(
+        &bootstrap,
+        &names.input,
+        events.len(),
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .expect("inputs");
+    // Per partition, the offset of the first record that needs the dependency.
+    let mut first_blocked: HashMap<i32, i64> = HashMap::new();
+    for input in &inputs {
+        if input.event().is_some_and(|e| e.poison.is_some()) {
+            let first = first_blocked.entry(input.partition).or_insert(input.offset);
+            *first = (*first).min(input.offset);
+        }
+    }
+    assert_eq!(
+        first_blocked.len(),
+        PARTITIONS as usize,
+        "every partition is affected"
+    );
+
+    let dependency_up = Arc::new(AtomicBool::new(false));
+    let processor = PassThrough::new(&names.output).with_dependency(Arc::clone(&dependency_up));
+    let worker = RunningWorker::start_with(&bootstrap, &names, &OUTAGE_SETTINGS, processor);
+    let metrics = Arc::clone(&worker.metrics);
+    // Far longer than the retry budget of a record-level transient failure (3 attempts, < 1 s).
+    assert!(
+        wait_until(Duration::from_secs(30), || metrics.health.readiness()
+            == Err(NotReady::DependencyUnavailable))
+        .await,
+        "not ready while the dependency is down: {:?}",
+        metrics.health.readiness()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = metrics.snapshot();
+    assert_eq!(during.dlq_records, 0, "an outage is not a bad record");
+    assert!(
+        during.retries > 3,
+        "the waiting records were tried again: {during:?}"
+    );
+    let committed =
+        committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed");
+    for (partition, first) in &first_blocked {
+        let at = committed.get(partition).copied().unwrap_or(0);
+        assert!(
+            at <= *first,
+            "partition {partition}: committed {at}, past the waiting record at {first}"
+        );
+    }
+    let written = read_all(
+        &bootstrap,
+        &names.output,
+        0,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .expect("outputs so far");
+    for (partition, offsets) in source_offsets(&written) {
+        assert!(
+            offsets
+                .iter()
+                .all(|offset| *offset < first_blocked[&partition]),
+            "partition {partition}: a record after the waiting one was written: {offsets:?}"
+        );
+    }
+
+    dependency_up.store(true, Ordering::Relaxed);
+    let watermarks = high_watermarks(&bootstrap, &names.input, PARTITIONS).expect("watermarks");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS)
+                .is_ok_and(|c| c == watermarks)
+        })
+        .await,
+        "the stage resumes by itself and commits everything"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metrics
+            .health
+            .readiness()
+            .is_ok())
+        .await,
+        "ready again: {:?}",
+        metrics.health.readiness()
+    );
+    let after = metrics.snapshot();
+    worker.stop().await;
+    assert_eq!(after.dlq_records, 0, "nothing dead-lettered for the outage");
+    let outputs = read_all(
+        &bootstrap,
+        &names.output,
+        events.len(),
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    )
+    .expect("outputs");
+    assert_eq!(
+        outputs.len(),
+        events.len(),
+        "every record written exactly once"
+    );
+    let written: HashSet<Uuid> = outputs
+        .iter()
+        .filter_map(|r| r.event().map(|e| e.event_id))
+        .collect();
+    assert_eq!(
+        written.len(),
+        events.len(),
+        "no record lost or written twice"
+    );
+    for (partition, offsets) in source_offsets(&outputs) {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} out of input order: {offsets:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_give_up_after_ends_the_worker_with_an_error() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let names = names("giveup");
+    create_topics(&cluster, &names);
+    let events = events_needing_a_dependency(50);
+    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
+        .await
+        .expect("input");
+    let processor =
+        PassThrough::new(&names.output).with_dependency(Arc::new(AtomicBool::new(false)));
+    let mut settings = OUTAGE_SETTINGS.to_vec();
+    settings.push(("MEDALLION__RETRY__GIVE_UP_AFTER_MS", "1500"));
+    let worker = RunningWorker::start_with(&bootstrap, &names, &settings, processor);
+    let ended = tokio::time::timeout(Duration::from_secs(60), worker.handle)
+        .await
+        .expect("the worker ends by itself")
+        .expect("worker task");
+    match ended {
+        Err(RuntimeError::Unavailable { code, seconds }) => {
+            assert_eq!(code, "dependency_unavailable");
+            assert!(seconds >= 1, "{seconds}");
+        }
+        other => panic!("expected the give-up error, got {other:?}"),
+    }
+    assert_eq!(worker.metrics.snapshot().dlq_records, 0);
+    let dead = read_all(
+        &bootstrap,
+        &names.dlq,
+        0,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .expect("dead letters");
+    assert!(dead.is_empty(), "nothing dead-lettered: {}", dead.len());
 }

@@ -12,7 +12,7 @@ use medallion_contracts::{
     CodecError, Contract, Decoder, Encoder, Envelope, Registry, RegistryConfig, RegistryError,
 };
 use medallion_core::ErrorClass;
-use medallion_tests::registry_server::RegistryServer;
+use medallion_tests::registry_server::{Outage, RegistryServer};
 
 fn http_registry(url: String, auto_register: bool) -> Registry {
     let config = RegistryConfig {
@@ -130,7 +130,7 @@ async fn an_incompatible_registration_is_refused_with_409() {
 }
 
 #[tokio::test]
-async fn registry_failures_are_transient_and_not_cached() {
+async fn registry_failures_are_an_unavailable_dependency_and_not_cached() {
     let server = RegistryServer::start().await.expect("server");
     let registry = http_registry(server.url(), true);
     let encoder = Encoder::<CleanedData>::register(&registry)
@@ -142,12 +142,23 @@ async fn registry_failures_are_transient_and_not_cached() {
     for status in [
         StatusCode::SERVICE_UNAVAILABLE,
         StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::TOO_MANY_REQUESTS,
     ] {
         server.fail_next(1, status);
         let error = decoder.decode(&bytes).await.expect_err("registry down");
-        assert_eq!(error.class(), ErrorClass::Transient, "{status}: {error}");
+        assert_eq!(error.class(), ErrorClass::Unavailable, "{status}: {error}");
         assert_eq!(error.code(), "registry_unavailable", "{status}: {error}");
     }
+    // A registry that accepts and never answers: the request times out.
+    server.set_outage(Some(Outage::Hang));
+    let started = std::time::Instant::now();
+    let error = decoder.decode(&bytes).await.expect_err("registry hangs");
+    assert_eq!(error.class(), ErrorClass::Unavailable, "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "ended by the request timeout"
+    );
+    server.set_outage(None);
     // The failure was not cached: the retry succeeds.
     assert_eq!(
         decoder.decode(&bytes).await.expect("after recovery"),
@@ -163,7 +174,7 @@ async fn registry_failures_are_transient_and_not_cached() {
 }
 
 #[tokio::test]
-async fn an_unreachable_registry_is_transient() {
+async fn an_unreachable_registry_is_an_unavailable_dependency() {
     let server = RegistryServer::start().await.expect("server");
     let registry = http_registry(server.url(), true);
     let encoder = Encoder::<CleanedData>::register(&registry)
@@ -174,7 +185,7 @@ async fn an_unreachable_registry_is_transient() {
     drop(server);
     let decoder = Decoder::<CleanedData>::new(registry);
     let error = decoder.decode(&bytes).await.expect_err("no registry");
-    assert_eq!(error.class(), ErrorClass::Transient, "{error}");
+    assert_eq!(error.class(), ErrorClass::Unavailable, "{error}");
 }
 
 #[tokio::test]

@@ -68,7 +68,7 @@ pub fn audit_row(event: Envelope<AuditEntry>) -> Result<AuditRow, ProcessError> 
 }
 
 fn unavailable(error: &StoreError) -> ProcessError {
-    ProcessError::transient("audit_store_unavailable", error.to_string())
+    ProcessError::unavailable("audit_store_unavailable", error.to_string())
 }
 
 impl Processor for AuditWriter {

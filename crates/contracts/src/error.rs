@@ -1,7 +1,8 @@
 //! Errors of the codec, the registries and JSON ingest. Each one has a stable code (written to
-//! the dead-letter headers) and a class: a registry that cannot be reached is transient (the
-//! runtime retries), a record that is malformed is permanent or a schema error (dead-lettered
-//! at once). Decoding never panics on any input.
+//! the dead-letter headers) and a class: a registry that cannot be reached or refuses the stage
+//! is an unavailable dependency (the runtime pauses the partition and retries until it answers;
+//! nothing is dead-lettered for it), a record that is malformed is permanent or a schema error
+//! (dead-lettered at once). Decoding never panics on any input.
 
 use medallion_core::{ErrorClass, ProcessError};
 
@@ -29,9 +30,18 @@ pub enum RegistryError {
     /// The registry cannot parse the schema (Confluent error 42201).
     #[error("the schema registry rejected the schema as invalid: {0}")]
     InvalidSchema(String),
-    /// The registry could not be reached or failed (timeouts, 5xx): retry later.
+    /// The registry could not be reached or failed (timeouts, 5xx, 429): retry later.
     #[error("schema registry unavailable: {0}")]
     Unavailable(String),
+    /// The schema registered under this id is not an Avro schema (the record's producer used
+    /// another serializer).
+    #[error("schema id {id} is a {kind} schema, not Avro")]
+    NotAvro {
+        /// The schema id.
+        id: u32,
+        /// The schema type the registry reported.
+        kind: String,
+    },
     /// The registry refused the request (authentication, permissions, a bad response).
     #[error("schema registry refused the request: {0}")]
     Refused(String),
@@ -95,7 +105,7 @@ pub enum CodecError {
         /// How many bytes were left.
         extra: usize,
     },
-    /// The registry could not be asked; retry.
+    /// The registry could not be asked, or answered with an error.
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The event does not fit its own schema (a bug in the stage).
@@ -137,6 +147,7 @@ impl CodecError {
             CodecError::Corrupt { .. } => "corrupt_avro",
             CodecError::TrailingBytes { .. } => "trailing_bytes",
             CodecError::Registry(error) if error.is_transient() => "registry_unavailable",
+            CodecError::Registry(RegistryError::NotAvro { .. }) => "not_avro",
             CodecError::Registry(_) => "registry_error",
             CodecError::Encode { .. } => "encode_failed",
             CodecError::InvalidJson(_) => "invalid_json",
@@ -145,10 +156,16 @@ impl CodecError {
         }
     }
 
-    /// What the runtime does with the record. Registry failures other than an unknown id are
-    /// transient: the registry or its configuration is at fault, not the record.
+    /// What the runtime does with the record. A registry that is down or refuses the stage
+    /// (credentials, permissions) is an unavailable dependency: the registry or its
+    /// configuration is at fault, not the record. Other registry answers about the record's
+    /// schema are retried, then dead-lettered; a schema id that is not Avro is a schema error.
     pub fn class(&self) -> ErrorClass {
         match self {
+            CodecError::Registry(RegistryError::Unavailable(_) | RegistryError::Refused(_)) => {
+                ErrorClass::Unavailable
+            }
+            CodecError::Registry(RegistryError::NotAvro { .. }) => ErrorClass::Schema,
             CodecError::Registry(_) => ErrorClass::Transient,
             CodecError::BadMagic { .. }
             | CodecError::Truncated { .. }
@@ -169,6 +186,7 @@ impl From<CodecError> for ProcessError {
     fn from(error: CodecError) -> Self {
         let message = error.to_string();
         match error.class() {
+            ErrorClass::Unavailable => ProcessError::unavailable(error.code(), message),
             ErrorClass::Transient => ProcessError::transient(error.code(), message),
             ErrorClass::Schema => ProcessError::schema(error.code(), message),
             _ => ProcessError::permanent(error.code(), message),
@@ -183,11 +201,26 @@ mod tests {
     #[test]
     fn classes_and_codes() {
         let unavailable = CodecError::Registry(RegistryError::Unavailable("timeout".into()));
-        assert_eq!(unavailable.class(), ErrorClass::Transient);
+        assert_eq!(unavailable.class(), ErrorClass::Unavailable);
         assert_eq!(unavailable.code(), "registry_unavailable");
+        assert_eq!(
+            ProcessError::from(unavailable).class,
+            ErrorClass::Unavailable
+        );
         let refused = CodecError::Registry(RegistryError::Refused("401".into()));
-        assert_eq!(refused.class(), ErrorClass::Transient);
+        assert_eq!(refused.class(), ErrorClass::Unavailable);
         assert_eq!(refused.code(), "registry_error");
+        let not_avro = CodecError::Registry(RegistryError::NotAvro {
+            id: 3,
+            kind: "Json".into(),
+        });
+        assert_eq!(not_avro.class(), ErrorClass::Schema);
+        assert_eq!(not_avro.code(), "not_avro");
+        let incompatible = CodecError::Registry(RegistryError::Incompatible {
+            subject: "s".into(),
+            reason: "r".into(),
+        });
+        assert_eq!(incompatible.class(), ErrorClass::Transient);
         let unknown = ProcessError::from(CodecError::UnknownSchemaId { id: 9 });
         assert_eq!(unknown.class, ErrorClass::Schema);
         assert_eq!(unknown.code, "unknown_schema_id");

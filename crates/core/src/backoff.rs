@@ -9,11 +9,26 @@ use crate::config::RetryConfig;
 
 /// The delay to wait after `failed_attempts` attempts (at least 1) have failed.
 pub fn backoff_delay(config: &RetryConfig, failed_attempts: u32) -> Duration {
-    let exponent = failed_attempts.saturating_sub(1).min(32);
-    let ceiling = config
-        .initial_backoff_ms
-        .saturating_mul(1u64 << exponent)
-        .min(config.max_backoff_ms);
+    jittered(
+        config.initial_backoff_ms,
+        config.max_backoff_ms,
+        failed_attempts,
+    )
+}
+
+/// The delay before the next try of a record that waits for an unavailable dependency, after
+/// `failed_tries` tries: the same doubling, capped at `retry.unavailable_max_backoff_ms`.
+pub fn unavailable_delay(config: &RetryConfig, failed_tries: u32) -> Duration {
+    jittered(
+        config.initial_backoff_ms,
+        config.unavailable_max_backoff_ms,
+        failed_tries,
+    )
+}
+
+fn jittered(initial_ms: u64, max_ms: u64, failed: u32) -> Duration {
+    let exponent = failed.saturating_sub(1).min(32);
+    let ceiling = initial_ms.saturating_mul(1u64 << exponent).min(max_ms);
     let half = ceiling / 2;
     Duration::from_millis(half + fastrand::u64(0..=ceiling - half))
 }
@@ -28,6 +43,16 @@ mod tests {
             max_attempts: 10,
             initial_backoff_ms: 100,
             max_backoff_ms: 5_000,
+            unavailable_max_backoff_ms: 1_000,
+            give_up_after_ms: None,
+        }
+    }
+
+    #[test]
+    fn an_outage_backs_off_to_its_own_ceiling() {
+        for _ in 0..100 {
+            let late = unavailable_delay(&config(), 1_000).as_millis();
+            assert!((500..=1_000).contains(&late), "{late}");
         }
     }
 
@@ -46,7 +71,7 @@ mod tests {
     proptest! {
         #[test]
         fn delay_is_bounded(attempts in 0u32..1000, initial in 1u64..10_000, extra in 0u64..100_000) {
-            let config = RetryConfig { max_attempts: 5, initial_backoff_ms: initial, max_backoff_ms: initial + extra };
+            let config = RetryConfig { max_attempts: 5, initial_backoff_ms: initial, max_backoff_ms: initial + extra, ..RetryConfig::default() };
             let delay = backoff_delay(&config, attempts).as_millis() as u64;
             prop_assert!(delay <= initial + extra);
             prop_assert!(delay >= initial / 2);

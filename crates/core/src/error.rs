@@ -1,9 +1,13 @@
 //! Errors of the runtime and of processors, each with a class that decides what happens next.
 //!
-//! A processing failure is either *transient* (the same record may succeed later: the broker or
-//! the schema registry is unavailable) and is retried with backoff, or *permanent* (the record
-//! itself is bad) and goes to the dead-letter topic at once. A transient failure that outlives its
-//! retries is dead-lettered as `transient-exhausted`.
+//! Three kinds of failure, decided where the error is made:
+//! - **unavailable**: a dependency (the schema registry, the broker, a store, a channel) did not
+//!   answer or answered that it cannot serve now (timeouts, connection refused, 5xx, 429). The
+//!   record is not at fault: it waits at the head of its partition and is tried again with capped
+//!   backoff for as long as it takes. It is never dead-lettered.
+//! - **transient**: the record's own processing failed in a way that may not happen again. It is
+//!   retried `retry.max_attempts` times with backoff, then dead-lettered as `transient-exhausted`.
+//! - **permanent** or **schema**: the record itself is bad. It is dead-lettered at once.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,6 +25,9 @@ pub enum ErrorClass {
     Permanent,
     /// Dead-letter at once: the record does not match its schema (unknown id, bad framing).
     Schema,
+    /// A dependency is unavailable: pause the record's partition and retry it without limit;
+    /// never dead-letter it.
+    Unavailable,
 }
 
 impl ErrorClass {
@@ -30,6 +37,8 @@ impl ErrorClass {
             ErrorClass::Transient => "transient-exhausted",
             ErrorClass::Permanent => "permanent",
             ErrorClass::Schema => "schema",
+            // Never dead-lettered; named for completeness.
+            ErrorClass::Unavailable => "unavailable",
         }
     }
 }
@@ -40,6 +49,7 @@ impl fmt::Display for ErrorClass {
             ErrorClass::Transient => "transient",
             ErrorClass::Permanent => "permanent",
             ErrorClass::Schema => "schema",
+            ErrorClass::Unavailable => "unavailable",
         };
         f.write_str(label)
     }
@@ -87,6 +97,12 @@ impl ProcessError {
         Self::new(ErrorClass::Permanent, code, message)
     }
 
+    /// A dependency that did not answer (timeout, refused connection, 5xx, 429): the record
+    /// waits and is tried again until the dependency is back.
+    pub fn unavailable(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Unavailable, code, message)
+    }
+
     /// A record that does not fit its schema.
     pub fn schema(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Schema, code, message)
@@ -107,9 +123,9 @@ impl ProcessError {
     }
 }
 
-/// Whether a failed delivery is worth retrying. Errors that describe the record itself (too
-/// large, corrupt) are permanent; everything else (timeouts, brokers down, leader changes) is
-/// transient, as in Vector's Kafka sink.
+/// What a failed delivery means. Errors that describe the record itself (too large, corrupt) are
+/// permanent; everything else (timeouts, brokers down, leader changes, authorization) says the
+/// broker cannot take writes now, so the write waits and is made again until it can.
 pub fn delivery_error_class(error: &KafkaError) -> ErrorClass {
     match error.rdkafka_error_code() {
         Some(
@@ -120,7 +136,7 @@ pub fn delivery_error_class(error: &KafkaError) -> ErrorClass {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::BadMessage,
         ) => ErrorClass::Permanent,
-        _ => ErrorClass::Transient,
+        _ => ErrorClass::Unavailable,
     }
 }
 
@@ -157,6 +173,14 @@ pub enum RuntimeError {
     /// The consumer reported an error it cannot recover from.
     #[error("fatal consumer error: {0}")]
     Fatal(String),
+    /// A dependency stayed unavailable past `retry.give_up_after_ms`.
+    #[error("a dependency has been unavailable for {seconds} s (last error `{code}`), longer than retry.give_up_after_ms; exiting so that the process is restarted (check the dependency, or leave retry.give_up_after_ms out to wait as long as it takes)")]
+    Unavailable {
+        /// The error code of the last failed try.
+        code: String,
+        /// How long it had been unavailable.
+        seconds: u64,
+    },
     /// The consumer's polling thread could not be started or stopped.
     #[error("consumer thread failed: {0}")]
     Thread(String),
@@ -187,8 +211,8 @@ mod tests {
         let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
         let down = KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown);
         assert_eq!(delivery_error_class(&too_large), ErrorClass::Permanent);
-        assert_eq!(delivery_error_class(&timed_out), ErrorClass::Transient);
-        assert_eq!(delivery_error_class(&down), ErrorClass::Transient);
+        assert_eq!(delivery_error_class(&timed_out), ErrorClass::Unavailable);
+        assert_eq!(delivery_error_class(&down), ErrorClass::Unavailable);
         assert_eq!(ErrorClass::Transient.dlq_label(), "transient-exhausted");
     }
 }

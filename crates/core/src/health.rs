@@ -4,7 +4,8 @@
 //!   started its loop yet (start-up waits have their own timeouts). A live worker that is not
 //!   ready is left alone; one that is not live is restarted.
 //! - **Ready**: partitions are assigned, the dead-letter breaker is closed, a broker is
-//!   reachable (librdkafka's last statistics report had one up), and the worker is not stalled:
+//!   reachable (librdkafka's last statistics report had one up), no record has waited for an
+//!   unavailable dependency for longer than `health.stall_timeout_ms`, and the worker is not stalled:
 //!   when records wait (unread input or unfinished records), one finished within
 //!   `health.stall_timeout_ms`.
 //!
@@ -31,10 +32,13 @@ pub enum NotReady {
     Stopping,
     /// The processor's sink is unavailable (its flush failed transiently); retrying.
     SinkUnavailable,
+    /// Records have waited for an unavailable dependency (registry, broker) for longer than
+    /// the stall timeout; their partitions are paused and they are retried.
+    DependencyUnavailable,
 }
 
 impl NotReady {
-    const ALL: [NotReady; 7] = [
+    const ALL: [NotReady; 8] = [
         NotReady::Starting,
         NotReady::NoPartitions,
         NotReady::BreakerOpen,
@@ -42,6 +46,7 @@ impl NotReady {
         NotReady::BrokersDown,
         NotReady::Stopping,
         NotReady::SinkUnavailable,
+        NotReady::DependencyUnavailable,
     ];
 
     /// What `/readyz` says.
@@ -56,6 +61,9 @@ impl NotReady {
             NotReady::BrokersDown => "no broker reachable",
             NotReady::Stopping => "shutting down",
             NotReady::SinkUnavailable => "sink unavailable: paused, retrying",
+            NotReady::DependencyUnavailable => {
+                "dependency unavailable: partitions paused, retrying"
+            }
         }
     }
 
@@ -68,6 +76,7 @@ impl NotReady {
             NotReady::BrokersDown => 5,
             NotReady::Stopping => 6,
             NotReady::SinkUnavailable => 7,
+            NotReady::DependencyUnavailable => 8,
         }
     }
 }

@@ -51,6 +51,11 @@ pub mod names {
     pub const SINK_UNAVAILABLE: &str = "medallion_sink_unavailable";
     /// Counter: flushes that failed transiently and were tried again.
     pub const SINK_RETRIES: &str = "medallion_sink_retries_total";
+    /// Gauge: 1 while records wait for an unavailable dependency (registry, broker) with their
+    /// partitions paused.
+    pub const DEPENDENCY_UNAVAILABLE: &str = "medallion_dependency_unavailable";
+    /// Counter: tries of records that failed because a dependency was unavailable, by code.
+    pub const DEPENDENCY_RETRIES: &str = "medallion_dependency_retries_total";
     /// Counter: times the dead-letter circuit breaker opened.
     pub const BREAKER_TRIPS: &str = "medallion_breaker_trips_total";
     /// Counter: librdkafka client errors, by client and code.

@@ -148,7 +148,7 @@ impl SideProducer {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => error,
             };
-            if delivery_error_class(&error) != ErrorClass::Transient {
+            if delivery_error_class(&error) == ErrorClass::Permanent {
                 return Err(SideError::Refused {
                     topic: topic.to_owned(),
                     source: error,

@@ -209,7 +209,7 @@ impl NotificationSender {
                 tracing::error!(%error, alert_id = %pending.alert_id, "the broker refused a delivery's audit record; not written");
                 Ok(())
             }
-            Err(error) => Err(ProcessError::transient(
+            Err(error) => Err(ProcessError::unavailable(
                 "audit_not_written",
                 format!("the delivery's audit record: {error}"),
             )),
@@ -290,7 +290,7 @@ impl Processor for NotificationSender {
                     .delivered(pending.alert_id, &name)
                     .await
                     .map_err(|error| {
-                        ProcessError::transient("ledger_unavailable", error.to_string())
+                        ProcessError::unavailable("ledger_unavailable", error.to_string())
                     })?;
                 if delivered {
                     self.pending.pop_front();
@@ -298,7 +298,7 @@ impl Processor for NotificationSender {
                 }
                 if let Some(at) = self.not_before[pending.channel] {
                     if tokio::time::Instant::now() < at {
-                        return Err(ProcessError::transient(
+                        return Err(ProcessError::unavailable(
                             "channel_unavailable",
                             format!(
                                 "channel `{name}` asked to be called again later (Retry-After)"
@@ -327,7 +327,7 @@ impl Processor for NotificationSender {
                             .record_delivery(pending.alert_id, &name, now_ms(), pending.attempts)
                             .await
                             .map_err(|error| {
-                                ProcessError::transient("ledger_unavailable", error.to_string())
+                                ProcessError::unavailable("ledger_unavailable", error.to_string())
                             })?;
                         counted(&name, "delivered");
                         pending.step = Step::Audit {
@@ -348,7 +348,7 @@ impl Processor for NotificationSender {
                             continue;
                         }
                         self.not_before[pending.channel] = wait.map(|wait| now + wait);
-                        return Err(ProcessError::transient(
+                        return Err(ProcessError::unavailable(
                             "channel_unavailable",
                             format!(
                                 "channel `{name}` did not take alert {}: {reason}",

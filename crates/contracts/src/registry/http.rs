@@ -155,10 +155,10 @@ impl HttpRegistry {
             .await
             .map_err(|error| classify(&error, "", Some(id)))?;
         if registered.schema_type != SchemaType::Avro {
-            return Err(RegistryError::Refused(format!(
-                "schema {id} is {:?}, not Avro",
-                registered.schema_type
-            )));
+            return Err(RegistryError::NotAvro {
+                id,
+                kind: format!("{:?}", registered.schema_type),
+            });
         }
         Ok(Arc::from(registered.schema))
     }
@@ -183,7 +183,7 @@ fn encode_subject(subject: &str) -> String {
 
 fn status_error(method: &str, url: &str, status: reqwest::StatusCode) -> RegistryError {
     let message = format!("{method} {url} answered {status}");
-    if status.is_server_error() {
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         RegistryError::Unavailable(message)
     } else {
         RegistryError::Refused(message)
@@ -192,7 +192,7 @@ fn status_error(method: &str, url: &str, status: reqwest::StatusCode) -> Registr
 
 /// Maps the converter's error to ours by the registry's error code (its `RawError` source):
 /// 40401 subject not found, 40403 schema not found, 409 incompatible, 422xx invalid schema,
-/// 5xx and connection failures unavailable.
+/// 429, 5xx and connection failures (timeouts included) unavailable.
 fn classify(error: &SRCError, subject: &str, id: Option<u32>) -> RegistryError {
     let raw = error
         .source()
@@ -210,7 +210,7 @@ fn classify(error: &SRCError, subject: &str, id: Option<u32>) -> RegistryError {
             reason: raw.map_or(message, |raw| raw.message.clone()),
         },
         42201..=42299 => RegistryError::InvalidSchema(message),
-        500..=599 | 50000..=59999 => RegistryError::Unavailable(message),
+        429 | 42900..=42999 | 500..=599 | 50000..=59999 => RegistryError::Unavailable(message),
         _ if error.retriable || error.error.contains("status 5") => {
             RegistryError::Unavailable(message)
         }

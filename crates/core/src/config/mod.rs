@@ -329,7 +329,10 @@ pub struct ProducerConfig {
     /// How long the producer waits to fill a batch.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// How long librdkafka retries a record before reporting its delivery as failed.
+    /// How long librdkafka retries a write before reporting it failed; 0 (the default) never
+    /// gives up, so a broker outage holds writes back in order until the broker takes them
+    /// (backpressure pauses the input meanwhile). With a positive value a write that timed out
+    /// is made again, after the outputs of later records that were already written.
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
     /// Batch compression.
@@ -347,7 +350,7 @@ fn default_linger_ms() -> u64 {
     1
 }
 fn default_message_timeout_ms() -> u64 {
-    30_000
+    0
 }
 
 impl Default for ProducerConfig {
@@ -410,6 +413,14 @@ pub struct RetryConfig {
     /// The longest delay between attempts.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// The longest delay between tries of a record that waits for an unavailable dependency
+    /// (registry, broker, store, channel): how long the stage may take to notice it is back.
+    #[serde(default = "default_unavailable_max_backoff_ms")]
+    pub unavailable_max_backoff_ms: u64,
+    /// Exit with an error (so that Kubernetes restarts the pod) once a dependency has been
+    /// unavailable this long; absent (the default): wait as long as it takes.
+    #[serde(default)]
+    pub give_up_after_ms: Option<u64>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -421,6 +432,9 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     30_000
 }
+fn default_unavailable_max_backoff_ms() -> u64 {
+    5_000
+}
 
 impl Default for RetryConfig {
     fn default() -> Self {
@@ -428,6 +442,8 @@ impl Default for RetryConfig {
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            unavailable_max_backoff_ms: default_unavailable_max_backoff_ms(),
+            give_up_after_ms: None,
         }
     }
 }
@@ -532,10 +548,15 @@ impl<S, R> WorkerConfig<S, R> {
                 "must be at least 1",
             ));
         }
-        if self.producer.message_timeout_ms == 0 {
+        if self.producer.message_timeout_ms != 0
+            && self.producer.message_timeout_ms <= self.producer.linger_ms
+        {
             return Err(ConfigError::key(
                 "producer.message_timeout_ms",
-                "must be at least 1",
+                format!(
+                    "is {} but must be 0 (never give up) or above producer.linger_ms ({})",
+                    self.producer.message_timeout_ms, self.producer.linger_ms
+                ),
             ));
         }
         if self.dedup.enabled && (self.dedup.capacity == 0 || self.dedup.ttl_ms == 0) {
@@ -556,6 +577,21 @@ impl<S, R> WorkerConfig<S, R> {
                     "must be between 1 and retry.max_backoff_ms ({})",
                     self.retry.max_backoff_ms
                 ),
+            ));
+        }
+        if self.retry.unavailable_max_backoff_ms < self.retry.initial_backoff_ms {
+            return Err(ConfigError::key(
+                "retry.unavailable_max_backoff_ms",
+                format!(
+                    "is {} but must be at least retry.initial_backoff_ms ({})",
+                    self.retry.unavailable_max_backoff_ms, self.retry.initial_backoff_ms
+                ),
+            ));
+        }
+        if self.retry.give_up_after_ms == Some(0) {
+            return Err(ConfigError::key(
+                "retry.give_up_after_ms",
+                "must be at least 1; leave it out to wait for a dependency as long as it takes",
             ));
         }
         if self.dlq.topic_suffix.is_empty() {

@@ -1,6 +1,9 @@
-//! Flow control of the worker: readiness and liveness, the dead-letter breaker, backpressure
+//! Flow control of the worker: readiness and liveness (and giving up on a dependency after
+//! `retry.give_up_after_ms`), the dead-letter breaker, backpressure
 //! (the in-flight bound and a full producer queue pause every partition) and the pause state
 //! of partitions, plus the periodic progress log.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -9,6 +12,7 @@ use rdkafka::TopicPartitionList;
 
 use super::worker::Worker;
 use crate::breaker::Transition;
+use crate::error::RuntimeError;
 use crate::health::NotReady;
 use crate::processor::Processor;
 
@@ -49,10 +53,27 @@ impl<P: Processor> Worker<P> {
             self.progress = (self.finished, now);
         }
         let stalled = now.duration_since(self.progress.1) > self.settings.stall_timeout;
+        let unavailable_for = self.outage.unavailable_for(self.clock.instant);
+        if let (Some(lasted), Some(limit_ms)) =
+            (unavailable_for, self.settings.retry.give_up_after_ms)
+        {
+            if lasted > Duration::from_millis(limit_ms) && self.gave_up.is_none() {
+                tracing::error!(
+                    code = self.outage.code(), unavailable_s = lasted.as_secs(), give_up_after_ms = limit_ms,
+                    "dependency unavailable for longer than retry.give_up_after_ms; draining and exiting"
+                );
+                self.gave_up = Some(RuntimeError::Unavailable {
+                    code: self.outage.code().to_owned(),
+                    seconds: lasted.as_secs(),
+                });
+            }
+        }
         let readiness = if self.draining {
             Err(NotReady::Stopping)
         } else if self.flush.blocked() {
             Err(NotReady::SinkUnavailable)
+        } else if unavailable_for.is_some_and(|lasted| lasted > self.settings.stall_timeout) {
+            Err(NotReady::DependencyUnavailable)
         } else if self.breaker.holds_records() {
             Err(NotReady::BreakerOpen)
         } else if self.partitions.is_empty() {

@@ -65,7 +65,7 @@ impl<P: Processor> Worker<P> {
                     self.release_due = true;
                 }
             }
-            Err(error) if error.class == ErrorClass::Transient && !self.draining => {
+            Err(error) if is_outage(error.class) && !self.draining => {
                 let attempts = self.flush.retry.map_or(0, |(_, attempts)| attempts) + 1;
                 let delay = backoff_delay(&self.settings.retry, attempts);
                 tracing::warn!(
@@ -81,7 +81,7 @@ impl<P: Processor> Worker<P> {
                 self.telemetry.sink_retries.increment(1);
                 self.flush.retry = Some((Instant::now() + delay, attempts));
             }
-            Err(error) if error.class == ErrorClass::Transient => {
+            Err(error) if is_outage(error.class) => {
                 // Shutting down: the waiting records are not done and will be read again.
                 tracing::warn!(
                     waiting = self.flush.deferred.len(), code = %error.code, error = %error.message,
@@ -100,4 +100,10 @@ impl<P: Processor> Worker<P> {
             }
         }
     }
+}
+
+/// A flush that failed transiently or for an unavailable dependency keeps its batch and waits:
+/// either way the sink, not the records, is at fault.
+fn is_outage(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::Transient | ErrorClass::Unavailable)
 }

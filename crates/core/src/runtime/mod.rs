@@ -34,6 +34,7 @@ mod commit;
 mod consumer;
 mod flow;
 mod flush;
+mod outage;
 mod produce;
 mod record;
 mod revoke;

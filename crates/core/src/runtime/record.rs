@@ -75,6 +75,11 @@ pub(crate) struct RecordState {
     pub(crate) phase: Phase,
     /// Processing attempts and resends so far.
     pub(crate) attempts: u32,
+    /// Of those, the tries that failed because a dependency was unavailable (they do not count
+    /// against `retry.max_attempts`).
+    pub(crate) unavailable_tries: u32,
+    /// Whether it waits for an unavailable dependency now.
+    pub(crate) waits_for_dependency: bool,
     pub(crate) first_failure: Option<SystemTime>,
     /// Holds released once this record is done.
     pub(crate) releases: Vec<HoldKey>,
@@ -98,6 +103,8 @@ impl RecordState {
             headers,
             phase: Phase::Received,
             attempts: 0,
+            unavailable_tries: 0,
+            waits_for_dependency: false,
             first_failure: None,
             releases: Vec::new(),
             event_id: None,
@@ -119,6 +126,11 @@ impl RecordState {
     /// The input record's timestamp in epoch milliseconds.
     pub(crate) fn timestamp_ms(&self) -> Option<i64> {
         self.message.timestamp().to_millis()
+    }
+
+    /// Attempts that count against `retry.max_attempts`.
+    pub(crate) fn counted_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.unavailable_tries)
     }
 
     /// Whether writes of this record are with the producer.

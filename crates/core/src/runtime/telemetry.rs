@@ -26,6 +26,7 @@ pub(crate) struct WorkerTelemetry {
     pub(crate) breaker_open: metrics::Gauge,
     pub(crate) sink_unavailable: metrics::Gauge,
     pub(crate) sink_retries: metrics::Counter,
+    pub(crate) dependency_unavailable: metrics::Gauge,
     pub(crate) breaker_trips: metrics::Counter,
 }
 
@@ -82,6 +83,7 @@ impl WorkerTelemetry {
             breaker_open: metrics::gauge!(names::BREAKER_OPEN, &stage_only),
             sink_unavailable: metrics::gauge!(names::SINK_UNAVAILABLE, &stage_only),
             sink_retries: metrics::counter!(names::SINK_RETRIES, &stage_only),
+            dependency_unavailable: metrics::gauge!(names::DEPENDENCY_UNAVAILABLE, &stage_only),
             breaker_trips: metrics::counter!(names::BREAKER_TRIPS, &stage_only),
         }
     }
@@ -100,6 +102,17 @@ impl WorkerTelemetry {
             names::DLQ_RECORDS,
             "stage" => self.stage.clone(),
             "topic" => self.topic.clone(),
+            "code" => code.to_owned()
+        )
+        .increment(1);
+    }
+
+    /// A try failed for an unavailable dependency (the handle is looked up each time: tries
+    /// are paced by the backoff).
+    pub(crate) fn dependency_retry(&self, code: &str) {
+        metrics::counter!(
+            names::DEPENDENCY_RETRIES,
+            "stage" => self.stage.clone(),
             "code" => code.to_owned()
         )
         .increment(1);

@@ -29,11 +29,12 @@ use tokio_util::time::DelayQueue;
 use super::commit::{commit_finished, CommitOutcome, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
 use super::flush::FlushState;
+use super::outage::{Outage, Report};
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
 use super::record::{Answered, RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
 use super::RunSettings;
-use crate::backoff::backoff_delay;
+use crate::backoff::{backoff_delay, unavailable_delay};
 use crate::breaker::Breaker;
 use crate::dedup::Deduplicator;
 use crate::dlq::{dlq_headers, DlqFailure, DlqSource};
@@ -119,6 +120,10 @@ pub(crate) struct Worker<P: Processor> {
     scratch: Scratch,
     /// A sink processor's records waiting for its flush.
     pub(super) flush: FlushState,
+    /// Records waiting for an unavailable dependency.
+    pub(super) outage: Outage,
+    /// Set when an outage outlasted `retry.give_up_after_ms`: the loop drains and returns it.
+    pub(super) gave_up: Option<RuntimeError>,
 }
 
 /// What woke the worker's loop.
@@ -189,6 +194,8 @@ impl<P: Processor> Worker<P> {
             clock: Clock::read(),
             scratch: Scratch::default(),
             flush: FlushState::default(),
+            outage: Outage::default(),
+            gave_up: None,
         }
     }
 
@@ -269,10 +276,16 @@ impl<P: Processor> Worker<P> {
             self.flush_if_due(flush_due).await;
             self.answer_locally();
             self.update_backpressure();
+            if self.gave_up.is_some() {
+                break;
+            }
         }
         self.drain_for_shutdown().await;
         drop(events);
-        Ok(())
+        match self.gave_up.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Stops taking records, waits up to the drain timeout for in-flight writes, commits what is
@@ -483,6 +496,9 @@ impl<P: Processor> Worker<P> {
                 }
             }
         };
+        if !matches!(&outcome, Err(error) if error.class == ErrorClass::Unavailable) {
+            self.past_dependency(owner);
+        }
         match outcome {
             Ok(None) => {
                 self.metrics.dedup_hits.inc();
@@ -534,8 +550,13 @@ impl<P: Processor> Worker<P> {
                 };
                 state.event_id = state.event_id.or(error.event_id);
                 state.org_id = state.org_id.or(error.org_id);
-                let attempts_left = state.attempts < max_attempts;
-                if error.class == ErrorClass::Transient && attempts_left {
+                let attempts_left = state.counted_attempts() < max_attempts;
+                let retry = match error.class {
+                    ErrorClass::Unavailable => true,
+                    ErrorClass::Transient => attempts_left,
+                    _ => false,
+                };
+                if retry {
                     self.schedule_retry(owner, RetryKind::Reprocess, &error);
                 } else {
                     self.dead_letter(owner, &error);
@@ -658,17 +679,26 @@ impl<P: Processor> Worker<P> {
             }
             Answered::Failed(error) => error,
         };
-        let attempts_left = state.attempts < self.settings.retry.max_attempts;
         let class = delivery_error_class(&error);
         let failure = ProcessError {
             class,
-            code: "produce_failed".into(),
+            code: if class == ErrorClass::Unavailable {
+                "broker_unavailable".into()
+            } else {
+                "produce_failed".into()
+            },
             message: format!("the broker did not acknowledge an output: {error}"),
             event_id: state.event_id,
             org_id: state.org_id,
         };
-        if dead_lettering || class == ErrorClass::Transient && attempts_left {
+        if dead_lettering && class != ErrorClass::Unavailable {
             // A dead letter is never given up on: nothing is acknowledged before it is written.
+            let failure = ProcessError {
+                class: ErrorClass::Unavailable,
+                ..failure
+            };
+            self.schedule_retry(owner, RetryKind::Resend, &failure);
+        } else if class == ErrorClass::Unavailable {
             self.schedule_retry(owner, RetryKind::Resend, &failure);
         } else {
             self.dead_letter(owner, &failure);
@@ -689,11 +719,16 @@ impl<P: Processor> Worker<P> {
             self.forget_record(owner);
             return;
         }
-        let delay = backoff_delay(&self.settings.retry, state.attempts);
-        tracing::warn!(
-            partition, offset = state.offset(), attempts = state.attempts, delay_ms = delay.as_millis() as u64,
-            code = %error.code, error = %error.message, "transient failure, retrying"
-        );
+        let delay = if error.class == ErrorClass::Unavailable {
+            self.wait_for_dependency(owner, error)
+        } else {
+            let delay = backoff_delay(&self.settings.retry, state.counted_attempts());
+            tracing::warn!(
+                partition, offset = state.offset(), attempts = state.attempts, delay_ms = delay.as_millis() as u64,
+                code = %error.code, error = %error.message, "transient failure, retrying"
+            );
+            delay
+        };
         let timer = self.retries.insert(owner, delay);
         if let Some(state) = self.record_mut(owner) {
             state.wait(kind, timer);
@@ -704,6 +739,59 @@ impl<P: Processor> Worker<P> {
             if partition_state.waiting == 1 {
                 self.set_paused(&[partition], true);
             }
+        }
+    }
+
+    /// Notes a try that failed because a dependency is unavailable (log lines are limited to
+    /// the outage's start, one per interval and its end); the delay before the next try.
+    fn wait_for_dependency(&mut self, owner: Owner, error: &ProcessError) -> Duration {
+        let now = self.clock.instant;
+        let Some(state) = live(&mut self.records, owner) else {
+            return Duration::ZERO;
+        };
+        let entering = !state.waits_for_dependency;
+        state.waits_for_dependency = true;
+        state.unavailable_tries += 1;
+        let delay = unavailable_delay(&self.settings.retry, state.unavailable_tries);
+        let (partition, offset) = (state.partition(), state.offset());
+        match self.outage.failed(entering, &error.code, now) {
+            Report::Began => {
+                tracing::warn!(
+                    partition, offset, code = %error.code, error = %error.message,
+                    "dependency unavailable: pausing the partition and retrying its record until it answers (nothing is dead-lettered for this)"
+                );
+                self.telemetry.dependency_unavailable.set(1.0);
+            }
+            Report::Continues { tries, lasted } => tracing::warn!(
+                code = %error.code, error = %error.message, waiting = self.outage.waiting(),
+                failed_tries = tries, unavailable_s = lasted.as_secs(),
+                "dependency still unavailable; partitions paused"
+            ),
+            Report::Quiet => {}
+        }
+        self.telemetry.dependency_retry(&error.code);
+        delay
+    }
+
+    /// The record no longer waits for a dependency (it got past it, or it was given up).
+    fn past_dependency(&mut self, owner: Owner) {
+        let Some(state) = live(&mut self.records, owner) else {
+            return;
+        };
+        if !std::mem::take(&mut state.waits_for_dependency) {
+            return;
+        }
+        self.left_outage();
+    }
+
+    fn left_outage(&mut self) {
+        if let Some((lasted, tries)) = self.outage.left(self.clock.instant) {
+            tracing::info!(
+                unavailable_ms = lasted.as_millis() as u64,
+                failed_tries = tries,
+                "dependency available again; resuming"
+            );
+            self.telemetry.dependency_unavailable.set(0.0);
         }
     }
 
@@ -823,6 +911,9 @@ impl<P: Processor> Worker<P> {
             return;
         }
         let state = self.records.remove(owner.slot);
+        if state.waits_for_dependency {
+            self.left_outage();
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.finished += 1;
         if state.produced && state.dead_letter.is_none() {
@@ -856,6 +947,9 @@ impl<P: Processor> Worker<P> {
             return;
         }
         let state = self.records.remove(owner.slot);
+        if state.waits_for_dependency {
+            self.left_outage();
+        }
         if let Some(timer) = state.timer() {
             self.retries.remove(timer);
         }
