@@ -8,7 +8,9 @@
 //!
 //! Fault injection: [`RegistryServer::fail_next`] makes the next requests answer with a status
 //! of the test's choosing, [`RegistryServer::set_outage`] makes every request fail (a status, or
-//! a connection accepted and never answered) until it is lifted, and
+//! a connection accepted and never answered) until it is lifted,
+//! [`RegistryServer::refuse_connections`] closes the port until
+//! [`RegistryServer::accept_connections`] opens it again, and
 //! [`RegistryServer::requests`] counts requests per route, so tests can check what is cached.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +32,30 @@ use tokio::task::JoinHandle;
 pub struct RegistryServer {
     address: SocketAddr,
     state: Arc<Mutex<RegistryState>>,
+    app: Router,
+    /// The listening server, with the sender that shuts it down; `None` while connections are
+    /// refused.
+    server: Mutex<Option<Listening>>,
+}
+
+#[derive(Debug)]
+struct Listening {
     task: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Listening {
+    fn serve(listener: tokio::net::TcpListener, app: Router) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self { task, stop }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -95,14 +120,44 @@ impl RegistryServer {
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = Listening::serve(listener, app.clone());
         Ok(Self {
             address,
             state,
-            task,
+            app,
+            server: Mutex::new(Some(server)),
         })
+    }
+
+    /// Stops listening and closes idle connections, so the next request is refused (nothing
+    /// listens on the port) until [`RegistryServer::accept_connections`]. Requests in flight get
+    /// five seconds to finish (an [`Outage::Hang`] is cut off).
+    pub async fn refuse_connections(&self) {
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(Listening { mut task, stop }) = server {
+            let _ = stop.send(());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Listens again on the same address after [`RegistryServer::refuse_connections`].
+    pub async fn accept_connections(&self) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.address).await?;
+        let server = Listening::serve(listener, self.app.clone());
+        *self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(server);
+        Ok(())
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
@@ -140,15 +195,22 @@ impl RegistryServer {
         Ok(state.add(subject, schema, parsed))
     }
 
-    /// Stops serving: later requests fail to connect.
+    /// Stops serving at once: later requests fail to connect.
     pub fn stop(&self) {
-        self.task.abort();
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(server) = server {
+            server.task.abort();
+        }
     }
 }
 
 impl Drop for RegistryServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 

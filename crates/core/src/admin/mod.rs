@@ -558,9 +558,14 @@ impl Admin {
             .set("enable.idempotence", "true")
             .set("compression.type", producer.compression.as_str())
             .set("linger.ms", producer.linger_ms.to_string())
+            // An operator command must end: a stage's "never give up" (0) becomes a bound.
             .set(
                 "message.timeout.ms",
-                producer.message_timeout_ms.to_string(),
+                match producer.message_timeout_ms {
+                    0 => COMMAND_MESSAGE_TIMEOUT_MS,
+                    bounded => bounded,
+                }
+                .to_string(),
             );
         for (name, value) in &producer.librdkafka.0 {
             config.set(name, value);
@@ -569,6 +574,10 @@ impl Admin {
         Ok(RecordWriter { producer })
     }
 }
+
+/// How long an operator command's write may take when the stages' `producer.message_timeout_ms`
+/// is 0 (never give up).
+const COMMAND_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 
 fn options() -> AdminOptions {
     AdminOptions::new().request_timeout(Some(TIMEOUT))

@@ -72,7 +72,10 @@ impl<P: Processor> Worker<P> {
             Err(NotReady::Stopping)
         } else if self.flush.blocked() {
             Err(NotReady::SinkUnavailable)
-        } else if unavailable_for.is_some_and(|lasted| lasted > self.settings.stall_timeout) {
+        } else if unavailable_for
+            .is_some_and(|lasted| stalled || lasted > self.settings.stall_timeout)
+        {
+            // A stall during an outage is the outage's doing: name the cause.
             Err(NotReady::DependencyUnavailable)
         } else if self.breaker.holds_records() {
             Err(NotReady::BreakerOpen)

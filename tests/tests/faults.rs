@@ -1,0 +1,190 @@
+//! Faults from outside the processes, on the real broker: a schema registry that answers 503,
+//! then refuses connections, then accepts requests and never answers, while silver meets a
+//! writer schema for the first time. An outage is not a bad record: silver pauses, dead-letters nothing, says so in its
+//! readiness and metrics, and resumes by itself once the registry answers.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use medallion_tests::fleet::{raw_record, Fleet};
+use medallion_tests::process::StageProcess;
+use medallion_tests::registry_server::{Outage, RegistryServer};
+use medallion_tests::{http_get, metric_sum, produce_raw, real_broker, test_producer};
+
+const PARTITIONS: i32 = 3;
+const RECORDS: u128 = 300;
+
+async fn readiness(stage: &StageProcess) -> (u16, String) {
+    http_get(&stage.http_url("/readyz")).await
+}
+
+async fn dependency_unavailable(stage: &StageProcess) -> Option<f64> {
+    let (_, text) = http_get(&stage.http_url("/metrics")).await;
+    metric_sum(&text, "medallion_dependency_unavailable", &[])
+}
+
+async fn wait_ready(stage: &StageProcess, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if readiness(stage).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silver_waits_out_a_registry_outage_and_dead_letters_nothing() {
+    let bootstrap = real_broker();
+    let registry = RegistryServer::start().await.expect("registry");
+    let settings = format!(
+        "[schema_registry]\nurl = \"{}\"\ntimeout_ms = 1000\n\
+         [health]\nstall_timeout_ms = 1000\n\
+         [retry]\nunavailable_max_backoff_ms = 1000",
+        registry.url()
+    );
+    let fleet = Fleet::create(
+        &bootstrap,
+        PARTITIONS,
+        &[("bronze", settings.as_str()), ("silver", settings.as_str())],
+    )
+    .await;
+    // Both register their output schemas at start-up, while the registry is up.
+    let mut bronze = fleet.spawn("bronze", 1);
+    let mut silver = fleet.spawn("silver", 1);
+    assert!(
+        wait_ready(&bronze, Duration::from_secs(60)).await,
+        "bronze ready"
+    );
+    assert!(
+        wait_ready(&silver, Duration::from_secs(60)).await,
+        "silver ready"
+    );
+
+    // From now on every registry request fails: silver cannot fetch bronze's writer schema,
+    // which it has not seen yet.
+    registry.set_outage(Some(Outage::Status(StatusCode::SERVICE_UNAVAILABLE)));
+    let now = medallion_tests::now_ms();
+    let records: Vec<Vec<u8>> = (0..RECORDS)
+        .map(|n| {
+            let org = 1 + i64::try_from(n % 5).expect("small");
+            let observed = now - 60_000 + i64::try_from(n).expect("small") * 10;
+            raw_record(
+                0xfa_0000 + n,
+                org,
+                &format!("cmp-{}", n % 7),
+                observed,
+                "USD",
+                &[("impressions", 100.0), ("clicks", 3.0)],
+            )
+        })
+        .collect();
+    let producer = test_producer(&bootstrap).expect("producer");
+    produce_raw(
+        &producer,
+        &fleet.topic("connector.data.raw"),
+        PARTITIONS,
+        records
+            .iter()
+            .enumerate()
+            .map(|(n, value)| (1 + i64::try_from(n % 5).expect("small"), value.as_slice())),
+    )
+    .await
+    .expect("produced");
+    let total = i64::try_from(RECORDS).expect("small");
+    assert_eq!(
+        fleet
+            .wait_for("bronze.data.cleaned", total, Duration::from_secs(60))
+            .await,
+        total,
+        "bronze writes with the schema id it registered at start-up"
+    );
+
+    // Longer than the retry budget of a record-level failure (5 attempts, about 3 s).
+    let outage_started = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = readiness(&silver).await;
+        if status == 503 || outage_started.elapsed() > Duration::from_secs(20) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 503, "silver is not ready during the outage: {body}");
+    assert!(body.contains("dependency unavailable"), "{body}");
+    assert_eq!(dependency_unavailable(&silver).await, Some(1.0));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Nothing listens on the registry's port: silver's connections are refused.
+    registry.refuse_connections().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    silver.assert_running();
+    assert_eq!(readiness(&silver).await.0, 503, "still not ready");
+    // A registry that accepts and never answers: silver's requests time out.
+    registry.set_outage(Some(Outage::Hang));
+    registry
+        .accept_connections()
+        .await
+        .expect("listening again");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        fleet.count("bronze.data.cleaned.dlq").await,
+        0,
+        "no dead letters"
+    );
+    assert_eq!(
+        fleet.count("silver.data.processed").await,
+        0,
+        "nothing passed the outage"
+    );
+    assert!(
+        registry.requests("GET /schemas/ids") >= 3,
+        "silver kept asking: {}",
+        registry.requests("GET /schemas/ids")
+    );
+    silver.assert_running();
+
+    registry.set_outage(None);
+    let recovery = Instant::now();
+    assert_eq!(
+        fleet
+            .wait_for("silver.data.processed", total, Duration::from_secs(60))
+            .await,
+        total,
+        "every record comes out once the registry answers"
+    );
+    let recovered_in = recovery.elapsed();
+    assert!(
+        wait_ready(&silver, Duration::from_secs(10)).await,
+        "ready again"
+    );
+    assert_eq!(dependency_unavailable(&silver).await, Some(0.0));
+    assert!(fleet.caught_up("silver", "bronze.data.cleaned").await);
+    assert_eq!(
+        fleet.count("bronze.data.cleaned.dlq").await,
+        0,
+        "no dead letters"
+    );
+    assert_eq!(
+        fleet.count("silver.data.processed").await,
+        total,
+        "no copies"
+    );
+    let outputs = fleet
+        .read(
+            "silver.data.processed",
+            RECORDS as usize,
+            Duration::from_millis(500),
+        )
+        .await;
+    assert_eq!(outputs.len(), RECORDS as usize, "each record once");
+    println!(
+        "registry outage: {RECORDS} records in, {} out, 0 dead letters, outage {:.1} s, \
+         recovered in {:.1} s",
+        outputs.len(),
+        outage_started.elapsed().as_secs_f64() - recovered_in.as_secs_f64(),
+        recovered_in.as_secs_f64()
+    );
+    let (silver_exit, _) = silver.terminate();
+    let (bronze_exit, _) = bronze.terminate();
+    assert!(silver_exit.success() && bronze_exit.success());
+}
