@@ -177,7 +177,7 @@ async fn silver_waits_out_a_registry_outage_and_dead_letters_nothing() {
         )
         .await;
     assert_eq!(outputs.len(), RECORDS as usize, "each record once");
-    println!(
+    eprintln!(
         "registry outage: {RECORDS} records in, {} out, 0 dead letters, outage {:.1} s, \
          recovered in {:.1} s",
         outputs.len(),
