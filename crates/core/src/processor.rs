@@ -166,7 +166,7 @@ pub trait Processor: Send + 'static {
     fn output_topics(&self) -> Vec<Arc<str>>;
 
     /// Decodes a record. A malformed record is a permanent error; an unavailable dependency (for
-    /// example the schema registry) is a transient one.
+    /// example the schema registry) is [`ProcessError::unavailable`]: the runtime waits for it.
     fn decode(
         &mut self,
         record: &InputRecord<'_>,

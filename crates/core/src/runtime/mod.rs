@@ -16,6 +16,11 @@
 //! - **Dead letters.** Permanent failures go to `{input}{dlq.topic_suffix}` at once; transient
 //!   ones are retried with exponential backoff and jitter, then dead-lettered as
 //!   `transient-exhausted`. A dead letter is retried until the broker acknowledges it.
+//! - **Outages.** A record that fails because a dependency is unavailable
+//!   ([`crate::error::ErrorClass::Unavailable`]: the registry, a write the broker did not
+//!   acknowledge) is never dead-lettered: it waits at the head of its paused partition and is
+//!   tried again with backoff capped at `retry.unavailable_max_backoff_ms` until it succeeds, or
+//!   until `retry.give_up_after_ms` ends the worker with [`RuntimeError::Unavailable`].
 //! - **Bounded memory.** At most `max_in_flight` records (plus one batch of up to 256) are held,
 //!   with at most 4 more batches in the polling thread's channel; at the bound every partition is
 //!   paused until half of them are finished. librdkafka's own queues are bounded too: 32 MiB of
@@ -24,10 +29,11 @@
 //!   paused). Both can be changed in `[consumer.librdkafka]` and `[producer.librdkafka]`.
 //!
 //! # Limits
-//! - When the broker rejects a record's outputs after librdkafka's own retries (past
-//!   `message_timeout_ms`), the outputs of later records of the same input partition may already
-//!   be written; the failed outputs are written again after them. Duplicates are possible after a
-//!   crash or a drain timeout (at-least-once); downstream `event_id` dedup removes them.
+//! - With the default `message_timeout_ms = 0` librdkafka retries a write for as long as the
+//!   broker is away, so writes stay in input order. With a finite value, a write that times out
+//!   is written again after the later records' writes that librdkafka already sent: order can
+//!   change then (never the count). Duplicates are possible after a crash or a drain timeout
+//!   (at-least-once); downstream `event_id` dedup removes them.
 //! - Deduplication lives in memory (see [`crate::dedup`]).
 
 mod commit;
