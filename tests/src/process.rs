@@ -88,6 +88,14 @@ impl StageProcess {
         }
     }
 
+    /// What the process has logged so far (one JSON object a line).
+    pub fn log(&self) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp/worker-logs")
+            .join(format!("{}.log", self.label));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()

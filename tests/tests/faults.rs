@@ -1,7 +1,9 @@
 //! Faults from outside the processes, on the real broker: a schema registry that answers 503,
 //! then refuses connections, then accepts requests and never answers, while silver meets a
 //! writer schema for the first time. An outage is not a bad record: silver pauses, dead-letters nothing, says so in its
-//! readiness and metrics, and resumes by itself once the registry answers.
+//! readiness and metrics, and resumes by itself once the registry answers. And a stage started
+//! while its broker is down: live, not ready, quiet in its log, stopped within a second by
+//! SIGTERM, and processing everything once the broker is up.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use axum::http::StatusCode;
 use medallion_tests::fleet::{raw_record, Fleet};
 use medallion_tests::process::StageProcess;
 use medallion_tests::registry_server::{Outage, RegistryServer};
-use medallion_tests::{http_get, metric_sum, produce_raw, real_broker, test_producer};
+use medallion_tests::{http_get, metric_sum, produce_raw, real_broker, test_producer, OwnBroker};
 
 const PARTITIONS: i32 = 3;
 const RECORDS: u128 = 300;
@@ -187,4 +189,95 @@ async fn silver_waits_out_a_registry_outage_and_dead_letters_nothing() {
     let (silver_exit, _) = silver.terminate();
     let (bronze_exit, _) = bronze.terminate();
     assert!(silver_exit.success() && bronze_exit.success());
+}
+
+/// Log lines at warning level or above.
+fn warnings(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\""))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bronze_started_without_a_broker_waits_stops_on_sigterm_and_catches_up() {
+    let mut broker = OwnBroker::start();
+    let settings = "[startup]\ntimeout_ms = 0\n[retry]\nunavailable_max_backoff_ms = 1000";
+    let fleet = Fleet::create(&broker.bootstrap(), PARTITIONS, &[("bronze", settings)]).await;
+    broker.kill();
+
+    // Started with no broker: live, not ready, and SIGTERM ends it at once.
+    let mut first = fleet.spawn("bronze", 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.assert_running();
+    let (status, body) = readiness(&first).await;
+    assert_eq!(status, 503, "not ready while the broker is away: {body}");
+    assert_eq!(http_get(&first.http_url("/livez")).await.0, 200, "but live");
+    let (exit, took) = first.terminate();
+    assert!(
+        exit.success(),
+        "a stop during start-up is a clean stop: {exit}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "exited {took:?} after SIGTERM"
+    );
+
+    // Started again, the broker away for 30 s: a handful of log lines, not hundreds.
+    let mut second = fleet.spawn("bronze", 2);
+    let outage = Duration::from_secs(30);
+    tokio::time::sleep(outage).await;
+    second.assert_running();
+    let lines = warnings(&second.log());
+    assert!(
+        lines <= 12,
+        "{lines} warning lines in {outage:?} of outage:\n{}",
+        second.log()
+    );
+    assert_eq!(readiness(&second).await.0, 503);
+
+    broker.restart();
+    let now = medallion_tests::now_ms();
+    let records: Vec<Vec<u8>> = (0..RECORDS)
+        .map(|n| {
+            let org = 1 + i64::try_from(n % 5).expect("small");
+            raw_record(
+                0xfb_0000 + n,
+                org,
+                &format!("cmp-{}", n % 7),
+                now - 60_000 + i64::try_from(n).expect("small") * 10,
+                "USD",
+                &[("impressions", 100.0), ("clicks", 3.0)],
+            )
+        })
+        .collect();
+    let producer = test_producer(&broker.bootstrap()).expect("producer");
+    produce_raw(
+        &producer,
+        &fleet.topic("connector.data.raw"),
+        PARTITIONS,
+        records
+            .iter()
+            .enumerate()
+            .map(|(n, value)| (1 + i64::try_from(n % 5).expect("small"), value.as_slice())),
+    )
+    .await
+    .expect("produced");
+    let total = i64::try_from(RECORDS).expect("small");
+    let recovery = Instant::now();
+    assert_eq!(
+        fleet
+            .wait_for("bronze.data.cleaned", total, Duration::from_secs(90))
+            .await,
+        total,
+        "every record comes out once the broker is up"
+    );
+    assert!(wait_ready(&second, Duration::from_secs(30)).await, "ready");
+    assert_eq!(fleet.count("connector.data.raw.dlq").await, 0);
+    eprintln!(
+        "broker away at start-up: stopped {took:?} after SIGTERM; {lines} warning lines in \
+         {outage:?}; {total} records out {:.1} s after the broker returned",
+        recovery.elapsed().as_secs_f64()
+    );
+    let (exit, _) = second.terminate();
+    assert!(exit.success());
 }

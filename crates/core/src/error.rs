@@ -140,6 +140,25 @@ pub fn delivery_error_class(error: &KafkaError) -> ErrorClass {
     }
 }
 
+impl RuntimeError {
+    /// Whether the failure is a dependency that did not answer (worth waiting for at start-up)
+    /// rather than a configuration or topic that is wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Metadata { .. })
+    }
+}
+
+impl From<crate::startup::StartupError<RuntimeError>> for RuntimeError {
+    fn from(error: crate::startup::StartupError<RuntimeError>) -> Self {
+        match error {
+            crate::startup::StartupError::Fatal(error) => error,
+            timed_out @ crate::startup::StartupError::TimedOut { .. } => {
+                Self::Startup(timed_out.to_string())
+            }
+        }
+    }
+}
+
 /// Failures that stop the runtime itself (as opposed to one record).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -161,6 +180,17 @@ pub enum RuntimeError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// A topic's metadata could not be read: no broker answered.
+    #[error("topic `{topic}`: metadata lookup failed ({reason}); check kafka.bootstrap_servers and that the brokers are up")]
+    Metadata {
+        /// The topic name.
+        topic: String,
+        /// librdkafka's error.
+        reason: String,
+    },
+    /// A dependency stayed unreachable at start-up past `startup.timeout_ms`.
+    #[error("{0}")]
+    Startup(String),
     /// Subscribing to the input topic failed.
     #[error("failed to subscribe to `{topic}`")]
     Subscribe {

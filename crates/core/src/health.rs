@@ -116,6 +116,11 @@ impl Health {
         self.last_turn_ms.store(elapsed, Ordering::Relaxed);
     }
 
+    /// Whether the worker loop has turned at least once (start-up is over).
+    pub fn started(&self) -> bool {
+        self.last_turn_ms.load(Ordering::Relaxed) != u64::MAX
+    }
+
     /// Whether the loop turned within `timeout_ms` (or has not started).
     pub fn is_live(&self, timeout_ms: u64) -> bool {
         let last = self.last_turn_ms.load(Ordering::Relaxed);

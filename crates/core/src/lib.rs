@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod backoff;
 mod breaker;
+pub mod client_log;
 pub mod config;
 pub mod dedup;
 pub mod dlq;
@@ -34,6 +35,7 @@ pub mod processor;
 pub mod runtime;
 pub mod shutdown;
 pub mod side;
+pub mod startup;
 pub mod telemetry;
 pub mod trace;
 pub mod tracker;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -63,10 +64,25 @@ pub enum SideError {
     Topic(#[from] RuntimeError),
 }
 
+/// The side producer's client context: librdkafka's reports go to the rate-limited log.
+struct SideContext {
+    stage: String,
+}
+
+impl ClientContext for SideContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::client_log::error(&self.stage, "side producer", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::client_log::log(level, facility, message);
+    }
+}
+
 /// An idempotent producer for records a stage writes besides its outputs.
 #[derive(Clone)]
 pub struct SideProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<SideContext>,
     partitioner: PartitionerKind,
     retry: RetryConfig,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
@@ -83,13 +99,15 @@ impl std::fmt::Debug for SideProducer {
 impl SideProducer {
     /// A producer with the runtime's producer settings.
     pub fn new<S, R>(config: &WorkerConfig<S, R>) -> Result<Self, RuntimeError> {
-        let producer: FutureProducer =
-            producer_client_config(config)
-                .create()
-                .map_err(|source| RuntimeError::Client {
-                    client: "side producer",
-                    source,
-                })?;
+        let context = SideContext {
+            stage: config.worker.stage.clone(),
+        };
+        let producer: FutureProducer<SideContext> = producer_client_config(config)
+            .create_with_context(context)
+            .map_err(|source| RuntimeError::Client {
+                client: "side producer",
+                source,
+            })?;
         Ok(Self {
             producer,
             partitioner: config.producer.partitioner,
@@ -222,8 +240,11 @@ impl ClientContext for ReaderContext {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             return;
         }
-        crate::metrics::client_error(&self.stage, "topic reader", &error);
-        tracing::warn!(%error, reason, "kafka topic reader error");
+        crate::client_log::error(&self.stage, "topic reader", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::client_log::log(level, facility, message);
     }
 }
 
@@ -298,13 +319,9 @@ impl TopicReader {
         consumer: &StreamConsumer<ReaderContext>,
         topic: &str,
     ) -> Result<HashMap<i32, i64>, RuntimeError> {
-        let unreachable = |error: KafkaError| {
-            RuntimeError::Topic {
+        let unreachable = |error: KafkaError| RuntimeError::Metadata {
             topic: topic.to_owned(),
-            reason: format!(
-                "metadata lookup failed ({error}); check kafka.bootstrap_servers and that the brokers are up"
-            ),
-        }
+            reason: error.to_string(),
         };
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)

@@ -37,6 +37,8 @@ use clap::Parser;
 use medallion_contracts::types::Execution;
 use medallion_contracts::{Contract, Encoder, Registry, RegistryConfig};
 use medallion_core::side::{SideProducer, TopicReader};
+use medallion_core::startup::{Attempt, Patience};
+use medallion_core::RuntimeError;
 use medallion_core::{Processor, Runtime, RuntimeMetrics, Validate, WorkerConfig};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
@@ -116,6 +118,9 @@ pub fn main_with<S: Stage>(config_file: Option<&Path>) -> anyhow::Result<()> {
         launch::<S>(config, shutdown)?.join().await
     });
     telemetry::shutdown_tracing();
+    // A start-up lookup stopped by SIGTERM may still block its thread until librdkafka's own
+    // timeout; the process does not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }
 
@@ -192,7 +197,16 @@ pub struct Setup<'a, S> {
 impl<S> Setup<'_, S> {
     /// Registers (or looks up) `P`'s schema, retrying an unavailable registry.
     pub async fn register<P: Contract>(&self) -> anyhow::Result<Encoder<P>> {
-        register::<P>(&self.registry, &self.shutdown).await
+        register::<P>(&self.registry, &self.patience()).await
+    }
+
+    /// Start-up waits of this stage: `[startup]` bound, `[retry]` backoff, ended by shutdown.
+    fn patience(&self) -> Patience {
+        Patience::new(
+            &self.config.startup,
+            &self.config.retry,
+            self.shutdown.clone(),
+        )
     }
 
     /// A token cancelled when the stage stops.
@@ -206,10 +220,29 @@ impl<S> Setup<'_, S> {
     }
 
     /// A reader of the whole of `topic`, outside any group.
+    /// Waits for an unreachable broker like the runtime does (`[startup]`).
     pub async fn topic_reader(&self, topic: &str) -> anyhow::Result<TopicReader> {
-        TopicReader::open(self.config, topic)
+        let what = format!(
+            "the Kafka broker at {}",
+            self.config.kafka.bootstrap_servers
+        );
+        let opened = self
+            .patience()
+            .wait_for(&what, || async {
+                TopicReader::open(self.config, topic)
+                    .await
+                    .map_err(|error| {
+                        if error.is_unavailable() {
+                            Attempt::Unavailable(error)
+                        } else {
+                            Attempt::Fatal(error)
+                        }
+                    })
+            })
             .await
-            .with_context(|| format!("failed to open `{topic}`"))
+            .map_err(RuntimeError::from)
+            .with_context(|| format!("failed to open `{topic}`"))?;
+        opened.ok_or_else(|| anyhow::anyhow!("stopped while opening `{topic}`"))
     }
 
     /// Runs `task` beside the runtime; its failure stops the stage.
@@ -287,7 +320,8 @@ async fn run_stage<S: Stage>(
         Err(error) => Err(error.context(format!("stage `{}` failed to start", S::NAME))),
         Ok(processor) => {
             if config.summary.enabled {
-                let encoder = register::<Execution>(&registry, &side_stop).await?;
+                let patience = Patience::new(&config.startup, &config.retry, side_stop.clone());
+                let encoder = register::<Execution>(&registry, &patience).await?;
                 let producer =
                     SideProducer::new(&config).context("failed to create the summary producer")?;
                 let identity = summary::SummaryIdentity::of(&config);
@@ -339,44 +373,39 @@ pub fn now_ms() -> i64 {
         })
 }
 
-/// How long start-up keeps retrying a registry that does not answer.
-pub const REGISTRATION_PATIENCE: Duration = Duration::from_secs(60);
-
-/// Registers (or looks up) `P`'s schema, retrying a registry that is unavailable for up to
-/// [`REGISTRATION_PATIENCE`]; any other refusal (incompatible, not registered) stops start-up.
+/// Registers (or looks up) `P`'s schema, waiting for a registry that is unavailable as
+/// `[startup]` allows; any other refusal (incompatible, not registered, unauthorised) stops
+/// start-up.
 pub async fn register<P: Contract>(
     registry: &Registry,
-    shutdown: &CancellationToken,
+    patience: &Patience,
 ) -> anyhow::Result<Encoder<P>> {
-    let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match Encoder::<P>::register(registry).await {
-            Ok(encoder) => {
-                tracing::info!(
-                    topic = P::TOPIC,
-                    schema_id = encoder.schema_id(),
-                    "output schema registered"
-                );
-                return Ok(encoder);
-            }
-            Err(error) if error.is_transient() && started.elapsed() < REGISTRATION_PATIENCE => {
-                tracing::warn!(topic = P::TOPIC, %error, "schema registry unavailable; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("stopped while registering `{}`", P::TOPIC),
-                    () = tokio::time::sleep(backoff) => {}
+    let what = format!("the schema registry at {}", registry.describe());
+    let registered = patience
+        .wait_for(&what, || async {
+            Encoder::<P>::register(registry).await.map_err(|error| {
+                if error.is_transient() {
+                    Attempt::Unavailable(error)
+                } else {
+                    Attempt::Fatal(error)
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => {
-                return Err(error).with_context(|| {
-                    format!(
-                        "failed to register the `{}` schema at {}",
-                        P::TOPIC,
-                        registry.describe()
-                    )
-                })
-            }
-        }
-    }
+            })
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "failed to register the `{}` schema at {}",
+                P::TOPIC,
+                registry.describe()
+            )
+        })?;
+    let Some(encoder) = registered else {
+        anyhow::bail!("stopped while registering `{}`", P::TOPIC);
+    };
+    tracing::info!(
+        topic = P::TOPIC,
+        schema_id = encoder.schema_id(),
+        "output schema registered"
+    );
+    Ok(encoder)
 }

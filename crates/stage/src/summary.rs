@@ -101,6 +101,11 @@ pub async fn report(
             () = shutdown.cancelled() => true,
             _ = ticker.tick() => false,
         };
+        if stopping && !metrics.health.started() {
+            // Stopped during start-up (perhaps waiting for the broker): nothing ran, nothing
+            // to report, and no reason to hold the exit for a write.
+            return Ok(());
+        }
         let now = metrics.snapshot();
         let end = now_ms();
         let status = if stopping { "stopped" } else { "running" };

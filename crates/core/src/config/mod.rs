@@ -24,7 +24,7 @@ use crate::partitioner::PartitionerKind;
 
 mod operations;
 
-pub use operations::{BreakerConfig, HealthConfig, SummaryConfig, TelemetryConfig};
+pub use operations::{BreakerConfig, HealthConfig, StartupConfig, SummaryConfig, TelemetryConfig};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "MEDALLION__";
@@ -111,6 +111,9 @@ pub struct WorkerConfig<S, R = NoRegistry> {
     /// What readiness and liveness report.
     #[serde(default)]
     pub health: HealthConfig,
+    /// How long start-up waits for the broker and the registry.
+    #[serde(default)]
+    pub startup: StartupConfig,
     /// The dead-letter circuit breaker.
     #[serde(default)]
     pub breaker: BreakerConfig,

@@ -129,6 +129,36 @@ impl TelemetryConfig {
     }
 }
 
+/// `[startup]`: how long a stage waits for its broker and registry when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupConfig {
+    /// How long start-up waits for an unreachable broker or schema registry (live, not ready,
+    /// retrying with the `[retry]` backoff) before it exits non-zero naming what it could not
+    /// reach, so Kubernetes restarts the pod and shows why. 0: wait as long as it takes.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_startup_timeout_ms() -> u64 {
+    300_000
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_startup_timeout_ms(),
+        }
+    }
+}
+
+impl StartupConfig {
+    /// The wait's bound, `None` for as long as it takes.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        (self.timeout_ms > 0).then(|| std::time::Duration::from_millis(self.timeout_ms))
+    }
+}
+
 /// `[health]`: what `/livez` and `/readyz` report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

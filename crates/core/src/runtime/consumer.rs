@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
@@ -127,8 +128,11 @@ pub(crate) fn any_broker_up(statistics: &Statistics) -> bool {
 
 impl ClientContext for RebalanceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::metrics::client_error(&self.stage, "consumer", &error);
-        tracing::warn!(%error, reason, "kafka consumer error");
+        crate::client_log::error(&self.stage, "consumer", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::client_log::log(level, facility, message);
     }
 
     fn stats(&self, statistics: Statistics) {

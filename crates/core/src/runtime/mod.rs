@@ -60,11 +60,12 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BreakerConfig, DedupConfig, RetryConfig, WorkerConfig};
+use crate::config::{BreakerConfig, DedupConfig, RetryConfig, StartupConfig, WorkerConfig};
 use crate::error::RuntimeError;
 use crate::metrics::RuntimeMetrics;
 use crate::partitioner::PartitionerKind;
 use crate::processor::Processor;
+use crate::startup::{Attempt, Patience};
 use consumer::{PollThread, RebalanceContext};
 use produce::OutputProducer;
 use worker::Worker;
@@ -77,7 +78,7 @@ const CONSUMER_QUEUE_KBYTES: u32 = 32 * 1024;
 /// librdkafka's producer queue bound (`queue.buffering.max.kbytes`; default 1 GiB).
 const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
 /// How long start-up waits for topic metadata.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the worker loop needs from the configuration.
 #[derive(Debug, Clone)]
@@ -95,6 +96,8 @@ pub(crate) struct RunSettings {
     pub(crate) partitioner: PartitionerKind,
     pub(crate) breaker: BreakerConfig,
     pub(crate) stall_timeout: Duration,
+    pub(crate) startup: StartupConfig,
+    pub(crate) bootstrap: String,
 }
 
 /// A configured worker, ready to [`run`](Runtime::run) a processor.
@@ -124,6 +127,8 @@ impl Runtime {
             partitioner: config.producer.partitioner,
             breaker: config.breaker.clone(),
             stall_timeout: Duration::from_millis(config.health.stall_timeout_ms),
+            startup: config.startup.clone(),
+            bootstrap: config.kafka.bootstrap_servers.clone(),
         };
         let mut consumer_config = common_client_config(config);
         consumer_config
@@ -185,11 +190,34 @@ impl Runtime {
         let mut topics: Vec<Arc<str>> = processor.output_topics();
         topics.push(Arc::clone(&self.settings.dlq_topic));
         topics.push(Arc::clone(&self.settings.input_topic));
-        let partition_counts = {
-            let handle = producer.handle();
-            tokio::task::spawn_blocking(move || partition_counts(handle.client(), &topics))
-                .await
-                .map_err(|error| RuntimeError::Thread(error.to_string()))??
+        // An unreachable broker is waited for (live, not ready); a missing topic is an error.
+        let patience = Patience::new(
+            &self.settings.startup,
+            &self.settings.retry,
+            shutdown.clone(),
+        );
+        let what = format!("the Kafka broker at {}", self.settings.bootstrap);
+        let looked_up = patience
+            .wait_for(&what, || {
+                let handle = producer.handle();
+                let topics = topics.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || partition_counts(handle.client(), &topics))
+                        .await
+                        .map_err(|error| Attempt::Fatal(RuntimeError::Thread(error.to_string())))?
+                        .map_err(|error| {
+                            if error.is_unavailable() {
+                                Attempt::Unavailable(error)
+                            } else {
+                                Attempt::Fatal(error)
+                            }
+                        })
+                }
+            })
+            .await?;
+        let Some(partition_counts) = looked_up else {
+            tracing::info!("stopped while waiting for the broker at start-up");
+            return Ok(());
         };
         let (events_tx, events_rx) = mpsc::channel(POLL_CHANNEL_CAPACITY);
         let context = RebalanceContext {
@@ -288,9 +316,9 @@ pub(crate) fn partition_counts<C: ClientContext>(
     for topic in topics {
         let metadata = client
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|error| RuntimeError::Topic {
+            .map_err(|error| RuntimeError::Metadata {
                 topic: topic.to_string(),
-                reason: format!("metadata lookup failed ({error}); check kafka.bootstrap_servers and that the brokers are up"),
+                reason: error.to_string(),
             })?;
         let found = metadata
             .topics()
