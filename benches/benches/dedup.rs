@@ -37,6 +37,7 @@ fn window(capacity: u64) -> Deduplicator {
         enabled: true,
         capacity,
         ttl_ms: 3_600_000,
+        warm_records: 0,
     });
     let now = Instant::now();
     for n in 0..capacity {

@@ -281,3 +281,95 @@ async fn bronze_started_without_a_broker_waits_stops_on_sigterm_and_catches_up()
     let (exit, _) = second.terminate();
     assert!(exit.success());
 }
+
+/// Copies of records an earlier process already finished, as an upstream stage writes them again
+/// after its own restart: the next process of the group warms its dedup memory from the records
+/// before the committed offsets, so the copies are dropped, not processed a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_finished_records_are_dropped_by_the_next_process() {
+    let bootstrap = real_broker();
+    let fleet = Fleet::create(&bootstrap, PARTITIONS, &[("bronze", "")]).await;
+    let now = medallion_tests::now_ms();
+    let record = |n: u128| {
+        let org = 1 + i64::try_from(n % 5).expect("small");
+        let value = raw_record(
+            0xfc_0000 + n,
+            org,
+            &format!("cmp-{}", n % 7),
+            now - 60_000 + i64::try_from(n).expect("small") * 10,
+            "USD",
+            &[("impressions", 100.0), ("clicks", 3.0)],
+        );
+        (org, value)
+    };
+    let producer = test_producer(&bootstrap).expect("producer");
+    let topic = fleet.topic("connector.data.raw");
+    let first: Vec<(i64, Vec<u8>)> = (0..RECORDS).map(record).collect();
+    produce_raw(
+        &producer,
+        &topic,
+        PARTITIONS,
+        first.iter().map(|(org, value)| (*org, value.as_slice())),
+    )
+    .await
+    .expect("produced");
+    let total = i64::try_from(RECORDS).expect("small");
+    let mut one = fleet.spawn("bronze", 1);
+    assert_eq!(
+        fleet
+            .wait_for("bronze.data.cleaned", total, Duration::from_secs(60))
+            .await,
+        total
+    );
+    let (exit, _) = one.terminate();
+    assert!(exit.success(), "first process: {exit}");
+
+    // The same records again (same event_ids), then new ones.
+    let new = 100u128;
+    let again: Vec<(i64, Vec<u8>)> = (0..RECORDS)
+        .map(record)
+        .chain((RECORDS..RECORDS + new).map(record))
+        .collect();
+    produce_raw(
+        &producer,
+        &topic,
+        PARTITIONS,
+        again.iter().map(|(org, value)| (*org, value.as_slice())),
+    )
+    .await
+    .expect("produced");
+    let two = fleet.spawn("bronze", 2);
+    let copies = f64::from(u32::try_from(RECORDS).expect("small"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut hits = 0.0;
+    while Instant::now() < deadline {
+        let (_, text) = http_get(&two.http_url("/metrics")).await;
+        hits = metric_sum(&text, "medallion_dedup_hits_total", &[]).unwrap_or(0.0);
+        if hits >= copies {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expected = total + i64::try_from(new).expect("small");
+    assert_eq!(
+        fleet
+            .wait_for("bronze.data.cleaned", expected, Duration::from_secs(30))
+            .await,
+        expected
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = fleet.count("bronze.data.cleaned").await;
+    assert_eq!(hits, copies, "every copy dropped as a duplicate");
+    assert_eq!(
+        out, expected,
+        "{RECORDS} copies of finished records were processed again"
+    );
+    assert_eq!(fleet.count("connector.data.raw.dlq").await, 0);
+    eprintln!(
+        "dedup across processes: {} in, {out} out, {hits} duplicates dropped, 0 dead letters",
+        2 * total + i64::try_from(new).expect("small")
+    );
+    let mut two = two;
+    let (exit, _) = two.terminate();
+    assert!(exit.success());
+}

@@ -16,8 +16,14 @@
 //!
 //! Guarantee: a duplicate seen within `ttl_ms` of the first copy by the same process, while that
 //! process owns the partition and the window has room, is finished without processing.
-//! Limit: memory only. After a restart or a rebalance the window is empty; deterministic output
-//! ids let the next stage remove what slips through.
+//! Across processes: on assignment the runtime starts each partition `warm_records` before its
+//! committed offset and only remembers the ids of those records (`runtime/consumer.rs`,
+//! `Worker::warm`), so a copy an upstream stage writes after its own restart is dropped by
+//! whichever process holds the partition, as long as the original lies within the warm-up.
+//! Limits: memory only, and the time to live runs on this process's clock; a copy further than
+//! `warm_records` behind the committed offset, or whose original could not be decoded during the
+//! warm-up (registry unavailable), passes as new, and deterministic output ids let the next
+//! stage remove it.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
@@ -152,6 +158,7 @@ mod tests {
             enabled,
             capacity,
             ttl_ms,
+            warm_records: 0,
         }
     }
 

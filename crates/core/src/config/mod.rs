@@ -381,6 +381,13 @@ pub struct DedupConfig {
     /// How long an `event_id` is remembered.
     #[serde(default = "default_dedup_ttl_ms")]
     pub ttl_ms: u64,
+    /// On assignment, how many records before the committed offset are read again (decoded,
+    /// not processed) to fill the memory, per partition: a copy written after an upstream
+    /// restart is then dropped even when the partition changed process. It should cover what
+    /// an upstream stage may write twice (its `consumer.max_in_flight` plus a commit interval's
+    /// records). 0: the memory starts empty.
+    #[serde(default = "default_dedup_warm_records")]
+    pub warm_records: u64,
 }
 
 fn default_true() -> bool {
@@ -392,6 +399,9 @@ fn default_dedup_capacity() -> u64 {
 fn default_dedup_ttl_ms() -> u64 {
     3_600_000
 }
+fn default_dedup_warm_records() -> u64 {
+    20_000
+}
 
 impl Default for DedupConfig {
     fn default() -> Self {
@@ -399,6 +409,7 @@ impl Default for DedupConfig {
             enabled: true,
             capacity: default_dedup_capacity(),
             ttl_ms: default_dedup_ttl_ms(),
+            warm_records: default_dedup_warm_records(),
         }
     }
 }

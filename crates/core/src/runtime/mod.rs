@@ -227,6 +227,11 @@ impl Runtime {
             metrics: Arc::clone(&self.metrics),
             lag_frozen: AtomicBool::new(false),
             batch: std::sync::Mutex::new(Vec::with_capacity(consumer::BATCH)),
+            warm_records: if self.settings.dedup.enabled {
+                i64::try_from(self.settings.dedup.warm_records).unwrap_or(i64::MAX)
+            } else {
+                0
+            },
         };
         let consumer: BaseConsumer<RebalanceContext> = self
             .consumer_config

@@ -31,7 +31,7 @@ use super::consumer::{PollEvent, RebalanceContext};
 use super::flush::FlushState;
 use super::outage::{Outage, Report};
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
-use super::record::{Answered, RecordState, RetryKind};
+use super::record::{owned_headers, Answered, RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
 use super::RunSettings;
 use crate::backoff::{backoff_delay, unavailable_delay};
@@ -67,6 +67,13 @@ pub(super) struct PartitionState {
     pub(super) backlog: VecDeque<Owner>,
     pub(super) committed: Option<i64>,
     pub(super) revoking: bool,
+    /// While records before this offset (the committed one at assignment) arrive, they only
+    /// warm the dedup memory.
+    pub(super) warm_until: Option<i64>,
+    /// Whether warm-up records are still decoded (false once the registry was unavailable).
+    pub(super) warm_decoding: bool,
+    /// Warm-up records read so far.
+    pub(super) warmed: u64,
 }
 
 pub(super) struct PendingRevoke {
@@ -386,6 +393,21 @@ impl<P: Processor> Worker<P> {
         if state.revoking {
             return;
         }
+        if let Some(until) = state.warm_until {
+            if offset < until {
+                state.warmed += 1;
+                if state.warm_decoding {
+                    self.warm(&message).await;
+                }
+                return;
+            }
+            state.warm_until = None;
+            tracing::info!(
+                partition,
+                warmed = state.warmed,
+                "dedup memory warmed from the records before the committed offset"
+            );
+        }
         if !state.tracker.begin(offset) {
             tracing::warn!(
                 partition,
@@ -411,6 +433,38 @@ impl<P: Processor> Worker<P> {
             return;
         }
         self.run_record(owner).await;
+    }
+
+    /// Remembers the `event_id` of a record before the committed offset, which an earlier owner
+    /// of the partition processed. A record that does not decode is skipped (it was
+    /// dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
+    /// for it here would hold up every partition.
+    async fn warm(&mut self, message: &OwnedMessage) {
+        let partition = message.partition();
+        let headers = owned_headers(message);
+        let input = InputRecord {
+            topic: &self.settings.input_topic,
+            partition,
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: &headers,
+        };
+        match self.processor.decode(&input).await {
+            Ok(decoded) => {
+                if let Some(id) = self.processor.event_id(&decoded) {
+                    self.dedup.remember(partition, id, self.clock.instant);
+                }
+            }
+            Err(error) if error.class == ErrorClass::Unavailable => {
+                tracing::warn!(partition, %error, "dependency unavailable during the dedup warm-up; the partition's warm-up stops here");
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.warm_decoding = false;
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// Decodes, deduplicates and processes one record, then writes its outputs.
@@ -966,9 +1020,14 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn on_assigned(&mut self, partitions: &[i32]) {
-        for partition in partitions {
-            self.partitions.entry(*partition).or_default();
+    fn on_assigned(&mut self, starts: &[(i32, Option<i64>)]) {
+        let partitions: Vec<i32> = starts.iter().map(|(partition, _)| *partition).collect();
+        let partitions = partitions.as_slice();
+        for (partition, warm_until) in starts {
+            let state = self.partitions.entry(*partition).or_default();
+            state.warm_until = *warm_until;
+            state.warm_decoding = warm_until.is_some();
+            state.warmed = 0;
         }
         self.telemetry.assigns.increment(1);
         self.telemetry.assigned.set(self.partitions.len() as f64);
