@@ -24,52 +24,7 @@ pub struct BronzeSettings {
     pub limits: Limits,
 }
 
-/// `[stage.limits]`: the bounds of one connector record. A record past one is rejected as
-/// `too_large`, naming the field, its size and the limit, so nothing unbounded reaches the
-/// later stages (gold's window keys, the audit store). JSON nesting is bounded by the parser
-/// (128 levels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// The record's value, in bytes. Keep it below the producer's `message.max.bytes` (1 MB by
-    /// default): the dead letter carries the record.
-    #[serde(default = "default_max_record_bytes")]
-    pub max_record_bytes: usize,
-    /// Each string: connector and run ids, entity type, id and name, metric names, dimension
-    /// keys and values, in bytes.
-    #[serde(default = "default_max_string_bytes")]
-    pub max_string_bytes: usize,
-    /// Metrics per record.
-    #[serde(default = "default_max_metrics")]
-    pub max_metrics: usize,
-    /// Dimensions per record.
-    #[serde(default = "default_max_dimensions")]
-    pub max_dimensions: usize,
-}
-
-fn default_max_record_bytes() -> usize {
-    524_288
-}
-fn default_max_string_bytes() -> usize {
-    256
-}
-fn default_max_metrics() -> usize {
-    100
-}
-fn default_max_dimensions() -> usize {
-    50
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_record_bytes: default_max_record_bytes(),
-            max_string_bytes: default_max_string_bytes(),
-            max_metrics: default_max_metrics(),
-            max_dimensions: default_max_dimensions(),
-        }
-    }
-}
+use medallion_contracts::limits::Limits;
 
 fn default_output_topic() -> String {
     "bronze.data.cleaned".to_owned()
@@ -103,32 +58,7 @@ impl Validate for BronzeSettings {
                 "is more than a year; use at most 31536000000",
             ));
         }
-        let limits = [
-            (
-                "stage.limits.max_record_bytes",
-                self.limits.max_record_bytes,
-                64 << 20,
-            ),
-            (
-                "stage.limits.max_string_bytes",
-                self.limits.max_string_bytes,
-                1 << 20,
-            ),
-            ("stage.limits.max_metrics", self.limits.max_metrics, 10_000),
-            (
-                "stage.limits.max_dimensions",
-                self.limits.max_dimensions,
-                10_000,
-            ),
-        ];
-        for (key, value, most) in limits {
-            if !(1..=most).contains(&value) {
-                return Err(ConfigError::key(
-                    key,
-                    format!("must be between 1 and {most}"),
-                ));
-            }
-        }
+        self.limits.validate()?;
         Ok(())
     }
 }

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use medallion_contracts::ingest::RawIngest;
+use medallion_contracts::limits::Bounded;
 use medallion_contracts::types::{CleanedData, EntityRef, EventSource, RawData};
 use medallion_contracts::{Encoder, Envelope, Registry};
 use medallion_core::ids::derive_event_id;
 use medallion_core::{InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
 use uuid::Uuid;
 
-use crate::config::{BronzeSettings, Limits};
+use crate::config::BronzeSettings;
+use medallion_contracts::limits::Limits;
 use medallion_stage::now_ms;
 
 /// The stage name in derived ids and in `source.service`.
@@ -67,14 +69,7 @@ impl Processor for Bronze {
 
     async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Raw, ProcessError> {
         let payload = record.payload.unwrap_or_default();
-        if payload.len() > self.limits.max_record_bytes {
-            return Err(too_large(
-                "the record",
-                payload.len(),
-                self.limits.max_record_bytes,
-                "max_record_bytes",
-            ));
-        }
+        self.limits.check_record_bytes(payload.len())?;
         let event = self.ingest.decode(payload).await?;
         Ok(Raw {
             event,
@@ -124,64 +119,6 @@ impl Processor for Bronze {
     }
 }
 
-fn too_large(what: &str, size: usize, limit: usize, key: &str) -> ProcessError {
-    ProcessError::permanent(
-        "too_large",
-        format!("{what} is {size} bytes or items; the limit is {limit} (stage.limits.{key})"),
-    )
-}
-
-/// Rejects a record past `limits` (sizes in bytes, counts in items).
-fn check_limits(payload: &RawData, limits: &Limits) -> Result<(), ProcessError> {
-    if payload.metrics.len() > limits.max_metrics {
-        return Err(too_large(
-            "payload.metrics",
-            payload.metrics.len(),
-            limits.max_metrics,
-            "max_metrics",
-        ));
-    }
-    if payload.dimensions.len() > limits.max_dimensions {
-        return Err(too_large(
-            "payload.dimensions",
-            payload.dimensions.len(),
-            limits.max_dimensions,
-            "max_dimensions",
-        ));
-    }
-    let strings = [
-        ("payload.connector_id", payload.connector_id.as_str()),
-        ("payload.run_id", payload.run_id.as_str()),
-        ("payload.entity.type", payload.entity.kind.as_str()),
-        ("payload.entity.id", payload.entity.id.as_str()),
-        (
-            "payload.entity.name",
-            payload.entity.name.as_deref().unwrap_or_default(),
-        ),
-    ];
-    let named = payload
-        .metrics
-        .keys()
-        .map(|name| ("a payload.metrics name", name.as_str()))
-        .chain(payload.dimensions.iter().flat_map(|(key, value)| {
-            [
-                ("a payload.dimensions key", key.as_str()),
-                ("a payload.dimensions value", value.as_str()),
-            ]
-        }));
-    for (field, text) in strings.into_iter().chain(named) {
-        if text.len() > limits.max_string_bytes {
-            return Err(too_large(
-                field,
-                text.len(),
-                limits.max_string_bytes,
-                "max_string_bytes",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Validates and normalises one raw event (pure: the clock is an argument).
 pub fn clean(
     raw: &Envelope<RawData>,
@@ -190,7 +127,7 @@ pub fn clean(
     max_future_skew_ms: i64,
     limits: &Limits,
 ) -> Result<CleanedData, ProcessError> {
-    check_limits(&raw.payload, limits)?;
+    raw.payload.check(limits)?;
     if raw.event_type != "connector.data.raw" {
         return Err(ProcessError::permanent(
             "wrong_event_type",

@@ -10,12 +10,14 @@
 //! - [`registry`]: a Confluent-compatible Schema Registry over HTTP, or the embedded one;
 //! - [`compat`]: compatibility levels and the gate over the schema history;
 //! - [`ingest`]: JSON ingest of what connectors send to `connector.data.raw`;
+//! - [`limits`]: the bounds of one measurement record, checked by every stage that reads one;
 //! - [`error`]: errors with stable codes and a transient/permanent class.
 
 pub mod codec;
 pub mod compat;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod operator;
 pub mod registry;
 pub mod schemas;

@@ -1,5 +1,6 @@
 //! The `[stage]` table of gold: windows, grace, watermark step, derived metrics.
 
+use medallion_contracts::limits::Limits;
 use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
@@ -55,10 +56,15 @@ pub struct GoldSettings {
     /// before it processes any record; 0: do not wait.
     #[serde(default)]
     pub catch_up_timeout_ms: u64,
+    /// What one input record may hold (checked by bronze and silver already; anything else
+    /// written to the input is checked here, before it can become a window key).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Validate for GoldSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         if self.output_topic.trim().is_empty() {
             return Err(ConfigError::key(
                 "stage.output_topic",

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use medallion_contracts::limits::{Bounded, Limits};
 use medallion_contracts::types::{DerivedMetric, EventSource, ProcessedData, WindowAggregate};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::ids::derive_id;
@@ -31,6 +32,7 @@ pub struct Gold {
     boundaries: Arc<RwLock<Boundaries>>,
     window_ms: i64,
     replay_skipped: metrics::Counter,
+    limits: Limits,
 }
 
 /// Gauge: open windows, by partition.
@@ -66,6 +68,7 @@ impl Gold {
             boundaries,
             window_ms: settings.window_ms,
             replay_skipped: metrics::counter!(REPLAY_SKIPPED, "stage" => STAGE),
+            limits: settings.limits,
         }
     }
 
@@ -140,6 +143,7 @@ impl Processor for Gold {
         record: &InputRecord<'_>,
     ) -> Result<Envelope<ProcessedData>, ProcessError> {
         let payload = record.payload.unwrap_or_default();
+        self.limits.check_record_bytes(payload.len())?;
         Ok(self.decoder.decode(payload).await?)
     }
 
@@ -156,6 +160,11 @@ impl Processor for Gold {
         input: Envelope<ProcessedData>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
+        input.payload.check(&self.limits).map_err(|error| {
+            error
+                .with_event_id(input.event_id)
+                .with_org_id(input.org_id)
+        })?;
         let partition_id = ctx.partition();
         let boundary = self.boundary(partition_id, ctx.offset());
         let window_start = input.payload.observed_at.div_euclid(self.window_ms) * self.window_ms;

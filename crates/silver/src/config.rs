@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use medallion_contracts::limits::Limits;
 use medallion_contracts::operator::Operator;
 use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,10 @@ pub struct SilverSettings {
     /// Cross-field checks.
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// What one input record may hold (bronze checked it already; anything else written to the
+    /// input is checked here).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Validate for SilverSettings {
@@ -80,6 +85,7 @@ impl Validate for SilverSettings {
                 "must name the output topic",
             ));
         }
+        self.limits.validate()?;
         if self.default_currency.len() != 3 {
             return Err(ConfigError::key(
                 "stage.default_currency",

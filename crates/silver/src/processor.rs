@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use medallion_contracts::limits::{Bounded, Limits};
 use medallion_contracts::types::{CleanedData, EventSource, Metric, ProcessedData};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::ids::derive_event_id;
@@ -33,6 +34,7 @@ pub struct Rules {
     checks: Vec<CheckSpec>,
     reference: Reference,
     default_currency: String,
+    limits: Limits,
 }
 
 impl Rules {
@@ -47,6 +49,7 @@ impl Rules {
             checks: settings.checks.clone(),
             reference,
             default_currency: settings.default_currency.clone(),
+            limits: settings.limits,
         }
     }
 }
@@ -77,12 +80,13 @@ fn reject(code: &'static str, message: String) -> ProcessError {
     ProcessError::permanent(code, message)
 }
 
-/// Conforms one cleaned record (pure).
+/// Conforms one cleaned record (pure); a record past `stage.limits` is `too_large`.
 pub fn conform(
     rules: &Rules,
     org_id: i64,
     cleaned: &CleanedData,
 ) -> Result<ProcessedData, ProcessError> {
+    cleaned.check(&rules.limits)?;
     let mut flags = Vec::new();
     let currency = match rules.reference.org(org_id) {
         Some(org) => org.currency.clone(),
@@ -199,6 +203,7 @@ impl Processor for Silver {
         record: &InputRecord<'_>,
     ) -> Result<Envelope<CleanedData>, ProcessError> {
         let payload = record.payload.unwrap_or_default();
+        self.rules.limits.check_record_bytes(payload.len())?;
         Ok(self.decoder.decode(payload).await?)
     }
 
@@ -324,6 +329,19 @@ mod tests {
             ["unknown_org", "currency_assumed", "unknown_entity"]
         );
         assert_eq!(processed.fx_rate, 1.0);
+    }
+
+    #[test]
+    fn an_unbounded_entity_id_is_too_large_not_a_window_key() {
+        let mut record = cleaned(&[("clicks", 1.0)], None);
+        record.entity.id = "e".repeat(400_000);
+        let error = conform(&rules(), 1, &record).expect_err("too large");
+        assert_eq!(error.code, "too_large");
+        assert!(
+            error.message.contains("payload.entity.id is 400000 bytes"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
