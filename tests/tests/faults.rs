@@ -3,11 +3,18 @@
 //! writer schema for the first time. An outage is not a bad record: silver pauses, dead-letters nothing, says so in its
 //! readiness and metrics, and resumes by itself once the registry answers. And a stage started
 //! while its broker is down: live, not ready, quiet in its log, stopped within a second by
-//! SIGTERM, and processing everything once the broker is up.
+//! SIGTERM, and processing everything once the broker is up. Copies of finished records, dropped
+//! by the next process of the group; and hostile records into every stage's input, each
+//! dead-lettered once with a code while the valid ones flow.
 
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use medallion_contracts::registry::EmbeddedRegistry;
+use medallion_contracts::types::{CleanedData, EntityRef, EventSource, ProcessedData};
+use medallion_contracts::{Contract, Encoder, Envelope};
+use medallion_core::dlq::header;
+use medallion_core::partitioner::{java_partition, org_key};
 use medallion_tests::fleet::{raw_record, Fleet};
 use medallion_tests::process::StageProcess;
 use medallion_tests::registry_server::{Outage, RegistryServer};
@@ -372,4 +379,277 @@ async fn copies_of_finished_records_are_dropped_by_the_next_process() {
     let mut two = two;
     let (exit, _) = two.terminate();
     assert!(exit.success());
+}
+
+/// Records no stage can use, for every stage's input: no value, an empty one, random bytes,
+/// text where Avro is expected, an unknown schema id, a known id over a garbage body.
+fn hostile_avro(known_id: u32) -> Vec<Option<Vec<u8>>> {
+    let framed = |id: u32, body: &[u8]| {
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    vec![
+        None,
+        Some(Vec::new()),
+        Some(vec![0xff, 0xfe, 0x00, 0x13, 0x37]),
+        Some(br#"{"event_id": "not avro"}"#.to_vec()),
+        Some(framed(987_654, b"\x02\x04abc")),
+        Some(framed(known_id, &[0xff; 64])),
+        Some(framed(known_id, &[])),
+    ]
+}
+
+fn source() -> EventSource {
+    EventSource {
+        service: "hostile".into(),
+        instance: "test".into(),
+    }
+}
+
+fn long_entity(id_bytes: usize) -> EntityRef {
+    EntityRef {
+        kind: "campaign".into(),
+        id: "e".repeat(id_bytes),
+        name: None,
+        attributes: std::collections::BTreeMap::new(),
+    }
+}
+
+async fn produce_values(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    values: &[Option<Vec<u8>>],
+) {
+    for (n, value) in values.iter().enumerate() {
+        let org = 1 + i64::try_from(n % 3).expect("small");
+        let key = org_key(org);
+        let mut record = rdkafka::producer::FutureRecord::<String, [u8]>::to(topic)
+            .partition(java_partition(org, PARTITIONS))
+            .key(&key);
+        if let Some(value) = value {
+            record = record.payload(value.as_slice());
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("hostile record written");
+    }
+}
+
+/// Hostile records into every stage's input, mixed with valid ones: every stage stays up and
+/// ready, every bad record is dead-lettered once with a code, every valid one comes out, and no
+/// partition stalls (bronze and silver commit to the end of their inputs; gold and the rule
+/// evaluator, which hold records back by design, have nothing left in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_into_every_stage_is_dead_lettered_and_valid_records_flow() {
+    let bootstrap = real_broker();
+    let quiet = "[breaker]\nenabled = false";
+    let fleet = Fleet::create(
+        &bootstrap,
+        PARTITIONS,
+        &[
+            ("bronze", quiet),
+            ("silver", quiet),
+            ("gold", quiet),
+            ("rule-evaluator", quiet),
+        ],
+    )
+    .await;
+    let registry = EmbeddedRegistry::with_compiled_in();
+    let id = |topic: &str| registry.current_id(topic).expect("compiled in");
+    let now = medallion_tests::now_ms();
+
+    let mut bronze_bad: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(Vec::new()),
+        Some(vec![0xc3, 0x28, 0xff, 0x00]),
+        Some(b"42".to_vec()),
+        Some(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes()),
+        Some(b"{\"event_id\": \"\xff\xfe\"}".to_vec()),
+        Some(raw_record(
+            0xfd_ffff,
+            1,
+            &"e".repeat(200_000),
+            now,
+            "USD",
+            &[("clicks", 1.0)],
+        )),
+        Some(vec![0u8; 600_000]),
+    ];
+    bronze_bad.push(Some({
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&987_654u32.to_be_bytes());
+        bytes.extend_from_slice(b"body");
+        bytes
+    }));
+
+    let mut silver_bad = hostile_avro(id(CleanedData::TOPIC));
+    let cleaned = Envelope::new(
+        uuid::Uuid::from_u128(0xfd_0001),
+        now,
+        source(),
+        1,
+        CleanedData {
+            connector_id: "dsp".into(),
+            run_id: "run-1".into(),
+            entity: long_entity(300_000),
+            observed_at: now,
+            currency: None,
+            metrics: std::collections::BTreeMap::from([("clicks".to_owned(), 1.0)]),
+            dimensions: std::collections::BTreeMap::new(),
+            received_at: now,
+        },
+    );
+    silver_bad.push(Some(
+        Encoder::with_id(id(CleanedData::TOPIC))
+            .encode(&cleaned)
+            .expect("encode"),
+    ));
+
+    let mut gold_bad = hostile_avro(id(ProcessedData::TOPIC));
+    let processed = Envelope::new(
+        uuid::Uuid::from_u128(0xfd_0002),
+        now,
+        source(),
+        1,
+        ProcessedData {
+            connector_id: "dsp".into(),
+            run_id: "run-1".into(),
+            entity: long_entity(300_000),
+            observed_at: now,
+            currency: "USD".into(),
+            source_currency: "USD".into(),
+            fx_rate: 1.0,
+            metrics: Vec::new(),
+            dimensions: std::collections::BTreeMap::new(),
+            quality_flags: Vec::new(),
+        },
+    );
+    gold_bad.push(Some(
+        Encoder::with_id(id(ProcessedData::TOPIC))
+            .encode(&processed)
+            .expect("encode"),
+    ));
+    let rules_bad = hostile_avro(id("gold.data.ready"));
+
+    let producer = test_producer(&bootstrap).expect("producer");
+    let inputs = [
+        ("bronze", "connector.data.raw", &bronze_bad),
+        ("silver", "bronze.data.cleaned", &silver_bad),
+        ("gold", "silver.data.processed", &gold_bad),
+        ("rule-evaluator", "gold.data.ready", &rules_bad),
+    ];
+    for (_, input, bad) in &inputs {
+        produce_values(&producer, &fleet.topic(input), &bad[..bad.len() / 2]).await;
+    }
+    let records: Vec<(i64, Vec<u8>)> = (0..RECORDS)
+        .map(|n| {
+            let org = 1 + i64::try_from(n % 5).expect("small");
+            let value = raw_record(
+                0xfd_0000 + n,
+                org,
+                &format!("cmp-{}", n % 7),
+                now - 60_000 + i64::try_from(n).expect("small") * 10,
+                "USD",
+                &[("impressions", 100.0), ("clicks", 3.0)],
+            );
+            (org, value)
+        })
+        .collect();
+    produce_raw(
+        &producer,
+        &fleet.topic("connector.data.raw"),
+        PARTITIONS,
+        records.iter().map(|(org, value)| (*org, value.as_slice())),
+    )
+    .await
+    .expect("produced");
+    for (_, input, bad) in &inputs {
+        produce_values(&producer, &fleet.topic(input), &bad[bad.len() / 2..]).await;
+    }
+
+    let mut stages: Vec<StageProcess> = inputs
+        .iter()
+        .map(|(stage, _, _)| fleet.spawn(stage, 1))
+        .collect();
+    let total = i64::try_from(RECORDS).expect("small");
+    let count = |bad: &Vec<Option<Vec<u8>>>| i64::try_from(bad.len()).expect("small");
+    assert_eq!(
+        fleet
+            .wait_for(
+                "silver.data.processed",
+                total + count(&gold_bad),
+                Duration::from_secs(120)
+            )
+            .await,
+        total + count(&gold_bad),
+        "every valid record comes out of silver"
+    );
+    for (stage, input, bad) in &inputs {
+        let dlq = format!("{input}.dlq");
+        let expected = count(bad);
+        assert_eq!(
+            fleet
+                .wait_for(&dlq, expected, Duration::from_secs(60))
+                .await,
+            expected,
+            "{stage}: every hostile record dead-lettered"
+        );
+    }
+    for (stage, input, _) in &inputs {
+        // Gold holds back open windows and the rule evaluator the records of alerts within
+        // their cooldown, by design; for them nothing may be left in flight (below).
+        if matches!(*stage, "bronze" | "silver") {
+            assert!(
+                fleet.caught_up(stage, input).await,
+                "{stage} committed to the end of its input"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut codes = std::collections::BTreeMap::new();
+    for ((stage, input, bad), process) in inputs.iter().zip(&mut stages) {
+        process.assert_running();
+        assert!(
+            wait_ready(process, Duration::from_secs(30)).await,
+            "{stage} ready: {:?}",
+            readiness(process).await
+        );
+        let (_, text) = http_get(&process.http_url("/metrics")).await;
+        assert_eq!(
+            metric_sum(&text, "medallion_records_in_flight", &[]),
+            Some(0.0),
+            "{stage}: nothing left in flight"
+        );
+        let dlq = format!("{input}.dlq");
+        assert_eq!(fleet.count(&dlq).await, count(bad), "{stage}: each once");
+        for record in fleet.read(&dlq, bad.len(), Duration::from_secs(2)).await {
+            let code = record
+                .header(header::ERROR_CODE)
+                .expect("a code")
+                .to_owned();
+            assert!(!code.is_empty());
+            *codes.entry(format!("{stage}/{code}")).or_insert(0) += 1;
+        }
+    }
+    for code in ["bronze/too_large", "silver/too_large", "gold/too_large"] {
+        assert!(codes.contains_key(code), "{code} among {codes:?}");
+    }
+    assert_eq!(
+        fleet.count("bronze.data.cleaned").await,
+        total + count(&silver_bad),
+        "bronze wrote each valid record once"
+    );
+    eprintln!(
+        "hostile input: {total} valid and {} hostile records in; {total} valid out of silver; \
+         dead letters by stage and code {codes:?}",
+        inputs.iter().map(|(_, _, bad)| bad.len()).sum::<usize>()
+    );
+    for process in &mut stages {
+        let (exit, _) = process.terminate();
+        assert!(exit.success(), "exit after SIGTERM: {exit}");
+    }
 }
