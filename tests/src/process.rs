@@ -106,6 +106,11 @@ impl StageProcess {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
+    /// Whether the process has exited (killed, or ended by itself).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL: no drain, no commit.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill stage");

@@ -926,3 +926,98 @@ async fn killing_gold_and_the_rule_evaluator_mid_stream_changes_nothing() {
         ),
     );
 }
+
+/// Waits until `topic` holds at least `count` records, failing after 3 minutes.
+async fn wait_count(pipeline: &Pipeline, topic: &str, count: usize) {
+    for _ in 0..720 {
+        if pipeline.count(topic).await >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{topic} did not reach {count} records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_per_stage_through_sigkills_count_every_record_once() {
+    let bootstrap = real_broker();
+    let pipeline = Pipeline::create(&bootstrap).await;
+    let generated = generate(13);
+    let third = generated.records.len() / 3;
+    pipeline.produce(&generated.records[..third]).await;
+    // Silver commits rarely, so a killed silver process leaves much uncommitted: its successor
+    // writes copies of records whose windows gold has already closed and committed.
+    let spawn = |stage: &'static str, attempt: u32| {
+        let extra = if stage == "silver" {
+            vec![(
+                "MEDALLION__CONSUMER__COMMIT_INTERVAL_MS",
+                "20000".to_owned(),
+            )]
+        } else {
+            Vec::new()
+        };
+        pipeline.spawn_with(stage, attempt, &extra)
+    };
+    let mut processes: Vec<(&'static str, StageProcess)> = Vec::new();
+    for stage in STAGES {
+        for attempt in 0..2 {
+            processes.push((stage, spawn(stage, attempt)));
+        }
+    }
+    let mut kills = 0;
+    // Kill one silver and one gold process once gold has written windows: silver's survivor
+    // and its restart write copies of what silver had not committed, which gold must drop
+    // as duplicates (not count twice, not dead-letter as late).
+    wait_count(&pipeline, "gold.data.ready", 5).await;
+    for victim in ["silver", "gold"] {
+        let (_, process) = processes
+            .iter_mut()
+            .find(|(stage, _)| *stage == victim)
+            .expect("a process of the stage");
+        process.kill();
+        kills += 1;
+    }
+    pipeline.produce(&generated.records[third..2 * third]).await;
+    // Restarted once the killed members' sessions have expired: Tansu never rebalances again
+    // when a member joins while a dead one is still in the group, and the dead one's
+    // partitions then stay unread (a real Kafka coordinator rebalances when the session ends).
+    tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
+    let mut restarted = 2;
+    for (stage, process) in &mut processes {
+        if process.has_exited() {
+            *process = spawn(stage, restarted);
+            restarted += 1;
+        }
+    }
+    // Then one process of every other stage, while the last third flows.
+    pipeline.produce(&generated.records[2 * third..]).await;
+    let mut seen = HashSet::new();
+    for (stage, process) in processes.iter_mut().rev() {
+        if matches!(*stage, "bronze" | "rule-evaluator" | "silver") && seen.insert(*stage) {
+            process.kill();
+            kills += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
+    for (stage, process) in &mut processes {
+        if process.has_exited() {
+            *process = spawn(stage, restarted);
+            restarted += 1;
+        }
+    }
+
+    let figures = check(&pipeline, &generated, DeadLetters::Distinct).await;
+    for (_, process) in &mut processes {
+        process.assert_running();
+        let (status, _) = process.terminate();
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
+    report(
+        "two-processes-kill-test",
+        &format!(
+            "{} (two processes per stage, {kills} SIGKILLs across every stage while records flowed, each restarted; {} late_event dead letters were copies of counted records)",
+            summary("two processes per stage", &generated, &figures),
+            figures.late_copies
+        ),
+    );
+}

@@ -16,9 +16,9 @@
 //!
 //! Guarantee: a duplicate seen within `ttl_ms` of the first copy by the same process, while that
 //! process owns the partition and the window has room, is finished without processing.
-//! Across processes: on assignment the runtime starts each partition `warm_records` before its
-//! committed offset and only remembers the ids of those records (`runtime/consumer.rs`,
-//! `Worker::warm`), so a copy an upstream stage writes after its own restart is dropped by
+//! Across processes: on assignment the runtime reads the `warm_records` records before each
+//! partition's committed offset and only remembers their ids (`runtime/warm.rs`) before the
+//! partition's first new record is processed, so a copy an upstream stage writes after its own restart is dropped by
 //! whichever process holds the partition, as long as the original lies within the warm-up.
 //! Limits: memory only, and the time to live runs on this process's clock; a copy further than
 //! `warm_records` behind the committed offset, or whose original could not be decoded during the

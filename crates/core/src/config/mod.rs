@@ -382,7 +382,7 @@ pub struct DedupConfig {
     #[serde(default = "default_dedup_ttl_ms")]
     pub ttl_ms: u64,
     /// On assignment, how many records before the committed offset are read again (decoded,
-    /// not processed) to fill the memory, per partition: a copy written after an upstream
+    /// not processed) to fill the memory, per partition, before its new records are processed: a copy written after an upstream
     /// restart is then dropped even when the partition changed process. It should cover what
     /// an upstream stage may write twice (its `consumer.max_in_flight` plus a commit interval's
     /// records). 0: the memory starts empty.

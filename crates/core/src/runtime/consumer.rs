@@ -12,14 +12,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::Offset;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,10 +26,8 @@ use crate::metrics::RuntimeMetrics;
 pub(crate) enum PollEvent {
     /// Records of assigned partitions, in the order they were polled.
     Messages(Vec<OwnedMessage>),
-    /// Partitions were assigned; their records follow. With each partition, the committed offset
-    /// when the consumer starts before it to warm the dedup memory: records before that offset
-    /// are only remembered, never processed.
-    Assigned(Vec<(i32, Option<i64>)>),
+    /// Partitions were assigned; their records follow.
+    Assigned(Vec<i32>),
     /// Partitions are being revoked: drain them and reply with the offsets to commit.
     Revoke {
         partitions: Vec<i32>,
@@ -55,9 +49,6 @@ pub(crate) struct RebalanceContext {
     pub(crate) lag_frozen: AtomicBool,
     /// Records polled and not yet sent to the worker (only the polling thread touches it).
     pub(crate) batch: Mutex<Vec<OwnedMessage>>,
-    /// How many records before the committed offset an assigned partition starts at, to warm
-    /// the dedup memory; 0: none.
-    pub(crate) warm_records: i64,
 }
 
 /// The most records sent to the worker in one batch.
@@ -181,126 +172,7 @@ impl ClientContext for RebalanceContext {
     }
 }
 
-/// How long the rebalance callback waits for committed offsets and watermarks before it gives
-/// the warm-up up (the partitions then start at their committed offsets with an empty memory).
-const WARM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl RebalanceContext {
-    /// Moves the start of each newly assigned partition `warm_records` before its committed
-    /// offset (never before the partition's first record), and returns, per partition, the
-    /// committed offset when it did. Without a committed offset (a new group, or a lookup that
-    /// failed) a partition starts where librdkafka would start it, with nothing to warm.
-    fn warm_starts(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        list: &mut TopicPartitionList,
-    ) -> Vec<(i32, Option<i64>)> {
-        let partitions = partitions_of(list, &self.topic);
-        let cold = || partitions.iter().map(|p| (*p, None)).collect();
-        if self.warm_records <= 0 || partitions.is_empty() {
-            return cold();
-        }
-        let committed = match consumer.committed_offsets(list.clone(), WARM_LOOKUP_TIMEOUT) {
-            Ok(committed) => committed,
-            Err(error) => {
-                tracing::warn!(%error, "could not read the committed offsets; the dedup memory of the assigned partitions starts empty");
-                return cold();
-            }
-        };
-        let mut starts = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            let committed_offset =
-                committed
-                    .find_partition(&self.topic, partition)
-                    .and_then(|element| match element.offset() {
-                        Offset::Offset(offset) if offset > 0 => Some(offset),
-                        _ => None,
-                    });
-            let Some(committed_offset) = committed_offset else {
-                starts.push((partition, None));
-                continue;
-            };
-            let low = match consumer.fetch_watermarks(&self.topic, partition, WARM_LOOKUP_TIMEOUT) {
-                Ok((low, _high)) => low,
-                Err(error) => {
-                    tracing::warn!(partition, %error, "could not read the partition's first offset; its dedup memory starts empty");
-                    starts.push((partition, None));
-                    continue;
-                }
-            };
-            let start = committed_offset.saturating_sub(self.warm_records).max(low);
-            if start >= committed_offset {
-                starts.push((partition, None));
-                continue;
-            }
-            if let Err(error) =
-                list.set_partition_offset(&self.topic, partition, Offset::Offset(start))
-            {
-                tracing::warn!(partition, %error, "could not set the warm-up start; the partition's dedup memory starts empty");
-                starts.push((partition, None));
-                continue;
-            }
-            starts.push((partition, Some(committed_offset)));
-        }
-        tracing::info!(
-            ?starts,
-            "warming the dedup memory from the records before the committed offsets"
-        );
-        starts
-    }
-}
-
 impl ConsumerContext for RebalanceContext {
-    /// librdkafka's rebalance, with the assigned partitions' start offsets moved back for the
-    /// dedup warm-up; otherwise what rust-rdkafka's default does.
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        error: RDKafkaRespErr,
-        list: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        match error {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.warm_starts(consumer, list);
-                let result = if cooperative {
-                    consumer.incremental_assign(list)
-                } else {
-                    consumer.assign(list)
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "assigning partitions failed");
-                }
-                self.on_assigned(starts);
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.pre_rebalance(consumer, &Rebalance::Revoke(list));
-                let result = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "unassigning partitions failed");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance error; giving the assignment up");
-                let result = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "unassigning partitions failed");
-                }
-            }
-        }
-    }
-
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             return;
@@ -334,14 +206,14 @@ impl ConsumerContext for RebalanceContext {
             }
         }
     }
-}
 
-impl RebalanceContext {
-    fn on_assigned(&self, starts: Vec<(i32, Option<i64>)>) {
-        let partitions: Vec<i32> = starts.iter().map(|(partition, _)| *partition).collect();
-        tracing::info!(?partitions, "partitions assigned");
-        let _ = self.send_batch();
-        let _ = self.events.blocking_send(PollEvent::Assigned(starts));
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = partitions_of(list, &self.topic);
+            tracing::info!(?partitions, "partitions assigned");
+            let _ = self.send_batch();
+            let _ = self.events.blocking_send(PollEvent::Assigned(partitions));
+        }
     }
 }
 

@@ -45,6 +45,7 @@ mod produce;
 mod record;
 mod revoke;
 mod telemetry;
+mod warm;
 mod worker;
 
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ use worker::Worker;
 /// Batches (of up to [`consumer::BATCH`] records) the polling thread may forward before the
 /// worker takes them.
 const POLL_CHANNEL_CAPACITY: usize = 4;
+/// Batches of warm-up records the warm-up thread may send ahead of the worker.
+const WARM_CHANNEL_CAPACITY: usize = 8;
 /// librdkafka's consumer prefetch bound (`queued.max.messages.kbytes`; default 64 MiB).
 const CONSUMER_QUEUE_KBYTES: u32 = 32 * 1024;
 /// librdkafka's producer queue bound (`queue.buffering.max.kbytes`; default 1 GiB).
@@ -227,11 +230,6 @@ impl Runtime {
             metrics: Arc::clone(&self.metrics),
             lag_frozen: AtomicBool::new(false),
             batch: std::sync::Mutex::new(Vec::with_capacity(consumer::BATCH)),
-            warm_records: if self.settings.dedup.enabled {
-                i64::try_from(self.settings.dedup.warm_records).unwrap_or(i64::MAX)
-            } else {
-                0
-            },
         };
         let consumer: BaseConsumer<RebalanceContext> = self
             .consumer_config
@@ -253,6 +251,24 @@ impl Runtime {
             topic = %self.settings.input_topic, group = %self.settings.group_id,
             stage = %self.settings.stage, instance = %self.settings.instance, "worker started"
         );
+        let (warm_tx, warm_rx) = mpsc::channel(WARM_CHANNEL_CAPACITY);
+        let warmer = if self.settings.dedup.enabled && self.settings.dedup.warm_records > 0 {
+            Some(
+                warm::Warmer::start(
+                    &self.consumer_config,
+                    &self.settings.stage,
+                    &self.settings.input_topic,
+                    self.settings.dedup.warm_records,
+                    warm_tx,
+                )
+                .map_err(|source| RuntimeError::Client {
+                    client: "dedup warm-up reader",
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         let flush_handle = producer.handle();
         let worker = Worker::new(
             self.settings,
@@ -263,6 +279,10 @@ impl Runtime {
             self.metrics,
             partition_counts,
         );
+        let worker = match warmer {
+            Some(warmer) => worker.with_warm_up(warmer, warm_rx),
+            None => worker,
+        };
         // The worker drops its consumer handle when it returns, so the polling thread closes the
         // consumer on its own thread, outside the async runtime.
         let result = worker.run(events_rx, shutdown).await;

@@ -90,6 +90,9 @@ impl<P: Processor> Worker<P> {
         self.telemetry.assigned.set(self.partitions.len() as f64);
         self.telemetry.paused.set(self.paused.len() as f64);
         self.dedup.forget_partitions(&revoke.partitions);
+        if let Some(warmer) = &self.warmer {
+            warmer.forget(&revoke.partitions);
+        }
         self.processor_revoked(&revoke.partitions);
     }
 }

@@ -33,6 +33,7 @@ use super::outage::{Outage, Report};
 use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
 use super::record::{owned_headers, Answered, RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
+use super::warm::{WarmEvent, Warmer};
 use super::RunSettings;
 use crate::backoff::{backoff_delay, unavailable_delay};
 use crate::breaker::Breaker;
@@ -67,9 +68,9 @@ pub(super) struct PartitionState {
     pub(super) backlog: VecDeque<Owner>,
     pub(super) committed: Option<i64>,
     pub(super) revoking: bool,
-    /// While records before this offset (the committed one at assignment) arrive, they only
-    /// warm the dedup memory.
-    pub(super) warm_until: Option<i64>,
+    /// While the dedup warm-up of this assignment (its generation) runs: the partition is paused
+    /// and its records wait in the backlog.
+    pub(super) warming: Option<u64>,
     /// Whether warm-up records are still decoded (false once the registry was unavailable).
     pub(super) warm_decoding: bool,
     /// Warm-up records read so far.
@@ -99,6 +100,10 @@ pub(crate) struct Worker<P: Processor> {
     local_answers: Vec<Delivery>,
     pub(super) processor: P,
     pub(super) dedup: Deduplicator,
+    /// The dedup warm-up of assigned partitions (none when dedup or the warm-up is off).
+    pub(super) warmer: Option<Warmer>,
+    warm_events: mpsc::Receiver<WarmEvent>,
+    warm_generation: u64,
     pub(super) metrics: Arc<RuntimeMetrics>,
     partition_counts: HashMap<Arc<str>, i32>,
     pub(super) partitions: HashMap<i32, PartitionState>,
@@ -151,6 +156,8 @@ enum Turn {
     HealthDue,
     /// The polling thread sent records or a rebalance (`None`: it stopped).
     Event(Option<PollEvent>),
+    /// The dedup warm-up read records, or finished a partition.
+    Warm(WarmEvent),
     /// A failed flush is due to be tried again.
     FlushDue,
 }
@@ -181,6 +188,9 @@ impl<P: Processor> Worker<P> {
             local_answers: Vec::new(),
             processor,
             dedup,
+            warmer: None,
+            warm_events: mpsc::channel(1).1,
+            warm_generation: 0,
             metrics,
             partition_counts,
             partitions: HashMap::new(),
@@ -204,6 +214,18 @@ impl<P: Processor> Worker<P> {
             outage: Outage::default(),
             gave_up: None,
         }
+    }
+
+    /// Warms the dedup memory of each assigned partition through `warmer`, whose thread reports
+    /// on `events`, before its records are processed.
+    pub(crate) fn with_warm_up(
+        mut self,
+        warmer: Warmer,
+        events: mpsc::Receiver<WarmEvent>,
+    ) -> Self {
+        self.warmer = Some(warmer);
+        self.warm_events = events;
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then drains and commits.
@@ -234,6 +256,7 @@ impl<P: Processor> Worker<P> {
                 _ = summary_timer.tick() => Turn::SummaryDue,
                 _ = health_timer.tick() => Turn::HealthDue,
                 () = sleep_until_opt(flush_at), if flush_at.is_some() => Turn::FlushDue,
+                Some(event) = self.warm_events.recv(), if self.warmer.is_some() => Turn::Warm(event),
                 event = events.recv(), if can_take => Turn::Event(event),
             };
             // What one turn handles shares one reading of the clocks.
@@ -278,6 +301,7 @@ impl<P: Processor> Worker<P> {
                         "the consumer polling thread stopped".into(),
                     ))
                 }
+                Turn::Warm(event) => self.on_warm(event).await,
                 Turn::FlushDue => {}
             }
             self.flush_if_due(flush_due).await;
@@ -393,21 +417,6 @@ impl<P: Processor> Worker<P> {
         if state.revoking {
             return;
         }
-        if let Some(until) = state.warm_until {
-            if offset < until {
-                state.warmed += 1;
-                if state.warm_decoding {
-                    self.warm(&message).await;
-                }
-                return;
-            }
-            state.warm_until = None;
-            tracing::info!(
-                partition,
-                warmed = state.warmed,
-                "dedup memory warmed from the records before the committed offset"
-            );
-        }
         if !state.tracker.begin(offset) {
             tracing::warn!(
                 partition,
@@ -417,7 +426,7 @@ impl<P: Processor> Worker<P> {
             return;
         }
         state.records += 1;
-        let waiting = state.waiting > 0 || !state.backlog.is_empty();
+        let waiting = state.waiting > 0 || !state.backlog.is_empty() || state.warming.is_some();
         self.in_flight += 1;
         self.metrics.records_in.inc();
         let size = message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
@@ -433,6 +442,49 @@ impl<P: Processor> Worker<P> {
             return;
         }
         self.run_record(owner).await;
+    }
+
+    /// Takes what the warm-up thread read; once a partition's warm-up is done, its records go.
+    async fn on_warm(&mut self, event: WarmEvent) {
+        match event {
+            WarmEvent::Records {
+                partition,
+                generation,
+                messages,
+            } => {
+                let Some(state) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                if state.warming != Some(generation) {
+                    return;
+                }
+                state.warmed += messages.len() as u64;
+                if !state.warm_decoding {
+                    return;
+                }
+                for message in &messages {
+                    self.warm(message).await;
+                }
+            }
+            WarmEvent::Done {
+                partition,
+                generation,
+            } => {
+                let Some(state) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                if state.warming != Some(generation) {
+                    return;
+                }
+                state.warming = None;
+                tracing::info!(
+                    partition,
+                    warmed = state.warmed,
+                    "dedup memory warmed from the records before the committed offset"
+                );
+                self.release_backlog(partition).await;
+            }
+        }
     }
 
     /// Remembers the `event_id` of a record before the committed offset, which an earlier owner
@@ -880,7 +932,10 @@ impl<P: Processor> Worker<P> {
             let Some(state) = self.partitions.get_mut(&partition) else {
                 return;
             };
-            if state.waiting > 0 || state.backlog.is_empty() && self.breaker.holds_records() {
+            if state.waiting > 0
+                || state.warming.is_some()
+                || state.backlog.is_empty() && self.breaker.holds_records()
+            {
                 return;
             }
             if state.backlog.is_empty() {
@@ -1020,14 +1075,19 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn on_assigned(&mut self, starts: &[(i32, Option<i64>)]) {
-        let partitions: Vec<i32> = starts.iter().map(|(partition, _)| *partition).collect();
-        let partitions = partitions.as_slice();
-        for (partition, warm_until) in starts {
+    fn on_assigned(&mut self, partitions: &[i32]) {
+        for partition in partitions {
             let state = self.partitions.entry(*partition).or_default();
-            state.warm_until = *warm_until;
-            state.warm_decoding = warm_until.is_some();
-            state.warmed = 0;
+            if let Some(warmer) = &self.warmer {
+                self.warm_generation += 1;
+                state.warming = Some(self.warm_generation);
+                state.warm_decoding = true;
+                state.warmed = 0;
+                warmer.request(*partition, self.warm_generation);
+            }
+        }
+        if self.warmer.is_some() {
+            self.set_paused(partitions, true);
         }
         self.telemetry.assigns.increment(1);
         self.telemetry.assigned.set(self.partitions.len() as f64);

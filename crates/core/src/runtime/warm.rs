@@ -1,0 +1,255 @@
+//! The dedup warm-up: when a partition is assigned, the records just before its committed offset
+//! are read again, by a reader of their own on a thread of its own, so that their `event_id`s are
+//! in the dedup memory before the partition's first new record is processed. A copy that an
+//! upstream stage writes after its own restart is then dropped by whichever process holds the
+//! partition now, not only by the one that processed the original.
+//!
+//! The rebalance callback is not involved: the partition is assigned as usual (from its
+//! committed offset) and the worker pauses it and holds its records back in its backlog until
+//! the warm-up says it is done. The reader uses the group's id only to read the committed
+//! offsets; it never joins the group and never commits.
+//!
+//! Limits: at most `dedup.warm_records` records per partition, and at most [`WARM_TIMEOUT`] per
+//! partition; a warm-up that fails (broker unreachable, partition gone) ends early and the
+//! partition starts with what was read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+/// How long the warm-up of one partition may take before its partition starts anyway.
+pub(crate) const WARM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the committed-offset and watermark lookups may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records per event sent to the worker.
+const BATCH: usize = 256;
+
+/// What the warm-up thread tells the worker; `generation` names the assignment it belongs to.
+#[derive(Debug)]
+pub(crate) enum WarmEvent {
+    /// Records before the committed offset, in order.
+    Records {
+        partition: i32,
+        generation: u64,
+        messages: Vec<OwnedMessage>,
+    },
+    /// The partition's warm-up is over: its records may be processed.
+    Done { partition: i32, generation: u64 },
+}
+
+/// The reader's client context: its reports go to the rate-limited log.
+struct WarmContext {
+    stage: String,
+}
+
+impl ClientContext for WarmContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::client_log::error(&self.stage, "dedup warm-up reader", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::client_log::log(level, facility, message);
+    }
+}
+
+impl ConsumerContext for WarmContext {}
+
+/// Hands partitions to the warm-up thread.
+pub(crate) struct Warmer {
+    requests: std::sync::mpsc::Sender<(i32, u64)>,
+    /// Per partition, the generation whose warm-up is still wanted.
+    wanted: Arc<Mutex<HashMap<i32, u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Warmer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warmer").finish_non_exhaustive()
+    }
+}
+
+impl Warmer {
+    /// Starts the thread with a reader built from the group consumer's configuration
+    /// (`consumer_config`, whose `group.id` is the group's); `records` per partition.
+    pub(crate) fn start(
+        consumer_config: &ClientConfig,
+        stage: &str,
+        topic: &str,
+        records: u64,
+        events: mpsc::Sender<WarmEvent>,
+    ) -> Result<Self, KafkaError> {
+        let mut config = consumer_config.clone();
+        config
+            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", "0");
+        let reader: BaseConsumer<WarmContext> = config.create_with_context(WarmContext {
+            stage: stage.to_owned(),
+        })?;
+        let (requests, incoming) = std::sync::mpsc::channel();
+        let wanted = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = WarmThread {
+            reader,
+            topic: topic.to_owned(),
+            records: i64::try_from(records).unwrap_or(i64::MAX),
+            events,
+            wanted: Arc::clone(&wanted),
+            stop: Arc::clone(&stop),
+        };
+        std::thread::Builder::new()
+            .name("medallion-warm".into())
+            .spawn(move || thread.run(&incoming))
+            .map_err(|error| {
+                KafkaError::ClientCreation(format!("the dedup warm-up thread: {error}"))
+            })?;
+        Ok(Self {
+            requests,
+            wanted,
+            stop,
+        })
+    }
+
+    /// Asks for the warm-up of `partition` for assignment `generation`.
+    pub(crate) fn request(&self, partition: i32, generation: u64) {
+        self.wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, generation);
+        let _ = self.requests.send((partition, generation));
+    }
+
+    /// Stops the warm-up of revoked partitions.
+    pub(crate) fn forget(&self, partitions: &[i32]) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        for partition in partitions {
+            wanted.remove(partition);
+        }
+    }
+}
+
+impl Drop for Warmer {
+    fn drop(&mut self) {
+        // The thread ends within one poll; it never commits, so it is not waited for.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct WarmThread {
+    reader: BaseConsumer<WarmContext>,
+    topic: String,
+    records: i64,
+    events: mpsc::Sender<WarmEvent>,
+    wanted: Arc<Mutex<HashMap<i32, u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WarmThread {
+    fn run(self, incoming: &std::sync::mpsc::Receiver<(i32, u64)>) {
+        while let Ok((partition, generation)) = incoming.recv() {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if !self.is_wanted(partition, generation) {
+                continue;
+            }
+            if let Err(error) = self.warm(partition, generation) {
+                tracing::warn!(partition, %error, "dedup warm-up ended early; the partition starts with what was read");
+            }
+            let _ = self.reader.unassign();
+            if self
+                .events
+                .blocking_send(WarmEvent::Done {
+                    partition,
+                    generation,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn is_wanted(&self, partition: i32, generation: u64) -> bool {
+        !self.stop.load(Ordering::SeqCst)
+            && self
+                .wanted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&partition)
+                == Some(&generation)
+    }
+
+    /// Reads the records before the committed offset of `partition` and sends them on.
+    fn warm(&self, partition: i32, generation: u64) -> Result<(), KafkaError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        let committed = self.reader.committed_offsets(list, LOOKUP_TIMEOUT)?;
+        let Some(Offset::Offset(end)) = committed
+            .find_partition(&self.topic, partition)
+            .map(|element| element.offset())
+        else {
+            return Ok(());
+        };
+        let (low, _high) = self
+            .reader
+            .fetch_watermarks(&self.topic, partition, LOOKUP_TIMEOUT)?;
+        let start = end.saturating_sub(self.records).max(low);
+        if start >= end {
+            return Ok(());
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+        self.reader.assign(&assignment)?;
+        let deadline = Instant::now() + WARM_TIMEOUT;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut result = Ok(());
+        while self.is_wanted(partition, generation) {
+            if Instant::now() > deadline {
+                tracing::warn!(partition, "dedup warm-up timed out");
+                break;
+            }
+            match self.reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let offset = message.offset();
+                    if offset < end {
+                        batch.push(message.detach());
+                    }
+                    if batch.len() >= BATCH {
+                        self.send(partition, generation, &mut batch);
+                    }
+                    if offset >= end - 1 {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        self.send(partition, generation, &mut batch);
+        result
+    }
+
+    fn send(&self, partition: i32, generation: u64, batch: &mut Vec<OwnedMessage>) {
+        if batch.is_empty() {
+            return;
+        }
+        let messages = std::mem::replace(batch, Vec::with_capacity(BATCH));
+        let _ = self.events.blocking_send(WarmEvent::Records {
+            partition,
+            generation,
+            messages,
+        });
+    }
+}
