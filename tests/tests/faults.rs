@@ -43,6 +43,36 @@ async fn wait_ready(stage: &StageProcess, timeout: Duration) -> bool {
     false
 }
 
+/// Valid connector record `n` of a run (event ids from `base`), keyed by its org (1 to 5), with
+/// `observed_at` a minute before `now` plus 10 ms per record.
+fn valid_record(base: u128, n: u128, now: i64) -> (i64, Vec<u8>) {
+    let org = 1 + i64::try_from(n % 5).expect("small");
+    let value = raw_record(
+        base + n,
+        org,
+        &format!("cmp-{}", n % 7),
+        now - 60_000 + i64::try_from(n).expect("small") * 10,
+        "USD",
+        &[("impressions", 100.0), ("clicks", 3.0)],
+    );
+    (org, value)
+}
+
+async fn produce_valid(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: &[(i64, Vec<u8>)],
+) {
+    produce_raw(
+        producer,
+        topic,
+        PARTITIONS,
+        records.iter().map(|(org, value)| (*org, value.as_slice())),
+    )
+    .await
+    .expect("produced");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silver_waits_out_a_registry_outage_and_dead_letters_nothing() {
     let bootstrap = real_broker();
@@ -75,32 +105,11 @@ async fn silver_waits_out_a_registry_outage_and_dead_letters_nothing() {
     // which it has not seen yet.
     registry.set_outage(Some(Outage::Status(StatusCode::SERVICE_UNAVAILABLE)));
     let now = medallion_tests::now_ms();
-    let records: Vec<Vec<u8>> = (0..RECORDS)
-        .map(|n| {
-            let org = 1 + i64::try_from(n % 5).expect("small");
-            let observed = now - 60_000 + i64::try_from(n).expect("small") * 10;
-            raw_record(
-                0xfa_0000 + n,
-                org,
-                &format!("cmp-{}", n % 7),
-                observed,
-                "USD",
-                &[("impressions", 100.0), ("clicks", 3.0)],
-            )
-        })
+    let records: Vec<(i64, Vec<u8>)> = (0..RECORDS)
+        .map(|n| valid_record(0xfa_0000, n, now))
         .collect();
     let producer = test_producer(&bootstrap).expect("producer");
-    produce_raw(
-        &producer,
-        &fleet.topic("connector.data.raw"),
-        PARTITIONS,
-        records
-            .iter()
-            .enumerate()
-            .map(|(n, value)| (1 + i64::try_from(n % 5).expect("small"), value.as_slice())),
-    )
-    .await
-    .expect("produced");
+    produce_valid(&producer, &fleet.topic("connector.data.raw"), &records).await;
     let total = i64::try_from(RECORDS).expect("small");
     assert_eq!(
         fleet
@@ -244,31 +253,11 @@ async fn bronze_started_without_a_broker_waits_stops_on_sigterm_and_catches_up()
 
     broker.restart();
     let now = medallion_tests::now_ms();
-    let records: Vec<Vec<u8>> = (0..RECORDS)
-        .map(|n| {
-            let org = 1 + i64::try_from(n % 5).expect("small");
-            raw_record(
-                0xfb_0000 + n,
-                org,
-                &format!("cmp-{}", n % 7),
-                now - 60_000 + i64::try_from(n).expect("small") * 10,
-                "USD",
-                &[("impressions", 100.0), ("clicks", 3.0)],
-            )
-        })
+    let records: Vec<(i64, Vec<u8>)> = (0..RECORDS)
+        .map(|n| valid_record(0xfb_0000, n, now))
         .collect();
     let producer = test_producer(&broker.bootstrap()).expect("producer");
-    produce_raw(
-        &producer,
-        &fleet.topic("connector.data.raw"),
-        PARTITIONS,
-        records
-            .iter()
-            .enumerate()
-            .map(|(n, value)| (1 + i64::try_from(n % 5).expect("small"), value.as_slice())),
-    )
-    .await
-    .expect("produced");
+    produce_valid(&producer, &fleet.topic("connector.data.raw"), &records).await;
     let total = i64::try_from(RECORDS).expect("small");
     let recovery = Instant::now();
     assert_eq!(
@@ -297,29 +286,11 @@ async fn copies_of_finished_records_are_dropped_by_the_next_process() {
     let bootstrap = real_broker();
     let fleet = Fleet::create(&bootstrap, PARTITIONS, &[("bronze", "")]).await;
     let now = medallion_tests::now_ms();
-    let record = |n: u128| {
-        let org = 1 + i64::try_from(n % 5).expect("small");
-        let value = raw_record(
-            0xfc_0000 + n,
-            org,
-            &format!("cmp-{}", n % 7),
-            now - 60_000 + i64::try_from(n).expect("small") * 10,
-            "USD",
-            &[("impressions", 100.0), ("clicks", 3.0)],
-        );
-        (org, value)
-    };
+    let record = |n: u128| valid_record(0xfc_0000, n, now);
     let producer = test_producer(&bootstrap).expect("producer");
     let topic = fleet.topic("connector.data.raw");
     let first: Vec<(i64, Vec<u8>)> = (0..RECORDS).map(record).collect();
-    produce_raw(
-        &producer,
-        &topic,
-        PARTITIONS,
-        first.iter().map(|(org, value)| (*org, value.as_slice())),
-    )
-    .await
-    .expect("produced");
+    produce_valid(&producer, &topic, &first).await;
     let total = i64::try_from(RECORDS).expect("small");
     let mut one = fleet.spawn("bronze", 1);
     assert_eq!(
@@ -337,14 +308,7 @@ async fn copies_of_finished_records_are_dropped_by_the_next_process() {
         .map(record)
         .chain((RECORDS..RECORDS + new).map(record))
         .collect();
-    produce_raw(
-        &producer,
-        &topic,
-        PARTITIONS,
-        again.iter().map(|(org, value)| (*org, value.as_slice())),
-    )
-    .await
-    .expect("produced");
+    produce_valid(&producer, &topic, &again).await;
     let two = fleet.spawn("bronze", 2);
     let copies = f64::from(u32::try_from(RECORDS).expect("small"));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -546,27 +510,9 @@ async fn hostile_input_into_every_stage_is_dead_lettered_and_valid_records_flow(
         produce_values(&producer, &fleet.topic(input), &bad[..bad.len() / 2]).await;
     }
     let records: Vec<(i64, Vec<u8>)> = (0..RECORDS)
-        .map(|n| {
-            let org = 1 + i64::try_from(n % 5).expect("small");
-            let value = raw_record(
-                0xfd_0000 + n,
-                org,
-                &format!("cmp-{}", n % 7),
-                now - 60_000 + i64::try_from(n).expect("small") * 10,
-                "USD",
-                &[("impressions", 100.0), ("clicks", 3.0)],
-            );
-            (org, value)
-        })
+        .map(|n| valid_record(0xfd_0000, n, now))
         .collect();
-    produce_raw(
-        &producer,
-        &fleet.topic("connector.data.raw"),
-        PARTITIONS,
-        records.iter().map(|(org, value)| (*org, value.as_slice())),
-    )
-    .await
-    .expect("produced");
+    produce_valid(&producer, &fleet.topic("connector.data.raw"), &records).await;
     for (_, input, bad) in &inputs {
         produce_values(&producer, &fleet.topic(input), &bad[bad.len() / 2..]).await;
     }

@@ -172,19 +172,26 @@ pub trait Bounded {
     fn check(&self, limits: &Limits) -> Result<(), ProcessError>;
 }
 
-impl Bounded for RawData {
+/// The fields raw and cleaned measurements share.
+struct Measurement<'a> {
+    connector_id: &'a str,
+    run_id: &'a str,
+    currency: Option<&'a str>,
+    entity: &'a EntityRef,
+    metrics: &'a std::collections::BTreeMap<String, f64>,
+    dimensions: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Measurement<'_> {
     fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
         limits.check_count("payload.metrics", self.metrics.len(), false)?;
-        limits.check_dimensions(&self.dimensions)?;
+        limits.check_dimensions(self.dimensions)?;
         limits.check_strings([
-            ("payload.connector_id", self.connector_id.as_str()),
-            ("payload.run_id", self.run_id.as_str()),
-            (
-                "payload.currency",
-                self.currency.as_deref().unwrap_or_default(),
-            ),
+            ("payload.connector_id", self.connector_id),
+            ("payload.run_id", self.run_id),
+            ("payload.currency", self.currency.unwrap_or_default()),
         ])?;
-        limits.check_entity(&self.entity)?;
+        limits.check_entity(self.entity)?;
         limits.check_strings(
             self.metrics
                 .keys()
@@ -193,24 +200,31 @@ impl Bounded for RawData {
     }
 }
 
+impl Bounded for RawData {
+    fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
+        Measurement {
+            connector_id: &self.connector_id,
+            run_id: &self.run_id,
+            currency: self.currency.as_deref(),
+            entity: &self.entity,
+            metrics: &self.metrics,
+            dimensions: &self.dimensions,
+        }
+        .check(limits)
+    }
+}
+
 impl Bounded for CleanedData {
     fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
-        limits.check_count("payload.metrics", self.metrics.len(), false)?;
-        limits.check_dimensions(&self.dimensions)?;
-        limits.check_strings([
-            ("payload.connector_id", self.connector_id.as_str()),
-            ("payload.run_id", self.run_id.as_str()),
-            (
-                "payload.currency",
-                self.currency.as_deref().unwrap_or_default(),
-            ),
-        ])?;
-        limits.check_entity(&self.entity)?;
-        limits.check_strings(
-            self.metrics
-                .keys()
-                .map(|name| ("a payload.metrics name", name.as_str())),
-        )
+        Measurement {
+            connector_id: &self.connector_id,
+            run_id: &self.run_id,
+            currency: self.currency.as_deref(),
+            entity: &self.entity,
+            metrics: &self.metrics,
+            dimensions: &self.dimensions,
+        }
+        .check(limits)
     }
 }
 
