@@ -359,10 +359,12 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     cluster.broker_down(2).expect("broker down");
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Backpressure: with nothing acknowledged, the worker holds at most its bound plus one
-    // channel of prefetched records (200 + 1024), not the whole input (3000).
+    // channel of prefetched records (200 + 1024), not the whole input (3000). It may hold a
+    // little less than its bound: once the first writes time out (1.5 s), their partitions
+    // pause to wait for the broker, whether or not the bound was reached.
     let held = metrics.snapshot().in_flight;
     assert!(
-        (200..=200 + 1_024).contains(&held),
+        (100..=200 + 1_024).contains(&held),
         "in flight during the outage: {held}"
     );
     let during_outage = total(
