@@ -28,7 +28,7 @@ use crate::operator::Operator;
 /// The redrive's id header.
 pub const REDRIVE_ID: &str = "medallion.redrive.id";
 /// How many times the record has been redriven, this time included.
-pub const REDRIVE_COUNT: &str = "medallion.redrive.count";
+pub const REDRIVE_COUNT: &str = medallion_core::dedup::REDRIVE_COUNT;
 
 /// Which dead letters a command takes.
 #[derive(Debug, Clone, Default)]

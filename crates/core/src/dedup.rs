@@ -20,12 +20,15 @@
 //! partition's committed offset and only remembers their ids (`runtime/warm.rs`) before the
 //! partition's first new record is processed, so a copy an upstream stage writes after its own restart is dropped by
 //! whichever process holds the partition, as long as the original lies within the warm-up.
+//! The warm-up cannot tell a processed record from a dead-lettered one, so its ids only count
+//! against copies: a dead letter redriven by `medallion dlq redrive` (header
+//! [`REDRIVE_COUNT`]) is dropped only when this process itself processed its id.
 //! Limits: memory only, and the time to live runs on this process's clock; a copy further than
 //! `warm_records` behind the committed offset, or whose original could not be decoded during the
 //! warm-up (registry unavailable), passes as new, and deterministic output ids let the next
 //! stage remove it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -33,6 +36,9 @@ use uuid::Uuid;
 use crate::config::DedupConfig;
 
 type Key = (i32, Uuid);
+
+/// The header `medallion dlq redrive` puts on a redriven dead letter (how often it was redriven).
+pub const REDRIVE_COUNT: &str = "medallion.redrive.count";
 
 /// The most ids a window reserves room for up front; a larger window grows past it.
 const MAX_RESERVED: usize = 4_000_000;
@@ -47,7 +53,8 @@ pub struct Deduplicator {
 struct Window {
     capacity: usize,
     ttl_ms: u64,
-    seen: HashSet<Key, foldhash::fast::RandomState>,
+    /// Each id held, and whether this process processed it (false: only read in a warm-up).
+    seen: HashMap<Key, bool, foldhash::fast::RandomState>,
     /// The ids of `seen` in the order they were remembered, with when (ms since `epoch`).
     order: VecDeque<(Key, u64)>,
     epoch: Instant,
@@ -85,7 +92,7 @@ impl Deduplicator {
             Window {
                 capacity,
                 ttl_ms: config.ttl_ms,
-                seen: HashSet::with_capacity_and_hasher(reserve, Default::default()),
+                seen: HashMap::with_capacity_and_hasher(reserve, Default::default()),
                 order: VecDeque::with_capacity(reserve + 1),
                 epoch: Instant::now(),
             }
@@ -101,7 +108,19 @@ impl Deduplicator {
         };
         let now_ms = window.ms_since_epoch(now);
         window.evict(now_ms);
-        window.seen.contains(&(partition, event_id))
+        window.seen.contains_key(&(partition, event_id))
+    }
+
+    /// Whether `event_id` was processed from `partition` by this process within the window: ids
+    /// only read in a warm-up do not count. A redriven dead letter is checked this way, since
+    /// its id was in the input before (and was dead-lettered, not processed).
+    pub fn is_processed(&mut self, partition: i32, event_id: Uuid, now: Instant) -> bool {
+        let Some(window) = &mut self.window else {
+            return false;
+        };
+        let now_ms = window.ms_since_epoch(now);
+        window.evict(now_ms);
+        window.seen.get(&(partition, event_id)) == Some(&true)
     }
 
     /// Remembers that `event_id` was processed from `partition` at `now` (an id already held
@@ -111,9 +130,25 @@ impl Deduplicator {
             return;
         };
         let key = (partition, event_id);
-        if !window.seen.insert(key) {
+        if window.seen.insert(key, true).is_some() {
             return;
         }
+        let now_ms = window.ms_since_epoch(now);
+        window.order.push_back((key, now_ms));
+        window.evict(now_ms);
+    }
+
+    /// Remembers an id read in a warm-up (processed or dead-lettered by an earlier owner of the
+    /// partition): a copy is a duplicate, a redriven dead letter is not.
+    pub fn remember_warm(&mut self, partition: i32, event_id: Uuid, now: Instant) {
+        let Some(window) = &mut self.window else {
+            return;
+        };
+        let key = (partition, event_id);
+        if window.seen.contains_key(&key) {
+            return;
+        }
+        window.seen.insert(key, false);
         let now_ms = window.ms_since_epoch(now);
         window.order.push_back((key, now_ms));
         window.evict(now_ms);
@@ -136,7 +171,7 @@ impl Deduplicator {
         };
         window
             .seen
-            .retain(|(partition, _)| !partitions.contains(partition));
+            .retain(|(partition, _), _| !partitions.contains(partition));
         window
             .order
             .retain(|((partition, _), _)| !partitions.contains(partition));
@@ -209,6 +244,29 @@ mod tests {
         dedup.remember(0, Uuid::from_u128(1), now());
         assert!(dedup.is_duplicate(0, Uuid::from_u128(1), now()));
         assert!(dedup.is_duplicate(0, Uuid::from_u128(2), now()));
+    }
+
+    #[test]
+    fn a_warm_id_is_a_duplicate_but_not_processed_until_it_is() {
+        let mut dedup = Deduplicator::new(&config(true, 10, 60_000));
+        let id = Uuid::from_u128(7);
+        dedup.remember_warm(0, id, now());
+        assert!(dedup.is_duplicate(0, id, now()));
+        assert!(
+            !dedup.is_processed(0, id, now()),
+            "a redriven copy goes through"
+        );
+        dedup.remember(0, id, now());
+        assert!(
+            dedup.is_processed(0, id, now()),
+            "a second redriven copy does not"
+        );
+        dedup.remember_warm(0, id, now());
+        assert!(
+            dedup.is_processed(0, id, now()),
+            "a warm-up does not undo processing"
+        );
+        assert_eq!(dedup.len(), 1);
     }
 
     #[test]

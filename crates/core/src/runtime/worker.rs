@@ -37,7 +37,7 @@ use super::warm::{WarmEvent, Warmer};
 use super::RunSettings;
 use crate::backoff::{backoff_delay, unavailable_delay};
 use crate::breaker::Breaker;
-use crate::dedup::Deduplicator;
+use crate::dedup::{Deduplicator, REDRIVE_COUNT};
 use crate::dlq::{dlq_headers, DlqFailure, DlqSource};
 use crate::error::{delivery_error_class, ErrorClass, ProcessError, RuntimeError};
 use crate::health::NotReady;
@@ -506,7 +506,7 @@ impl<P: Processor> Worker<P> {
         match self.processor.decode(&input).await {
             Ok(decoded) => {
                 if let Some(id) = self.processor.event_id(&decoded) {
-                    self.dedup.remember(partition, id, self.clock.instant);
+                    self.dedup.remember_warm(partition, id, self.clock.instant);
                 }
             }
             Err(error) if error.class == ErrorClass::Unavailable => {
@@ -580,10 +580,17 @@ impl<P: Processor> Worker<P> {
                 }
                 let event_id = self.processor.event_id(&decoded);
                 state.event_id = event_id;
+                // A redriven dead letter repeats an id the input had before; only a copy of
+                // one this process processed is a duplicate of it.
+                let redriven = state.headers.iter().any(|(name, _)| name == REDRIVE_COUNT);
                 match event_id {
                     Some(id)
                         if first_attempt
-                            && self.dedup.is_duplicate(partition, id, self.clock.instant) =>
+                            && if redriven {
+                                self.dedup.is_processed(partition, id, self.clock.instant)
+                            } else {
+                                self.dedup.is_duplicate(partition, id, self.clock.instant)
+                            } =>
                     {
                         Ok(None)
                     }
