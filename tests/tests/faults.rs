@@ -284,7 +284,12 @@ async fn bronze_started_without_a_broker_waits_stops_on_sigterm_and_catches_up()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_finished_records_are_dropped_by_the_next_process() {
     let bootstrap = real_broker();
-    let fleet = Fleet::create(&bootstrap, PARTITIONS, &[("bronze", "")]).await;
+    let fleet = Fleet::create(
+        &bootstrap,
+        PARTITIONS,
+        &[("bronze", "[dedup]\nwarm_records = 20000")],
+    )
+    .await;
     let now = medallion_tests::now_ms();
     let record = |n: u128| valid_record(0xfc_0000, n, now);
     let producer = test_producer(&bootstrap).expect("producer");

@@ -16,10 +16,11 @@
 //!
 //! Guarantee: a duplicate seen within `ttl_ms` of the first copy by the same process, while that
 //! process owns the partition and the window has room, is finished without processing.
-//! Across processes: on assignment the runtime reads the `warm_records` records before each
-//! partition's committed offset and only remembers their ids (`runtime/warm.rs`) before the
-//! partition's first new record is processed, so a copy an upstream stage writes after its own restart is dropped by
-//! whichever process holds the partition, as long as the original lies within the warm-up.
+//! Across processes, with `warm_records` set (off by default): on assignment the runtime reads
+//! the `warm_records` records before each partition's committed offset and only remembers their
+//! ids (`runtime/warm.rs`) before the partition's first new record is processed, so a copy an
+//! upstream stage writes after its own restart is dropped by whichever process holds the
+//! partition, as long as the original lies within the warm-up.
 //! The warm-up cannot tell a processed record from a dead-lettered one, so its ids only count
 //! against copies: a dead letter redriven by `medallion dlq redrive` (header
 //! [`REDRIVE_COUNT`]) is dropped only when this process itself processed its id.

@@ -385,7 +385,9 @@ pub struct DedupConfig {
     /// not processed) to fill the memory, per partition, before its new records are processed: a copy written after an upstream
     /// restart is then dropped even when the partition changed process. It should cover what
     /// an upstream stage may write twice (its `consumer.max_in_flight` plus a commit interval's
-    /// records). 0: the memory starts empty.
+    /// records). 0 (the default): the memory starts empty. Not with `medallion replay` from an
+    /// upstream stage: the replayed records repeat the ids the warm-up remembers and would be
+    /// dropped.
     #[serde(default = "default_dedup_warm_records")]
     pub warm_records: u64,
 }
@@ -400,7 +402,7 @@ fn default_dedup_ttl_ms() -> u64 {
     3_600_000
 }
 fn default_dedup_warm_records() -> u64 {
-    20_000
+    0
 }
 
 impl Default for DedupConfig {
