@@ -106,6 +106,32 @@ pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
+/// The client context of the clients besides the group consumer and the output producer (side
+/// producer, topic reader, dedup warm-up reader): librdkafka's reports go to the rate-limited
+/// log under `client`. End-of-partition events are not errors: the readers ask for them.
+pub(crate) struct LoggedContext {
+    pub(crate) stage: String,
+    pub(crate) client: &'static str,
+}
+
+impl rdkafka::ClientContext for LoggedContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        self::error(&self.stage, self.client, &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self::log(level, facility, message);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LoggedContext {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

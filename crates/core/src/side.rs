@@ -19,16 +19,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::backoff_delay;
+use crate::client_log::LoggedContext;
 use crate::config::{RetryConfig, WorkerConfig};
 use crate::error::{delivery_error_class, ErrorClass, RuntimeError};
 use crate::partitioner::{murmur2_partition, org_key, PartitionerKind};
@@ -64,25 +62,10 @@ pub enum SideError {
     Topic(#[from] RuntimeError),
 }
 
-/// The side producer's client context: librdkafka's reports go to the rate-limited log.
-struct SideContext {
-    stage: String,
-}
-
-impl ClientContext for SideContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        crate::client_log::error(&self.stage, "side producer", &error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::client_log::log(level, facility, message);
-    }
-}
-
 /// An idempotent producer for records a stage writes besides its outputs.
 #[derive(Clone)]
 pub struct SideProducer {
-    producer: FutureProducer<SideContext>,
+    producer: FutureProducer<LoggedContext>,
     partitioner: PartitionerKind,
     retry: RetryConfig,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
@@ -99,10 +82,11 @@ impl std::fmt::Debug for SideProducer {
 impl SideProducer {
     /// A producer with the runtime's producer settings.
     pub fn new<S, R>(config: &WorkerConfig<S, R>) -> Result<Self, RuntimeError> {
-        let context = SideContext {
+        let context = LoggedContext {
             stage: config.worker.stage.clone(),
+            client: "side producer",
         };
-        let producer: FutureProducer<SideContext> = producer_client_config(config)
+        let producer: FutureProducer<LoggedContext> = producer_client_config(config)
             .create_with_context(context)
             .map_err(|source| RuntimeError::Client {
                 client: "side producer",
@@ -229,30 +213,9 @@ pub enum ReaderEvent {
     CaughtUp,
 }
 
-/// The reader's client context: librdkafka's errors go to the log and the client-error metric,
-/// except the end-of-partition events the reader asks for (they are how it knows to rest).
-struct ReaderContext {
-    stage: String,
-}
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
-            return;
-        }
-        crate::client_log::error(&self.stage, "topic reader", &error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::client_log::log(level, facility, message);
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
 /// Reads a whole topic from the beginning, outside any consumer group.
 pub struct TopicReader {
-    consumer: StreamConsumer<ReaderContext>,
+    consumer: StreamConsumer<LoggedContext>,
     topic: String,
     /// The end of each partition when the reader opened, until the reader has passed it.
     pending: HashMap<i32, i64>,
@@ -288,10 +251,11 @@ impl TopicReader {
         }
         // The reader rests a partition when it reaches its end, so it needs to hear of that.
         client.set("enable.partition.eof", "true");
-        let context = ReaderContext {
+        let context = LoggedContext {
             stage: config.worker.stage.clone(),
+            client: "topic reader",
         };
-        let consumer: StreamConsumer<ReaderContext> =
+        let consumer: StreamConsumer<LoggedContext> =
             client
                 .create_with_context(context)
                 .map_err(|source| RuntimeError::Client {
@@ -316,7 +280,7 @@ impl TopicReader {
     }
 
     fn assign_from_beginning(
-        consumer: &StreamConsumer<ReaderContext>,
+        consumer: &StreamConsumer<LoggedContext>,
         topic: &str,
     ) -> Result<HashMap<i32, i64>, RuntimeError> {
         let unreachable = |error: KafkaError| RuntimeError::Metadata {

@@ -18,12 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+
+use crate::client_log::LoggedContext;
 
 /// How long the warm-up of one partition may take before its partition starts anyway.
 pub(crate) const WARM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,23 +46,6 @@ pub(crate) enum WarmEvent {
     /// The partition's warm-up is over: its records may be processed.
     Done { partition: i32, generation: u64 },
 }
-
-/// The reader's client context: its reports go to the rate-limited log.
-struct WarmContext {
-    stage: String,
-}
-
-impl ClientContext for WarmContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        crate::client_log::error(&self.stage, "dedup warm-up reader", &error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        crate::client_log::log(level, facility, message);
-    }
-}
-
-impl ConsumerContext for WarmContext {}
 
 /// Hands partitions to the warm-up thread.
 pub(crate) struct Warmer {
@@ -90,8 +75,9 @@ impl Warmer {
         config
             .set("enable.partition.eof", "true")
             .set("statistics.interval.ms", "0");
-        let reader: BaseConsumer<WarmContext> = config.create_with_context(WarmContext {
+        let reader: BaseConsumer<LoggedContext> = config.create_with_context(LoggedContext {
             stage: stage.to_owned(),
+            client: "dedup warm-up reader",
         })?;
         let (requests, incoming) = std::sync::mpsc::channel();
         let wanted = Arc::new(Mutex::new(HashMap::new()));
@@ -143,7 +129,7 @@ impl Drop for Warmer {
 }
 
 struct WarmThread {
-    reader: BaseConsumer<WarmContext>,
+    reader: BaseConsumer<LoggedContext>,
     topic: String,
     records: i64,
     events: mpsc::Sender<WarmEvent>,

@@ -488,8 +488,8 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Remembers the `event_id` of a record before the committed offset, which an earlier owner
-    /// of the partition processed. A record that does not decode is skipped (it was
-    /// dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
+    /// of the partition processed or dead-lettered. A record that does not decode is skipped (it
+    /// was dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
     /// for it here would hold up every partition.
     async fn warm(&mut self, message: &OwnedMessage) {
         let partition = message.partition();
