@@ -314,17 +314,30 @@ pub fn read_all(
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()) as i32;
+    let started = Instant::now();
+    // The broker may have just restarted (the outage tests): its metadata is retried, as a
+    // client would, until `timeout`.
+    let partitions = loop {
+        let error = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(metadata) => {
+                break metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len()) as i32;
+            }
+            Err(error) => anyhow::Error::from(error),
+        };
+        if started.elapsed() > timeout {
+            return Err(error.context(format!("metadata of {topic}")));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let started = Instant::now();
+    let mut last_error = None;
     let mut last_record = Instant::now();
     let mut records = Vec::new();
     loop {
@@ -347,7 +360,8 @@ pub fn read_all(
                 });
                 last_record = Instant::now();
             }
-            Some(Err(error)) => bail!("reading {topic} failed: {error}"),
+            // Transport errors pass (the client reconnects); one that lasts shows at the timeout.
+            Some(Err(error)) => last_error = Some(error),
             None => {}
         }
         if records.len() >= at_least && last_record.elapsed() >= quiet {
@@ -358,7 +372,7 @@ pub fn read_all(
                 return Ok(records);
             }
             bail!(
-                "read only {} of at least {at_least} records from {topic} in {timeout:?}",
+                "read only {} of at least {at_least} records from {topic} in {timeout:?} (last client error: {last_error:?})",
                 records.len()
             );
         }
