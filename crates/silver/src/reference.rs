@@ -51,7 +51,8 @@ pub struct Entity {
 pub struct Reference {
     fx_usd_per_unit: BTreeMap<String, f64>,
     orgs: HashMap<i64, Org>,
-    entities: HashMap<(i64, String, String), Entity>,
+    /// By org, kind and id: a lookup borrows the record's strings instead of copying them.
+    entities: HashMap<i64, HashMap<String, HashMap<String, Entity>>>,
 }
 
 impl Reference {
@@ -76,16 +77,15 @@ impl Reference {
                 return Err(format!("fx_usd_per_unit.{code} must be a positive number"));
             }
         }
-        let entities = file
-            .entities
-            .into_iter()
-            .map(|entity| {
-                (
-                    (entity.org_id, entity.kind.clone(), entity.id.clone()),
-                    entity,
-                )
-            })
-            .collect();
+        let mut entities: HashMap<i64, HashMap<String, HashMap<String, Entity>>> = HashMap::new();
+        for entity in file.entities {
+            entities
+                .entry(entity.org_id)
+                .or_default()
+                .entry(entity.kind.clone())
+                .or_default()
+                .insert(entity.id.clone(), entity);
+        }
         Ok(Self {
             fx_usd_per_unit: file.fx_usd_per_unit,
             orgs,
@@ -100,7 +100,7 @@ impl Reference {
 
     /// The entity's reference record, if known.
     pub fn entity(&self, org_id: i64, kind: &str, id: &str) -> Option<&Entity> {
-        self.entities.get(&(org_id, kind.to_owned(), id.to_owned()))
+        self.entities.get(&org_id)?.get(kind)?.get(id)
     }
 
     /// Rate to convert an amount in `from` into `to` (amount x rate), if both are known.
