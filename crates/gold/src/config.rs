@@ -46,6 +46,11 @@ pub struct GoldSettings {
     /// The watermark advances in steps of this size.
     #[serde(default)]
     pub watermark_step_ms: i64,
+    /// The most windows one input partition holds open. A record that would open one more is
+    /// dead-lettered as `window_limit` (the others are unaffected); see docs/capacity.md for the
+    /// memory a window takes.
+    #[serde(default)]
+    pub max_open_windows: u64,
     /// Derived metrics.
     #[serde(default)]
     pub derived: Vec<DerivedSpec>,
@@ -90,6 +95,12 @@ impl Validate for GoldSettings {
             return Err(ConfigError::key(
                 "stage.watermark_step_ms",
                 format!("must be between 1 and stage.window_ms ({})", self.window_ms),
+            ));
+        }
+        if self.max_open_windows == 0 {
+            return Err(ConfigError::key(
+                "stage.max_open_windows",
+                "must be at least 1, e.g. 25000 (open windows per input partition)",
             ));
         }
         for (index, derived) in self.derived.iter().enumerate() {

@@ -63,6 +63,7 @@ impl Gold {
                 size_ms: settings.window_ms,
                 grace_ms: settings.grace_ms,
                 step_ms: settings.watermark_step_ms,
+                max_open: usize::try_from(settings.max_open_windows).unwrap_or(usize::MAX),
             }),
             gauges: HashMap::new(),
             boundaries,
@@ -178,6 +179,17 @@ impl Processor for Gold {
             }
         }
         let observed = partition.observe(ctx.offset(), input.org_id, &input.payload);
+        if observed.full {
+            return Err(ProcessError::permanent(
+                "window_limit",
+                format!(
+                    "the record would open a window past stage.max_open_windows ({}) in partition {partition_id}; raise it, or add partitions",
+                    partition.open_windows()
+                ),
+            )
+            .with_event_id(input.event_id)
+            .with_org_id(input.org_id));
+        }
         if observed.late {
             return Err(ProcessError::permanent(
                 "late_event",

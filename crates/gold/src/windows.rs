@@ -27,16 +27,21 @@
 //! never moves (tried first; the demo's lag showed it). Exact replays need the finished position
 //! stored with the commit (offset-commit metadata), which the test broker does not return.
 //!
+//! Limit (the bound): a record refused at [`WindowSpec::max_open`] is dead-lettered
+//! (`window_limit`). A replay after a crash starts with only the windows still open, so it may
+//! accept a record the first run refused: that record is then both counted and in the DLQ
+//! (a redrive of it is a `late_event` or a duplicate).
+//!
 //! Limit (deduplication): a duplicate whose first copy lies before R is dropped by
 //! deduplication before the crash but not after it (deduplication is in memory); if its window
 //! was already emitted, the replay dead-letters it as `late_event`. Aggregates are unaffected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use medallion_contracts::types::{EntityRef, MetricAggregate, ProcessedData};
 use medallion_core::HoldKey;
 
-/// Window size, grace and watermark step, in milliseconds.
+/// Window size, grace and watermark step, in milliseconds, and the bound on open windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
     /// Window size.
@@ -45,6 +50,9 @@ pub struct WindowSpec {
     pub grace_ms: i64,
     /// Watermark step.
     pub step_ms: i64,
+    /// The most windows a partition holds open; a record that would open one more is refused
+    /// ([`Observed::full`]).
+    pub max_open: usize,
 }
 
 /// Identity of one window.
@@ -72,8 +80,68 @@ pub struct WindowState {
     /// Input events.
     pub event_count: i64,
     /// Aggregates by metric name.
-    pub metrics: BTreeMap<String, MetricAggregate>,
+    pub metrics: Aggregates,
     first_offset: i64,
+}
+
+/// A window's aggregates, one per metric name, sorted by name. A sorted vector rather than a map:
+/// a window holds a handful of metrics, and a map's node would take about a kilobyte of each
+/// open window's memory (docs/capacity.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Aggregates(Vec<MetricAggregate>);
+
+impl Aggregates {
+    /// The aggregate of `name`, if the window saw it.
+    pub fn get(&self, name: &str) -> Option<&MetricAggregate> {
+        self.0
+            .binary_search_by(|aggregate| aggregate.name.as_str().cmp(name))
+            .ok()
+            .map(|index| &self.0[index])
+    }
+
+    /// The aggregates, by name.
+    pub fn values(&self) -> impl Iterator<Item = &MetricAggregate> {
+        self.0.iter()
+    }
+
+    /// Adds one value of metric `name` (in `unit`, as its first value named it).
+    fn add(&mut self, name: &str, unit: &str, value: f64) {
+        let index = match self
+            .0
+            .binary_search_by(|aggregate| aggregate.name.as_str().cmp(name))
+        {
+            Ok(index) => index,
+            Err(index) => {
+                self.0.insert(
+                    index,
+                    MetricAggregate {
+                        name: name.to_owned(),
+                        unit: unit.to_owned(),
+                        count: 0,
+                        sum: 0.0,
+                        min: f64::INFINITY,
+                        max: f64::NEG_INFINITY,
+                    },
+                );
+                index
+            }
+        };
+        let aggregate = &mut self.0[index];
+        aggregate.count += 1;
+        aggregate.sum += value;
+        aggregate.min = aggregate.min.min(value);
+        aggregate.max = aggregate.max.max(value);
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&str> for Aggregates {
+    type Output = MetricAggregate;
+
+    fn index(&self, name: &str) -> &MetricAggregate {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no aggregate of `{name}`"))
+    }
 }
 
 /// A window the watermark has passed.
@@ -90,6 +158,9 @@ pub struct ClosedWindow {
 pub struct Observed {
     /// The record's window was already emitted: the record is late.
     pub late: bool,
+    /// The record's window is not open and the partition already holds
+    /// [`WindowSpec::max_open`] windows: the record was not counted (nothing changed).
+    pub full: bool,
     /// Keys this record's offset must be held under.
     pub holds: Vec<HoldKey>,
     /// Keys to release once this record's outputs are written.
@@ -115,6 +186,12 @@ pub struct PartitionWindows {
     windows: BTreeMap<WindowKey, WindowState>,
     /// Held spans by first offset (a window and an epoch may start at the same record).
     spans: BTreeMap<(i64, u8), Span>,
+    /// The keys of the open spans in `spans`, so the oldest is found without a scan.
+    open_spans: BTreeSet<(i64, u8)>,
+    /// Entries of `windows` and `spans` the last [`PartitionWindows::observe`] visited besides
+    /// the record's own window and epoch: windows it closed and spans it released or passed
+    /// over. Never a function of how many windows are open (the tests pin it).
+    visited: usize,
 }
 
 const EPOCH: u8 = 0;
@@ -134,7 +211,14 @@ impl PartitionWindows {
             epoch_first: None,
             windows: BTreeMap::new(),
             spans: BTreeMap::new(),
+            open_spans: BTreeSet::new(),
+            visited: 0,
         }
+    }
+
+    /// Entries the last [`PartitionWindows::observe`] visited besides its own window and epoch.
+    pub fn visited(&self) -> usize {
+        self.visited
     }
 
     /// The current watermark, if any record was seen.
@@ -155,21 +239,43 @@ impl PartitionWindows {
     /// Feeds one record at `offset` of org `org_id`.
     pub fn observe(&mut self, offset: i64, org_id: i64, event: &ProcessedData) -> Observed {
         let mut observed = Observed::default();
+        self.visited = 0;
         let start = event.observed_at.div_euclid(self.spec.size_ms) * self.spec.size_ms;
         let end = start + self.spec.size_ms;
         if self.watermark().is_some_and(|watermark| end <= watermark) {
             observed.late = true;
             return observed;
         }
-
+        let key = WindowKey {
+            end,
+            org_id,
+            kind: event.entity.kind.clone(),
+            entity_id: event.entity.id.clone(),
+            start,
+        };
         // Watermark epochs.
         let stepped = event.observed_at.div_euclid(self.spec.step_ms) * self.spec.step_ms;
+        if self.windows.len() >= self.spec.max_open && !self.windows.contains_key(&key) {
+            // Full, unless this record's watermark closes a window to make room.
+            let watermark =
+                self.stepped_max.map_or(stepped, |max| max.max(stepped)) - self.spec.grace_ms;
+            let closes = self
+                .windows
+                .first_key_value()
+                .is_some_and(|(oldest, _)| oldest.end <= watermark);
+            if !closes {
+                observed.full = true;
+                return observed;
+            }
+        }
+
         if self.stepped_max.is_none_or(|max| stepped > max) {
             if let Some(first) = self.epoch_first {
                 if let Some(span) = self.spans.get_mut(&(first, EPOCH)) {
                     span.open = false;
                     span.last = offset - 1;
                 }
+                self.open_spans.remove(&(first, EPOCH));
             }
             self.stepped_max = Some(stepped);
             self.epoch_first = Some(offset);
@@ -180,6 +286,7 @@ impl PartitionWindows {
                     open: true,
                 },
             );
+            self.open_spans.insert((offset, EPOCH));
             observed.holds.push(hold_key(offset, EPOCH));
         } else if let Some(first) = self.epoch_first {
             if let Some(span) = self.spans.get_mut(&(first, EPOCH)) {
@@ -188,50 +295,33 @@ impl PartitionWindows {
         }
 
         // The record's window.
-        let key = WindowKey {
-            end,
-            org_id,
-            kind: event.entity.kind.clone(),
-            entity_id: event.entity.id.clone(),
-            start,
-        };
         let state = self.windows.entry(key).or_insert_with(|| {
             observed.holds.push(hold_key(offset, WINDOW));
             WindowState {
                 entity: event.entity.clone(),
                 currency: event.currency.clone(),
                 event_count: 0,
-                metrics: BTreeMap::new(),
+                metrics: Aggregates::default(),
                 first_offset: offset,
             }
         });
         state.event_count += 1;
         for metric in &event.metrics {
-            let aggregate =
-                state
-                    .metrics
-                    .entry(metric.name.clone())
-                    .or_insert_with(|| MetricAggregate {
-                        name: metric.name.clone(),
-                        unit: metric.unit.clone(),
-                        count: 0,
-                        sum: 0.0,
-                        min: f64::INFINITY,
-                        max: f64::NEG_INFINITY,
-                    });
-            aggregate.count += 1;
-            aggregate.sum += metric.value;
-            aggregate.min = aggregate.min.min(metric.value);
-            aggregate.max = aggregate.max.max(metric.value);
+            state.metrics.add(&metric.name, &metric.unit, metric.value);
         }
         let first = state.first_offset;
-        self.spans.insert(
-            (first, WINDOW),
-            Span {
-                last: offset,
-                open: true,
-            },
-        );
+        if let Some(span) = self.spans.get_mut(&(first, WINDOW)) {
+            span.last = offset;
+        } else {
+            self.spans.insert(
+                (first, WINDOW),
+                Span {
+                    last: offset,
+                    open: true,
+                },
+            );
+            self.open_spans.insert((first, WINDOW));
+        }
 
         // Close what the watermark passed, oldest end first. A closed window's hold goes once
         // this record's outputs (its aggregate) and every earlier record's are written.
@@ -241,7 +331,9 @@ impl PartitionWindows {
                     break;
                 }
                 let (key, state) = entry.remove_entry();
+                self.visited += 1;
                 self.spans.remove(&(state.first_offset, WINDOW));
+                self.open_spans.remove(&(state.first_offset, WINDOW));
                 observed.releases.push(hold_key(state.first_offset, WINDOW));
                 observed.closed.push(ClosedWindow { key, state });
             }
@@ -250,24 +342,28 @@ impl PartitionWindows {
         // The barrier: the oldest open span's start (open windows and the current epoch), moved
         // back to the start of the closed epoch it falls inside, if any. Closed epochs wholly
         // before it are released.
+        // Every span before the barrier is a closed epoch (a closed window's span goes when it
+        // closes), and all but the one the barrier falls inside are released below, so these
+        // walks visit only what they release, plus that one.
         let mut barrier = self
-            .spans
-            .iter()
-            .filter(|(_, span)| span.open)
-            .map(|(&(first, _), _)| first)
-            .min()
-            .unwrap_or(offset + 1);
+            .open_spans
+            .first()
+            .map_or(offset + 1, |&(first, _)| first);
+        let mut passed = 0;
         if let Some((&(first, _), _)) = self
             .spans
             .range(..(barrier, 0))
             .rev()
+            .inspect(|_| passed += 1)
             .find(|(_, span)| span.last >= barrier)
         {
             barrier = first;
         }
+        self.visited += passed;
         let released: Vec<(i64, u8)> = self
             .spans
             .range(..(barrier, 0))
+            .inspect(|_| self.visited += 1)
             .filter(|(_, span)| span.last < barrier)
             .map(|(&key, _)| key)
             .collect();

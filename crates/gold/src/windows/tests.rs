@@ -16,6 +16,7 @@ const SPEC: WindowSpec = WindowSpec {
     size_ms: 60_000,
     grace_ms: 10_000,
     step_ms: 1_000,
+    max_open: 1_000_000,
 };
 
 fn event(entity: &str, observed_at: i64, clicks: f64) -> ProcessedData {
@@ -236,4 +237,85 @@ fn the_committed_position_keeps_up_when_records_arrive_out_of_order() {
         committed > 9_000,
         "the committed position follows the oldest open window: {committed}"
     );
+}
+
+#[test]
+fn a_record_visits_the_same_state_whether_ten_or_ten_thousand_windows_are_open() {
+    let mut visits = Vec::new();
+    for open in [10i64, 10_000] {
+        let mut windows = PartitionWindows::new(SPEC);
+        for entity in 0..open {
+            windows.observe(entity, 1, &event(&format!("e-{entity}"), 5_000, 1.0));
+        }
+        assert_eq!(windows.open_windows(), open as usize);
+        let mut offset = open;
+        let mut feed = |entity: &str, at: i64| {
+            let observed = windows.observe(offset, 1, &event(entity, at, 1.0));
+            offset += 1;
+            (observed.closed.len(), windows.visited())
+        };
+        // Into an open window, a new window, and a new watermark epoch (which releases the
+        // closed one): none visits the open windows.
+        visits.push(feed("e-0", 5_500));
+        visits.push(feed("new", 6_000));
+        visits.push(feed("e-1", 9_000));
+        visits.push(feed("e-2", 12_000));
+    }
+    assert_eq!(
+        visits[..4],
+        visits[4..],
+        "(closed, visited) per record: {visits:?}"
+    );
+    assert!(
+        visits.iter().all(|(_, visited)| *visited <= 1),
+        "{visits:?}"
+    );
+}
+
+#[test]
+fn closing_windows_visits_only_the_windows_it_closes() {
+    let mut windows = PartitionWindows::new(SPEC);
+    for entity in 0..1_000 {
+        windows.observe(entity, 1, &event(&format!("e-{entity}"), 5_000, 1.0));
+    }
+    for entity in 0..100 {
+        windows.observe(
+            1_000 + entity,
+            1,
+            &event(&format!("e-{entity}"), 65_000, 1.0),
+        );
+    }
+    // Watermark 70 s: the thousand [0, 60 s) windows close; the hundred [60 s, 120 s) stay.
+    let observed = windows.observe(2_000, 1, &event("e-0", 80_000, 1.0));
+    assert_eq!(observed.closed.len(), 1_000);
+    assert_eq!(windows.open_windows(), 100);
+    // Each closed window once, and the epochs the new barrier releases (at most two).
+    assert!(
+        (1_000..=1_002).contains(&windows.visited()),
+        "visited {}",
+        windows.visited()
+    );
+}
+
+#[test]
+fn a_partition_at_its_window_bound_refuses_new_windows_only() {
+    let mut windows = PartitionWindows::new(WindowSpec {
+        max_open: 2,
+        ..SPEC
+    });
+    assert!(!windows.observe(0, 1, &event("a", 5_000, 1.0)).full);
+    assert!(!windows.observe(1, 1, &event("b", 5_000, 1.0)).full);
+    let refused = windows.observe(2, 1, &event("c", 5_000, 1.0));
+    assert!(refused.full);
+    assert_eq!(refused.holds, Vec::<HoldKey>::new(), "nothing changed");
+    assert!(
+        !windows.observe(3, 1, &event("a", 6_000, 2.0)).full,
+        "an open window still takes records"
+    );
+    // Once the watermark closes them, new windows open again.
+    let observed = windows.observe(4, 1, &event("a", 75_000, 1.0));
+    assert!(!observed.full);
+    assert_eq!(observed.closed.len(), 2);
+    assert_eq!(observed.closed[0].state.event_count, 2);
+    assert!(!windows.observe(5, 1, &event("c", 76_000, 1.0)).full);
 }
