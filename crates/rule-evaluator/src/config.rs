@@ -37,6 +37,15 @@ pub struct RuleEvaluatorSettings {
     /// Rules file; absent: the compiled-in `config/rules.toml`.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
+    /// The most cooldowns one input partition keeps running. Past it the cooldown that would
+    /// end first ends now (its entity may alert again sooner than its rule says), counted in
+    /// `medallion_rule_cooldowns_evicted_total`; see docs/capacity.md for the memory each takes.
+    #[serde(default = "default_max_cooldowns")]
+    pub max_cooldowns: u64,
+}
+
+fn default_max_cooldowns() -> u64 {
+    25_000
 }
 
 fn default_catch_up_timeout_ms() -> u64 {
@@ -51,6 +60,7 @@ impl Default for RuleEvaluatorSettings {
             audit_topic: String::new(),
             catch_up_timeout_ms: default_catch_up_timeout_ms(),
             rules_file: None,
+            max_cooldowns: default_max_cooldowns(),
         }
     }
 }
@@ -65,6 +75,12 @@ impl Validate for RuleEvaluatorSettings {
             if topic.trim().is_empty() {
                 return Err(ConfigError::key(key, "must name a topic"));
             }
+        }
+        if self.max_cooldowns == 0 {
+            return Err(ConfigError::key(
+                "stage.max_cooldowns",
+                "must be at least 1, e.g. 25000 (running cooldowns per input partition)",
+            ));
         }
         Ok(())
     }

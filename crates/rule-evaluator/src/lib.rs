@@ -19,7 +19,7 @@ pub mod rules;
 
 pub use changes::{ChangesListener, RuleChanges, RULES_LOADED};
 pub use config::{RuleEvaluatorConfig, RuleEvaluatorSettings, RulesFile, DEFAULTS, RULES_DEFAULTS};
-pub use processor::{RuleEvaluator, ALERTS};
+pub use processor::{RuleEvaluator, ALERTS, COOLDOWNS, COOLDOWNS_EVICTED};
 
 use std::sync::{Arc, RwLock};
 
@@ -81,6 +81,7 @@ impl Stage for RuleEvaluatorStage {
             setup.registry.clone(),
             alerts,
             &setup.instance,
-        ))
+        )
+        .with_max_cooldowns(settings.max_cooldowns))
     }
 }

@@ -263,11 +263,11 @@ pub fn evaluate(
     alerts
 }
 
-/// Starts the cooldown of every alert [`evaluate`] returned (each key is one rule's, so the
-/// alerts of one window never share a key).
+/// Starts the cooldown of every alert [`evaluate`] returned whose rule has one (each key is one
+/// rule's, so the alerts of one window never share a key).
 pub fn record_cooldowns(
     cooldowns: &mut HashMap<CooldownKey, i64>,
-    alerts: Vec<(CooldownKey, i64)>,
+    alerts: impl IntoIterator<Item = (CooldownKey, i64)>,
 ) {
     for (key, window_start) in alerts {
         cooldowns.insert(key, window_start);
@@ -327,7 +327,7 @@ mod tests {
         cooldowns: &mut HashMap<CooldownKey, i64>,
     ) -> Vec<(CooldownKey, Alert)> {
         let alerts = evaluate(rules, org_id, window, cooldowns);
-        let started = alerts
+        let started: Vec<_> = alerts
             .iter()
             .map(|(key, alert)| (key.clone(), alert.window_start))
             .collect();
