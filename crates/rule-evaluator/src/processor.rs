@@ -24,7 +24,7 @@ use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::{HoldKey, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
 use uuid::Uuid;
 
-use crate::rules::{evaluate, record_cooldowns, CooldownKey, RuleSet};
+use crate::rules::{evaluate, record_cooldowns, CooldownKey, Cooldowns, RuleSet};
 
 /// Counter: alerts written, by rule and severity (an alert repeated after a restart counts again).
 pub const ALERTS: &str = "medallion_alerts_total";
@@ -35,7 +35,7 @@ pub const COOLDOWNS_EVICTED: &str = "medallion_rule_cooldowns_evicted_total";
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    cooldowns: HashMap<CooldownKey, i64>,
+    cooldowns: Cooldowns,
     latest_window_start: i64,
     /// The running cooldowns, soonest end first: (end, the alert's hold, its cooldown key and
     /// window start).
@@ -153,7 +153,7 @@ impl Processor for RuleEvaluator {
         for (key, alert) in alerts {
             let cooldown = rules
                 .rules()
-                .find(|rule| rule.id == key.0)
+                .find(|rule| rule.id == alert.rule_id)
                 .map_or(0, |rule| rule.cooldown_ms);
             if cooldown > 0 {
                 started.push((
@@ -181,7 +181,7 @@ impl Processor for RuleEvaluator {
         }
         // Nothing failed: commit the new state.
         for (key, window_start, until, hold) in started {
-            record_cooldowns(&mut state.cooldowns, [(key.clone(), window_start)]);
+            record_cooldowns(&mut state.cooldowns, [(key, window_start)]);
             ctx.hold(hold);
             state.due.push(Reverse((until, hold, key, window_start)));
             visited += 1;
@@ -210,9 +210,7 @@ impl Processor for RuleEvaluator {
             };
             visited += 1;
             ctx.release(hold);
-            if state.cooldowns.get(&key) == Some(&window_start) {
-                state.cooldowns.remove(&key);
-            }
+            state.cooldowns.end(key, window_start);
         }
         let partition = ctx.partition();
         let gauge = state.gauge.get_or_insert_with(|| {

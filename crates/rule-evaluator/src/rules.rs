@@ -1,6 +1,7 @@
 //! Rules, the rule set with versioned changes, and evaluation of one window.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 use medallion_contracts::operator::Operator;
 use medallion_contracts::types::{Alert, ConfigChange, RuleDefinition, WindowAggregate};
@@ -183,8 +184,55 @@ pub fn metric_value(window: &WindowAggregate, metric: &str) -> Option<f64> {
     }
 }
 
-/// Identity of a cooldown: rule, org and entity.
-pub type CooldownKey = (String, i64, String, String);
+/// Identity of a cooldown: a 128-bit digest of (rule, org, entity kind, entity id). A digest
+/// rather than the strings: it takes no allocation per window and 16 bytes per running cooldown.
+/// Seeded at random per partition state, so ids chosen by a sender cannot aim at a collision
+/// (which would let one entity's cooldown quiet another's; by chance, about 2^-128 a pair).
+pub type CooldownKey = u128;
+
+/// The running cooldowns of one partition: per [`CooldownKey`], the start of the window that
+/// last alerted.
+#[derive(Debug, Default)]
+pub struct Cooldowns {
+    started: HashMap<CooldownKey, i64>,
+    hasher: foldhash::quality::RandomState,
+}
+
+impl Cooldowns {
+    /// The key of `rule`'s cooldown for one entity of `org_id`.
+    pub fn key(&self, rule: &str, org_id: i64, kind: &str, id: &str) -> CooldownKey {
+        let half = |lane: u8| self.hasher.hash_one((lane, rule, org_id, kind, id));
+        (u128::from(half(1)) << 64) | u128::from(half(0))
+    }
+
+    /// The start of the window that last alerted under `key`, if its cooldown runs.
+    pub fn get(&self, key: CooldownKey) -> Option<i64> {
+        self.started.get(&key).copied()
+    }
+
+    /// Starts (or restarts) `key`'s cooldown at `window_start`.
+    pub fn start(&mut self, key: CooldownKey, window_start: i64) {
+        self.started.insert(key, window_start);
+    }
+
+    /// Ends `key`'s cooldown if it is still the one started at `window_start` (a later alert of
+    /// the same key restarted it otherwise).
+    pub fn end(&mut self, key: CooldownKey, window_start: i64) {
+        if self.started.get(&key) == Some(&window_start) {
+            self.started.remove(&key);
+        }
+    }
+
+    /// Running cooldowns.
+    pub fn len(&self) -> usize {
+        self.started.len()
+    }
+
+    /// Whether none runs.
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty()
+    }
+}
 
 /// The deterministic id of the alert of `rule` for one entity's window.
 pub fn alert_id(rule: &RuleSpec, org_id: i64, window: &WindowAggregate) -> Uuid {
@@ -208,7 +256,7 @@ pub fn evaluate(
     rules: &RuleSet,
     org_id: i64,
     window: &WindowAggregate,
-    cooldowns: &HashMap<CooldownKey, i64>,
+    cooldowns: &Cooldowns,
 ) -> Vec<(CooldownKey, Alert)> {
     let mut alerts = Vec::new();
     for rule in rules.rules() {
@@ -221,15 +269,9 @@ pub fn evaluate(
         if !rule.operator.holds(value, rule.threshold) {
             continue;
         }
-        let key = (
-            rule.id.clone(),
-            org_id,
-            window.entity.kind.clone(),
-            window.entity.id.clone(),
-        );
-        if let Some(last) = cooldowns.get(&key) {
-            let quiet =
-                window.window_start > *last && window.window_start < last + rule.cooldown_ms;
+        let key = cooldowns.key(&rule.id, org_id, &window.entity.kind, &window.entity.id);
+        if let Some(last) = cooldowns.get(key) {
+            let quiet = window.window_start > last && window.window_start < last + rule.cooldown_ms;
             if quiet {
                 continue;
             }
@@ -266,11 +308,11 @@ pub fn evaluate(
 /// Starts the cooldown of every alert [`evaluate`] returned whose rule has one (each key is one
 /// rule's, so the alerts of one window never share a key).
 pub fn record_cooldowns(
-    cooldowns: &mut HashMap<CooldownKey, i64>,
+    cooldowns: &mut Cooldowns,
     alerts: impl IntoIterator<Item = (CooldownKey, i64)>,
 ) {
     for (key, window_start) in alerts {
-        cooldowns.insert(key, window_start);
+        cooldowns.start(key, window_start);
     }
 }
 
@@ -324,12 +366,12 @@ mod tests {
         rules: &RuleSet,
         org_id: i64,
         window: &WindowAggregate,
-        cooldowns: &mut HashMap<CooldownKey, i64>,
+        cooldowns: &mut Cooldowns,
     ) -> Vec<(CooldownKey, Alert)> {
         let alerts = evaluate(rules, org_id, window, cooldowns);
         let started: Vec<_> = alerts
             .iter()
-            .map(|(key, alert)| (key.clone(), alert.window_start))
+            .map(|(key, alert)| (*key, alert.window_start))
             .collect();
         record_cooldowns(cooldowns, started);
         alerts
@@ -338,7 +380,7 @@ mod tests {
     #[test]
     fn low_ctr_fires_once_per_window_then_cools_down() {
         let rules = rules();
-        let mut cooldowns = HashMap::new();
+        let mut cooldowns = Cooldowns::default();
         let first = fire(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns);
         assert_eq!(first.len(), 1);
         let alert = &first[0].1;
@@ -394,7 +436,7 @@ mod tests {
             rules.apply(&change("upsert", 2, 0.9), 7),
             ChangeOutcome::Ignored(_)
         ));
-        let mut cooldowns = HashMap::new();
+        let mut cooldowns = Cooldowns::default();
         assert!(
             fire(&rules, 1, &window(0, 1.0, 1000.0), &mut cooldowns).is_empty(),
             "org 7 only now"
