@@ -3,7 +3,9 @@
 # noida-db 0.2.3's Kafka-protocol server (PyPI, installed once into
 # ~/.cargo/medallion-tools/noida), started here on a free loopback port with its own data.
 #   scripts/bench.sh            # throughput (runtime vs raw loop) and stages (the four binaries)
-#   scripts/bench.sh stages     # only the stage binaries
+#   scripts/bench.sh stages     # only the stage binaries: rounds, latency, ids held, sweep
+#   scripts/bench.sh sweep      # bytes and cost per key of each stage's state (no broker), then
+#                               # the stages' cardinality sweep and ids-held runs
 #   scripts/bench.sh throughput
 # Every figure is printed beside the raw copy loop's on the same broker in the same run.
 set -euo pipefail
@@ -39,8 +41,13 @@ which="${1:-all}"
 if [ "$which" = all ] || [ "$which" = throughput ]; then
   cargo bench --locked -p medallion-benches --bench throughput
 fi
-if [ "$which" = all ] || [ "$which" = stages ]; then
+if [ "$which" = all ] || [ "$which" = sweep ]; then
+  cargo bench --locked -p medallion-benches --bench state
+fi
+if [ "$which" = all ] || [ "$which" = stages ] || [ "$which" = sweep ]; then
   cargo build --locked --release --bins
-  MEDALLION_BENCH_BIN_DIR="$(pwd)/target/release" \
+  parts="${MEDALLION_BENCH_PARTS:-rounds,latency,held,sweep}"
+  if [ "$which" = sweep ]; then parts="held,sweep"; fi
+  MEDALLION_BENCH_BIN_DIR="${MEDALLION_BENCH_BIN_DIR:-$(pwd)/target/release}" MEDALLION_BENCH_PARTS="$parts" \
     cargo bench --locked -p medallion-benches --bench stages
 fi

@@ -60,3 +60,5 @@ cargo bench --locked -p medallion-benches --bench codec -- --warm-up-time 1 --me
   2>&1 | grep -E "^decode|time:|codec summary|us per|target"
 echo "== dedup benchmark (a record's cost with 100 and with 1,000,000 ids held; figures only)"
 cargo bench --locked -p medallion-benches --bench dedup
+echo "== state benchmark (bytes per key of each stage's state; a record's cost at 100 and 1,000,000 keys; figures only)"
+cargo bench --locked -p medallion-benches --bench state

@@ -17,7 +17,7 @@
 //! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
 //! it and the bench, may bound the stage's rate.
 //!
-//! Then bronze alone in one process over 1,000,000 records in chunks of 100,000 (stopped while
+//! Then bronze in one process over 1,000,000 records in chunks of 100,000 (stopped while
 //! each chunk is written), so that its dedup window ends up holding a million event ids: CPU per
 //! record of each chunk (does a record cost more with more ids held?) and peak RSS at the end
 //! (`MEDALLION_BENCH_HELD_CHUNKS` sets the number of chunks; 0 skips the run). Before it (so
@@ -25,6 +25,24 @@
 //! a steady 5,000 records/s, for latency: per stage from its input's timestamp to its output's
 //! acknowledgement, read from the stage's own histogram, and from outside, from the input's send
 //! time to the moment a consumer here reads the output (one broker hop more).
+//!
+//! silver runs beside it over bronze's outputs, continued once bronze has finished each chunk
+//! and stopped again once it has finished it too: the same figures with its own dedup window
+//! filling up.
+//!
+//! Last, the cardinality sweep: gold and the rule evaluator, each alone on the same number of
+//! records (`MEDALLION_BENCH_SWEEP_RECORDS`, default 1,000,000, written to their input topics
+//! directly) with 100, 10,000, 100,000 and 1,000,000 distinct entities: CPU per record and peak
+//! RSS at each point, the ratio of the largest point's CPU per record to the smallest's (target
+//! <= 1.5) and the RSS grown per entity. gold's records all fall in one hour-long window, so it
+//! ends holding one open window per entity; every window the rule evaluator reads alerts, and its
+//! cooldown (one window) keeps a cooldown entry and a held offset per entity until the entity's
+//! next window. Both run with their bounds (`stage.max_open_windows`, `stage.max_cooldowns`)
+//! raised to hold every entity; `MEDALLION_BENCH_SWEEP_OLD=1` leaves them out, for binaries that
+//! predate them.
+//!
+//! `MEDALLION_BENCH_PARTS` picks parts (comma-separated: `rounds`, `latency`, `held`, `sweep`;
+//! default all).
 //!
 //! Run with `scripts/bench.sh` (installs and starts a fast broker, builds the release
 //! binaries), or set `MEDALLION_TEST_BOOTSTRAP` and `MEDALLION_BENCH_BIN_DIR` (where the release
@@ -40,7 +58,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,6 +72,11 @@ use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
 
+use medallion_contracts::registry::EmbeddedRegistry;
+use medallion_contracts::types::{
+    DerivedMetric, EntityRef, EventSource, Metric, MetricAggregate, ProcessedData, WindowAggregate,
+};
+use medallion_contracts::{Contract, Encoder, Envelope};
 use medallion_core::partitioner::java_partition;
 use medallion_tests::bench::{cpu_sample, peak_rss_mib, raw_copy_loop};
 use medallion_tests::process::StageProcess;
@@ -128,6 +151,10 @@ struct Run {
     bootstrap: String,
     run: String,
     bin_dir: PathBuf,
+    /// Settings for every stage of this run, over the ones [`Run::spawn`] sets.
+    extra: Vec<(&'static str, String)>,
+    /// A config file for every stage of this run (`--config`), if any.
+    config: Option<PathBuf>,
 }
 
 impl Run {
@@ -169,29 +196,18 @@ impl Run {
             ));
             envs.push(("MEDALLION__STAGE__AUDIT_TOPIC", self.topic("audit.events")));
         }
-        StageProcess::spawn(
+        envs.extend(self.extra.iter().cloned());
+        let config = self.config.as_ref().map(|path| path.display().to_string());
+        let args: Vec<&str> = config
+            .as_deref()
+            .map(|path| vec!["--config", path])
+            .unwrap_or_default();
+        StageProcess::spawn_args(
             &self.bin_dir.join(stage),
+            &args,
             &envs,
             &format!("bench-{}-{stage}", self.run),
         )
-    }
-
-    /// Writes connector records to this run's `connector.data.raw`, 20,000 at a time.
-    async fn write_input(
-        &self,
-        producer: &FutureProducer,
-        data: &[(i64, Vec<u8>)],
-    ) -> anyhow::Result<()> {
-        for chunk in data.chunks(20_000) {
-            produce_raw(
-                producer,
-                &self.topic("connector.data.raw"),
-                PARTITIONS,
-                chunk.iter().map(|(org, value)| (*org, value.as_slice())),
-            )
-            .await?;
-        }
-        Ok(())
     }
 
     /// Runs `stage` until it has read and finished `records` input records.
@@ -288,7 +304,7 @@ impl Run {
         self.create_topics().await?;
         let records = data.len() as u64;
         let producer = test_producer(&self.bootstrap)?;
-        self.write_input(&producer, data).await?;
+        self.write(&producer, "connector.data.raw", data).await?;
         let copied = raw_copy_loop(
             &self.bootstrap,
             &self.topic("connector.data.raw"),
@@ -340,49 +356,92 @@ impl Run {
         Ok([raw, bronze, silver, gold, rules])
     }
 
-    /// bronze in one process over `chunks` x `chunk` records, so that at the end its dedup
-    /// window holds that many event ids (the default window's capacity is 1,000,000). The process
-    /// is stopped (SIGSTOP) while each chunk is written and continued once the chunk is on the
-    /// topic, so that each is read from a backlog as in the rounds; per chunk, the figures of
-    /// [`Run::stage`], peak RSS as of that chunk's end.
-    async fn held(&self, chunks: u64, chunk: u64) -> anyhow::Result<Vec<Figures>> {
+    /// bronze and silver, one process each, over `chunks` x `chunk` records, so that at the end
+    /// each one's dedup window holds that many event ids (the default window's capacity is
+    /// 1,000,000). Per chunk, with both stopped (SIGSTOP), the chunk is written; bronze is
+    /// continued until it has finished the chunk and stopped again, then silver likewise over
+    /// bronze's outputs, so that each reads its chunk from a backlog as in the rounds and a fetch
+    /// never holds more than a chunk. Per chunk and stage, the figures of [`Run::stage`], peak
+    /// RSS as of that chunk's end.
+    async fn held(&self, chunks: u64, chunk: u64) -> anyhow::Result<[Vec<Figures>; 2]> {
         self.create_topics().await?;
         let producer = test_producer(&self.bootstrap)?;
-        let mut process = self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned");
-        let pid = process.id().to_string();
-        wait_ready(&mut process).await?;
-        let mut figures = Vec::new();
+        let mut stages = [
+            (
+                "bronze",
+                self.spawn("bronze", "connector.data.raw", "bronze.data.cleaned"),
+            ),
+            (
+                "silver",
+                self.spawn("silver", "bronze.data.cleaned", "silver.data.processed"),
+            ),
+        ];
+        for (_, process) in &mut stages {
+            wait_ready(process).await?;
+        }
+        let mut figures = [Vec::new(), Vec::new()];
         for k in 0..chunks {
-            process.signal("STOP");
+            for (_, process) in &stages {
+                process.signal("STOP");
+            }
             let data: Vec<(i64, Vec<u8>)> =
                 (k * chunk..(k + 1) * chunk).map(connector_record).collect();
-            self.write_input(&producer, &data).await?;
-            let (start, cpu_start) = (Instant::now(), cpu_sample(&pid)?);
-            process.signal("CONT");
-            let deadline = start + Duration::from_secs(300);
-            let out = loop {
-                process.assert_running();
-                anyhow::ensure!(Instant::now() < deadline, "bronze did not finish chunk {k}");
-                if let Some(progress) = Progress::read(&process, "bronze").await {
-                    if progress.done((k + 1) * chunk) {
-                        break progress.records_out;
+            self.write(&producer, "connector.data.raw", &data).await?;
+            for ((stage, process), figures) in stages.iter_mut().zip(figures.iter_mut()) {
+                let pid = process.id().to_string();
+                let (start, cpu_start) = (Instant::now(), cpu_sample(&pid)?);
+                process.signal("CONT");
+                let deadline = start + Duration::from_secs(300);
+                let out = loop {
+                    process.assert_running();
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "{stage} did not finish chunk {k}"
+                    );
+                    if let Some(progress) = Progress::read(process, stage).await {
+                        if progress.done((k + 1) * chunk) {
+                            break progress.records_out;
+                        }
                     }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            figures.push(Figures {
-                records: chunk,
-                input: chunk,
-                idle_cores: None,
-                elapsed: start.elapsed(),
-                cpu: cpu_sample(&pid)?.since(&cpu_start),
-                peak_rss_mib: peak_rss_mib(&pid).ok(),
-                out,
-            });
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                figures.push(Figures {
+                    records: chunk,
+                    input: chunk,
+                    idle_cores: None,
+                    elapsed: start.elapsed(),
+                    cpu: cpu_sample(&pid)?.since(&cpu_start),
+                    peak_rss_mib: peak_rss_mib(&pid).ok(),
+                    out,
+                });
+                process.signal("STOP");
+            }
         }
-        let (status, _) = process.terminate();
-        anyhow::ensure!(status.success(), "bronze exited with {status}");
+        for (stage, process) in &mut stages {
+            process.signal("CONT");
+            let (status, _) = process.terminate();
+            anyhow::ensure!(status.success(), "{stage} exited with {status}");
+        }
         Ok(figures)
+    }
+
+    /// Writes `data` to this run's `topic`, 20,000 records at a time.
+    async fn write(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        data: &[(i64, Vec<u8>)],
+    ) -> anyhow::Result<()> {
+        for chunk in data.chunks(20_000) {
+            produce_raw(
+                producer,
+                &self.topic(topic),
+                PARTITIONS,
+                chunk.iter().map(|(org, value)| (*org, value.as_slice())),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// bronze and silver running together at a steady [`LATENCY_RATE`] records/s: per stage,
@@ -817,16 +876,51 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|value| value.parse().ok())
         .unwrap_or(3)
         .max(1);
+    let parts = std::env::var("MEDALLION_BENCH_PARTS")
+        .unwrap_or_else(|_| "rounds,latency,held,sweep".to_owned());
+    let part = |name: &str| parts.split(',').any(|part| part.trim() == name);
+    let new_run = |prefix: &str| Run {
+        bootstrap: bootstrap.clone(),
+        run: unique_name(prefix).replace('-', ""),
+        bin_dir: bin_dir.clone(),
+        extra: Vec::new(),
+        config: None,
+    };
+    if part("rounds") {
+        rounds_part(&new_run, records, rounds).await?;
+    }
+    if part("latency") {
+        new_run("latency").latency().await?;
+    }
+    let chunks: u64 = std::env::var("MEDALLION_BENCH_HELD_CHUNKS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    if part("held") && chunks > 0 {
+        held_part(&new_run("held"), chunks).await?;
+    }
+    if part("sweep") {
+        let sweep_records: u64 = std::env::var("MEDALLION_BENCH_SWEEP_RECORDS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(1_000_000);
+        sweep_part(&new_run, sweep_records).await?;
+    }
+    Ok(())
+}
+
+/// The rounds: the raw loop and the four stages one after another, `rounds` times.
+async fn rounds_part(
+    new_run: &impl Fn(&str) -> Run,
+    records: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
     let data: Vec<(i64, Vec<u8>)> = (0..records).map(connector_record).collect();
     let average = data.iter().map(|(_, value)| value.len()).sum::<usize>() / data.len().max(1);
-    println!("stages: {records} connector records of {average} B on broker {bootstrap}, one stage at a time, release builds, {rounds} rounds (median shown)");
+    println!("stages: {records} connector records of {average} B on broker {}, one stage at a time, release builds, {rounds} rounds (median shown)", new_run("x").bootstrap);
     let mut all: Vec<[Figures; 5]> = Vec::new();
     for round in 0..rounds {
-        let run = Run {
-            bootstrap: bootstrap.clone(),
-            run: unique_name("bench").replace('-', ""),
-            bin_dir: bin_dir.clone(),
-        };
+        let run = new_run("bench");
         let figures = run.round(&data).await?;
         println!(
             "  round {round}: raw {:.0}/s; bronze {:.0}/s {:.1} us; silver {:.0}/s {:.1} us; gold {:.0}/s {:.1} us; rule-evaluator {:.0}/s {:.1} us",
@@ -868,45 +962,262 @@ async fn main() -> anyhow::Result<()> {
         "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; a raw/stage factor below 3x: the broker, or the cores the stage shares with it, may bound the stage's rate (its CPU per record is its own)",
         bronze.out, silver.out, gold.out, rules.out
     );
-    let run = Run {
-        bootstrap: bootstrap.clone(),
-        run: unique_name("latency").replace('-', ""),
-        bin_dir: bin_dir.clone(),
+    Ok(())
+}
+
+/// bronze over `chunks` chunks of [`HELD_CHUNK`] records in one process, then silver over
+/// bronze's output in one process: CPU per record as the dedup window fills.
+async fn held_part(run: &Run, chunks: u64) -> anyhow::Result<()> {
+    let [bronze, silver] = run.held(chunks, HELD_CHUNK).await?;
+    let how = "(each chunk read from a backlog)";
+    held_report("bronze", how, &bronze, chunks);
+    held_report("silver", how, &silver, chunks);
+    Ok(())
+}
+
+/// Prints the per-chunk figures of a run whose dedup window fills up.
+fn held_report(stage: &str, how: &str, figures: &[Figures], chunks: u64) {
+    println!("{stage} in one process over {chunks} chunks of {HELD_CHUNK} records {how}, its dedup window holding every event id so far:");
+    for (k, chunk) in figures.iter().enumerate() {
+        let rss = chunk
+            .peak_rss_mib
+            .map_or_else(|| "-".to_owned(), |mib| format!("{mib:.0}"));
+        println!(
+            "  ids held {:>9} -> {:>9}: {:>8.0}/s {:>6.1} CPU-us/record, peak RSS {rss} MiB",
+            k as u64 * HELD_CHUNK,
+            (k as u64 + 1) * HELD_CHUNK,
+            chunk.rate(),
+            chunk.cpu_us_per_record(),
+        );
+    }
+    if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
+        let peak = last.peak_rss_mib.unwrap_or(f64::NAN);
+        let met = if peak <= 256.0 { "met" } else { "missed" };
+        let ratio = last.cpu_us_per_record() / first.cpu_us_per_record().max(1e-9);
+        let flat = if ratio <= 1.5 { "met" } else { "missed" };
+        println!(
+            "  {stage}: last chunk / first chunk CPU per record {ratio:.2} (target <= 1.5: {flat}); peak RSS {peak:.0} MiB with {} ids held (target <= 256 MiB: {met})",
+            chunks * HELD_CHUNK,
+        );
+    }
+}
+
+/// A stage config file that lets librdkafka take fetch responses up to 1 GB: this broker answers
+/// a fetch with every assigned partition's records at once, and a topic of a million records
+/// holds more than librdkafka's default bound on a response (100 MB).
+fn large_fetch_config() -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique_name("bench-config")));
+    std::fs::write(
+        &path,
+        "[kafka.librdkafka]\n\"receive.message.max.bytes\" = \"1000000000\"\n",
+    )?;
+    Ok(path)
+}
+
+/// Distinct entities at the points of the cardinality sweep.
+const SWEEP_KEYS: [u64; 4] = [100, 10_000, 100_000, 1_000_000];
+
+/// The bench's one rule for the sweep: every window of the sweep's data alerts (CTR 0.001), and
+/// its cooldown is one window, so each entity's cooldown is held until the partition reaches
+/// the entity's next window and no alert is suppressed: one alert per window at every point.
+const SWEEP_RULES: &str = r#"
+[[rules]]
+id = "sweep-low-ctr"
+version = 1
+scope = "all"
+metric = "ctr"
+operator = "lt"
+threshold = 0.005
+severity = "warning"
+cooldown_ms = 300000
+"#;
+
+/// Gold's window in the sweep: one hour, and every record of the sweep falls in the same hour,
+/// so gold holds one open window per entity when the run ends (no window closes).
+const SWEEP_GOLD_WINDOW_MS: i64 = 3_600_000;
+
+/// The entity of record `n` when there are `keys` of them, and its org.
+fn sweep_entity(n: u64, keys: u64) -> (i64, String) {
+    let entity = n % keys;
+    (1 + (entity % ORGS) as i64, format!("ent-{entity}"))
+}
+
+fn sweep_source() -> EventSource {
+    EventSource {
+        service: "bench".to_owned(),
+        instance: "bench-0".to_owned(),
+    }
+}
+
+fn sweep_entity_ref(id: String) -> EntityRef {
+    EntityRef {
+        kind: "campaign".to_owned(),
+        id,
+        name: Some("Spring Sale".to_owned()),
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// gold's input record `n` of `records`: four metrics, all in one hour of event time.
+fn sweep_processed(
+    encoder: &Encoder<ProcessedData>,
+    n: u64,
+    records: u64,
+    keys: u64,
+) -> (i64, Vec<u8>) {
+    let (org_id, id) = sweep_entity(n, keys);
+    let metric = |name: &str, value: f64| Metric {
+        name: name.to_owned(),
+        value,
+        unit: "count".to_owned(),
     };
-    run.latency().await?;
-    let chunks: u64 = std::env::var("MEDALLION_BENCH_HELD_CHUNKS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(10);
-    if chunks > 0 {
-        let run = Run {
-            bootstrap: bootstrap.clone(),
-            run: unique_name("held").replace('-', ""),
-            bin_dir: bin_dir.clone(),
-        };
-        let figures = run.held(chunks, HELD_CHUNK).await?;
-        println!("bronze in one process over {chunks} chunks of {HELD_CHUNK} records (stopped while each is written), its dedup window holding every event id so far:");
-        for (k, chunk) in figures.iter().enumerate() {
-            let rss = chunk
+    let payload = ProcessedData {
+        connector_id: "dsp-tradedesk".to_owned(),
+        run_id: "sweep".to_owned(),
+        entity: sweep_entity_ref(id),
+        observed_at: START_MS + (n as i64) * (SWEEP_GOLD_WINDOW_MS - 1) / records.max(1) as i64,
+        currency: "USD".to_owned(),
+        source_currency: "EUR".to_owned(),
+        fx_rate: 1.1,
+        metrics: vec![
+            metric("clicks", (n % 40) as f64),
+            metric("conversions", (n % 4) as f64),
+            metric("impressions", 1_000.0 + (n % 900) as f64),
+            metric("spend", 12.5),
+        ],
+        dimensions: BTreeMap::from([("country".to_owned(), "DE".to_owned())]),
+        quality_flags: Vec::new(),
+    };
+    let event = Envelope::new(
+        Uuid::from_u128(0x5e_0000 << 64 | u128::from(n)),
+        START_MS,
+        sweep_source(),
+        org_id,
+        payload,
+    );
+    (org_id, encoder.encode(&event).expect("encodes"))
+}
+
+/// The rule evaluator's input record `n`: entity `n % keys`'s window number `n / keys`.
+fn sweep_window(encoder: &Encoder<WindowAggregate>, n: u64, keys: u64) -> (i64, Vec<u8>) {
+    let (org_id, id) = sweep_entity(n, keys);
+    let aggregate = |name: &str, sum: f64| MetricAggregate {
+        name: name.to_owned(),
+        unit: "count".to_owned(),
+        count: 1,
+        sum,
+        min: sum,
+        max: sum,
+    };
+    let window_start = START_MS + (n / keys) as i64 * 300_000;
+    let payload = WindowAggregate {
+        entity: sweep_entity_ref(id),
+        window_start,
+        window_end: window_start + 300_000,
+        currency: "USD".to_owned(),
+        event_count: 1,
+        metrics: vec![aggregate("clicks", 1.0), aggregate("impressions", 1_000.0)],
+        derived: vec![DerivedMetric {
+            name: "ctr".to_owned(),
+            formula: "clicks / impressions".to_owned(),
+            value: Some(0.001),
+        }],
+    };
+    let event = Envelope::new(
+        Uuid::from_u128(0x5f_0000 << 64 | u128::from(n)),
+        window_start + 300_000,
+        sweep_source(),
+        org_id,
+        payload,
+    );
+    (org_id, encoder.encode(&event).expect("encodes"))
+}
+
+/// gold and the rule evaluator, each alone on `records` records at each point of
+/// [`SWEEP_KEYS`] (points above `records` are skipped: every entity needs a record): CPU per
+/// record, peak RSS, and the ratio of the largest point to the smallest. At the top point every
+/// record is an entity's first, so that point also pays for creating each entity's state.
+async fn sweep_part(new_run: &impl Fn(&str) -> Run, records: u64) -> anyhow::Result<()> {
+    let registry = EmbeddedRegistry::with_compiled_in();
+    let schema = |topic: &str| registry.current_id(topic).context("a compiled-in schema");
+    let processed = Encoder::<ProcessedData>::with_id(schema(ProcessedData::TOPIC)?);
+    let windows = Encoder::<WindowAggregate>::with_id(schema(WindowAggregate::TOPIC)?);
+    let old_binaries = std::env::var_os("MEDALLION_BENCH_SWEEP_OLD").is_some();
+    let rules_file = std::env::temp_dir().join(format!("{}.toml", unique_name("sweep-rules")));
+    std::fs::write(&rules_file, SWEEP_RULES)?;
+    let config_file = large_fetch_config()?;
+    println!("cardinality sweep: each stage alone on {records} records at {SWEEP_KEYS:?} distinct entities (gold: all in one {SWEEP_GOLD_WINDOW_MS} ms window, so it holds a window per entity; rule evaluator: one alert per window, each entity's cooldown and held offset kept until its next window)");
+    println!(
+        "{:<16} {:>10} {:>10} {:>14} {:>13}",
+        "", "entities", "records/s", "CPU-us/record", "peak RSS MiB"
+    );
+    for stage in ["gold", "rule-evaluator"] {
+        let mut points: Vec<(u64, Figures)> = Vec::new();
+        for keys in SWEEP_KEYS.into_iter().filter(|keys| *keys <= records) {
+            let mut run = new_run("sweep");
+            run.config = Some(config_file.clone());
+            let (input, output) = if stage == "gold" {
+                run.extra.extend([
+                    (
+                        "MEDALLION__STAGE__WINDOW_MS",
+                        SWEEP_GOLD_WINDOW_MS.to_string(),
+                    ),
+                    ("MEDALLION__STAGE__GRACE_MS", "60000".to_owned()),
+                ]);
+                if !old_binaries {
+                    run.extra
+                        .push(("MEDALLION__STAGE__MAX_OPEN_WINDOWS", records.to_string()));
+                }
+                ("silver.data.processed", "gold.data.ready")
+            } else {
+                run.extra.push((
+                    "MEDALLION__STAGE__RULES_FILE",
+                    rules_file.display().to_string(),
+                ));
+                if !old_binaries {
+                    run.extra
+                        .push(("MEDALLION__STAGE__MAX_COOLDOWNS", records.to_string()));
+                }
+                ("gold.data.ready", "rules.alerts.triggered")
+            };
+            run.create_topics().await?;
+            let data: Vec<(i64, Vec<u8>)> = (0..records)
+                .map(|n| {
+                    if stage == "gold" {
+                        sweep_processed(&processed, n, records, keys)
+                    } else {
+                        sweep_window(&windows, n, keys)
+                    }
+                })
+                .collect();
+            let producer = test_producer(&run.bootstrap)?;
+            run.write(&producer, input, &data).await?;
+            drop(data);
+            let figures = run.stage(stage, input, output, records).await?;
+            let rss = figures
                 .peak_rss_mib
                 .map_or_else(|| "-".to_owned(), |mib| format!("{mib:.0}"));
             println!(
-                "  ids held {:>9} -> {:>9}: {:>8.0}/s {:>6.1} CPU-us/record, peak RSS {rss} MiB",
-                k as u64 * HELD_CHUNK,
-                (k as u64 + 1) * HELD_CHUNK,
-                chunk.rate(),
-                chunk.cpu_us_per_record(),
+                "{stage:<16} {keys:>10} {:>10.0} {:>14.1} {rss:>13}",
+                figures.rate(),
+                figures.cpu_us_per_record(),
             );
+            points.push((keys, figures));
         }
-        if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
-            let peak = last.peak_rss_mib.unwrap_or(f64::NAN);
-            let met = if peak <= 256.0 { "met" } else { "missed" };
-            println!(
-                "  last chunk / first chunk CPU per record: {:.2}; peak RSS {peak:.0} MiB with {} ids held (target <= 256 MiB: {met})",
-                last.cpu_us_per_record() / first.cpu_us_per_record().max(1e-9),
-                chunks * HELD_CHUNK,
-            );
+        if let (Some((low_keys, low)), Some((high_keys, high))) = (points.first(), points.last()) {
+            let ratio = high.cpu_us_per_record() / low.cpu_us_per_record().max(1e-9);
+            let met = if ratio <= 1.5 { "met" } else { "missed" };
+            let bytes = match (high.peak_rss_mib, low.peak_rss_mib) {
+                (Some(high_rss), Some(low_rss)) if high_keys > low_keys => format!(
+                    "{:.0}",
+                    (high_rss - low_rss) * 1_048_576.0 / (high_keys - low_keys) as f64
+                ),
+                _ => "-".to_owned(),
+            };
+            println!("  {stage}: CPU per record at {high_keys} entities / at {low_keys}: {ratio:.2} (target <= 1.5: {met}); peak RSS grew by {bytes} bytes per entity");
         }
     }
+    std::fs::remove_file(&rules_file).ok();
+    std::fs::remove_file(&config_file).ok();
     Ok(())
 }
