@@ -37,6 +37,7 @@
 //! was already emitted, the replay dead-letters it as `late_event`. Aggregates are unaffected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use medallion_contracts::types::{EntityRef, MetricAggregate, ProcessedData};
 use medallion_core::HoldKey;
@@ -58,7 +59,7 @@ pub struct WindowSpec {
 /// Identity of one window.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WindowKey {
-    /// Window end (first, so windows close in end order).
+    /// Window end (windows close in end order, then in the order they opened).
     pub end: i64,
     /// The org.
     pub org_id: i64,
@@ -169,6 +170,10 @@ pub struct Observed {
     pub closed: Vec<ClosedWindow>,
 }
 
+/// Where an open window sits in closing order: (end, first offset). A record opens at most one
+/// window, so the first offset tells windows of the same end apart.
+type Slot = (i64, i64);
+
 #[derive(Debug, Clone, Copy)]
 struct Span {
     last: i64,
@@ -183,7 +188,11 @@ pub struct PartitionWindows {
     stepped_max: Option<i64>,
     /// First offset of the current watermark epoch.
     epoch_first: Option<i64>,
-    windows: BTreeMap<WindowKey, WindowState>,
+    /// Open windows by identity, so a record finds its window with one hash lookup (a walk down
+    /// a map ordered by the entity's strings cost a few cache misses per level at a million).
+    windows: HashMap<Arc<WindowKey>, WindowState, foldhash::fast::RandomState>,
+    /// The same windows in the order they close: by end, then first offset.
+    closing: BTreeMap<Slot, Arc<WindowKey>>,
     /// Held spans by first offset (a window and an epoch may start at the same record).
     spans: BTreeMap<(i64, u8), Span>,
     /// The keys of the open spans in `spans`, so the oldest is found without a scan.
@@ -209,7 +218,8 @@ impl PartitionWindows {
             spec,
             stepped_max: None,
             epoch_first: None,
-            windows: BTreeMap::new(),
+            windows: HashMap::default(),
+            closing: BTreeMap::new(),
             spans: BTreeMap::new(),
             open_spans: BTreeSet::new(),
             visited: 0,
@@ -255,14 +265,15 @@ impl PartitionWindows {
         };
         // Watermark epochs.
         let stepped = event.observed_at.div_euclid(self.spec.step_ms) * self.spec.step_ms;
-        if self.windows.len() >= self.spec.max_open && !self.windows.contains_key(&key) {
+        let open = self.windows.contains_key(&key);
+        if !open && self.windows.len() >= self.spec.max_open {
             // Full, unless this record's watermark closes a window to make room.
             let watermark =
                 self.stepped_max.map_or(stepped, |max| max.max(stepped)) - self.spec.grace_ms;
             let closes = self
-                .windows
+                .closing
                 .first_key_value()
-                .is_some_and(|(oldest, _)| oldest.end <= watermark);
+                .is_some_and(|(&(oldest_end, _), _)| oldest_end <= watermark);
             if !closes {
                 observed.full = true;
                 return observed;
@@ -294,43 +305,49 @@ impl PartitionWindows {
             }
         }
 
-        // The record's window.
-        let state = self.windows.entry(key).or_insert_with(|| {
-            observed.holds.push(hold_key(offset, WINDOW));
-            WindowState {
-                entity: event.entity.clone(),
-                currency: event.currency.clone(),
-                event_count: 0,
-                metrics: Aggregates::default(),
-                first_offset: offset,
-            }
-        });
-        state.event_count += 1;
-        for metric in &event.metrics {
-            state.metrics.add(&metric.name, &metric.unit, metric.value);
-        }
-        let first = state.first_offset;
-        if let Some(span) = self.spans.get_mut(&(first, WINDOW)) {
-            span.last = offset;
+        // The record's window. An open window's span never needs its last offset: only closed
+        // spans' are read (below), and a window's span goes when the window closes.
+        let state = if open {
+            self.windows.get_mut(&key)
         } else {
+            let key = Arc::new(key);
+            self.closing.insert((end, offset), Arc::clone(&key));
             self.spans.insert(
-                (first, WINDOW),
+                (offset, WINDOW),
                 Span {
                     last: offset,
                     open: true,
                 },
             );
-            self.open_spans.insert((first, WINDOW));
+            self.open_spans.insert((offset, WINDOW));
+            observed.holds.push(hold_key(offset, WINDOW));
+            Some(self.windows.entry(key).or_insert(WindowState {
+                entity: event.entity.clone(),
+                currency: event.currency.clone(),
+                event_count: 0,
+                metrics: Aggregates::default(),
+                first_offset: offset,
+            }))
+        };
+        if let Some(state) = state {
+            state.event_count += 1;
+            for metric in &event.metrics {
+                state.metrics.add(&metric.name, &metric.unit, metric.value);
+            }
         }
 
         // Close what the watermark passed, oldest end first. A closed window's hold goes once
         // this record's outputs (its aggregate) and every earlier record's are written.
         if let Some(watermark) = self.watermark() {
-            while let Some(entry) = self.windows.first_entry() {
-                if entry.key().end > watermark {
+            while let Some(entry) = self.closing.first_entry() {
+                if entry.key().0 > watermark {
                     break;
                 }
-                let (key, state) = entry.remove_entry();
+                let (_, key) = entry.remove_entry();
+                let Some(state) = self.windows.remove(&*key) else {
+                    continue;
+                };
+                let key = Arc::try_unwrap(key).unwrap_or_else(|shared| (*shared).clone());
                 self.visited += 1;
                 self.spans.remove(&(state.first_offset, WINDOW));
                 self.open_spans.remove(&(state.first_offset, WINDOW));
