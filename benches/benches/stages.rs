@@ -1151,9 +1151,29 @@ async fn sweep_part(new_run: &impl Fn(&str) -> Run, records: u64) -> anyhow::Res
         "{:<16} {:>10} {:>10} {:>14} {:>13}",
         "", "entities", "records/s", "CPU-us/record", "peak RSS MiB"
     );
+    // `MEDALLION_BENCH_SWEEP_STAGES` and `MEDALLION_BENCH_SWEEP_KEYS` (comma-separated) narrow
+    // the sweep, for a profile of one point.
+    let listed = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|list| !list.trim().is_empty())
+    };
+    let stages_listed = listed("MEDALLION_BENCH_SWEEP_STAGES");
+    let keys_listed: Option<Vec<u64>> = listed("MEDALLION_BENCH_SWEEP_KEYS").map(|list| {
+        list.split(',')
+            .filter_map(|keys| keys.trim().parse().ok())
+            .collect()
+    });
     for stage in ["gold", "rule-evaluator"] {
+        if stages_listed
+            .as_ref()
+            .is_some_and(|list| !list.split(',').any(|listed| listed.trim() == stage))
+        {
+            continue;
+        }
         let mut points: Vec<(u64, Figures)> = Vec::new();
-        for keys in SWEEP_KEYS.into_iter().filter(|keys| *keys <= records) {
+        let sizes = keys_listed.clone().unwrap_or_else(|| SWEEP_KEYS.to_vec());
+        for keys in sizes.into_iter().filter(|keys| *keys <= records) {
             let mut run = new_run("sweep");
             run.config = Some(config_file.clone());
             let (input, output) = if stage == "gold" {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::{DerivedSpec, GoldSettings};
 use crate::replay::{Boundaries, REPLAY_SKIPPED};
-use crate::windows::{ClosedWindow, WindowKey, WindowSpec, Windows};
+use crate::windows::{ClosedWindow, Running, WindowKey, WindowSpec, Windows};
 
 /// The stage name in derived ids.
 pub const STAGE: &str = "gold";
@@ -127,7 +127,7 @@ pub fn aggregate(window: &ClosedWindow, derived: &[DerivedSpec]) -> WindowAggreg
         window_end: window.key.end,
         currency: state.currency.clone(),
         event_count: state.event_count,
-        metrics: state.metrics.values().cloned().collect(),
+        metrics: state.metrics.values().map(Running::to_aggregate).collect(),
         derived: derived_metrics,
     }
 }

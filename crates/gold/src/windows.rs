@@ -36,7 +36,7 @@
 //! deduplication before the crash but not after it (deduplication is in memory); if its window
 //! was already emitted, the replay dead-letters it as `late_event`. Aggregates are unaffected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use medallion_contracts::types::{EntityRef, MetricAggregate, ProcessedData};
@@ -85,39 +85,72 @@ pub struct WindowState {
     first_offset: i64,
 }
 
-/// A window's aggregates, one per metric name, sorted by name. A sorted vector rather than a map:
-/// a window holds a handful of metrics, and a map's node would take about a kilobyte of each
-/// open window's memory (docs/capacity.md).
+/// One metric's running aggregate in a window. Its name and unit are shared (interned) with
+/// every other window of the partition that saw the same ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    /// Metric name.
+    pub name: Arc<str>,
+    /// Unit, as the window's first value of the metric named it.
+    pub unit: Arc<str>,
+    /// Values.
+    pub count: i64,
+    /// Their sum.
+    pub sum: f64,
+    /// Their minimum.
+    pub min: f64,
+    /// Their maximum.
+    pub max: f64,
+}
+
+impl Running {
+    /// The aggregate as the output contract spells it.
+    pub fn to_aggregate(&self) -> MetricAggregate {
+        MetricAggregate {
+            name: self.name.to_string(),
+            unit: self.unit.to_string(),
+            count: self.count,
+            sum: self.sum,
+            min: self.min,
+            max: self.max,
+        }
+    }
+}
+
+/// A window's aggregates, one per metric name, sorted by name. A sorted vector rather than a map,
+/// with interned names and units: a window holds a handful of metrics, and a map's node took
+/// about a kilobyte of each open window's memory (docs/capacity.md).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Aggregates(Vec<MetricAggregate>);
+pub struct Aggregates(Vec<Running>);
 
 impl Aggregates {
     /// The aggregate of `name`, if the window saw it.
-    pub fn get(&self, name: &str) -> Option<&MetricAggregate> {
+    pub fn get(&self, name: &str) -> Option<&Running> {
         self.0
-            .binary_search_by(|aggregate| aggregate.name.as_str().cmp(name))
+            .binary_search_by(|aggregate| (*aggregate.name).cmp(name))
             .ok()
             .map(|index| &self.0[index])
     }
 
     /// The aggregates, by name.
-    pub fn values(&self) -> impl Iterator<Item = &MetricAggregate> {
+    pub fn values(&self) -> impl Iterator<Item = &Running> {
         self.0.iter()
     }
 
-    /// Adds one value of metric `name` (in `unit`, as its first value named it).
-    fn add(&mut self, name: &str, unit: &str, value: f64) {
+    /// Adds one value of metric `name` (in `unit`, as its first value named it); a new metric's
+    /// name and unit come from `names`.
+    fn add(&mut self, names: &mut Interner, name: &str, unit: &str, value: f64) {
         let index = match self
             .0
-            .binary_search_by(|aggregate| aggregate.name.as_str().cmp(name))
+            .binary_search_by(|aggregate| (*aggregate.name).cmp(name))
         {
             Ok(index) => index,
             Err(index) => {
                 self.0.insert(
                     index,
-                    MetricAggregate {
-                        name: name.to_owned(),
-                        unit: unit.to_owned(),
+                    Running {
+                        name: names.intern(name),
+                        unit: names.intern(unit),
                         count: 0,
                         sum: 0.0,
                         min: f64::INFINITY,
@@ -137,11 +170,35 @@ impl Aggregates {
 
 #[cfg(test)]
 impl std::ops::Index<&str> for Aggregates {
-    type Output = MetricAggregate;
+    type Output = Running;
 
-    fn index(&self, name: &str) -> &MetricAggregate {
+    fn index(&self, name: &str) -> &Running {
         self.get(name)
             .unwrap_or_else(|| panic!("no aggregate of `{name}`"))
+    }
+}
+
+/// The metric names and units the open windows of a partition share. A name no window uses any
+/// more is dropped when the set has doubled since it was last pruned (so pruning, a pass over
+/// the set, costs O(1) per name added), which bounds the set by twice the names in use.
+#[derive(Debug, Default)]
+struct Interner {
+    names: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    prune_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return Arc::clone(shared);
+        }
+        if self.names.len() >= self.prune_at {
+            self.names.retain(|shared| Arc::strong_count(shared) > 1);
+            self.prune_at = 2 * self.names.len().max(64);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.names.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -193,6 +250,8 @@ pub struct PartitionWindows {
     windows: HashMap<Arc<WindowKey>, WindowState, foldhash::fast::RandomState>,
     /// The same windows in the order they close: by end, then first offset.
     closing: BTreeMap<Slot, Arc<WindowKey>>,
+    /// Metric names and units, shared by the windows.
+    names: Interner,
     /// Held spans by first offset (a window and an epoch may start at the same record).
     spans: BTreeMap<(i64, u8), Span>,
     /// The keys of the open spans in `spans`, so the oldest is found without a scan.
@@ -220,6 +279,7 @@ impl PartitionWindows {
             epoch_first: None,
             windows: HashMap::default(),
             closing: BTreeMap::new(),
+            names: Interner::default(),
             spans: BTreeMap::new(),
             open_spans: BTreeSet::new(),
             visited: 0,
@@ -332,7 +392,9 @@ impl PartitionWindows {
         if let Some(state) = state {
             state.event_count += 1;
             for metric in &event.metrics {
-                state.metrics.add(&metric.name, &metric.unit, metric.value);
+                state
+                    .metrics
+                    .add(&mut self.names, &metric.name, &metric.unit, metric.value);
             }
         }
 

@@ -103,7 +103,7 @@ fn fingerprint(window: &ClosedWindow) -> (i64, Vec<(String, i64, u64)>) {
         .values()
         .map(|aggregate| {
             (
-                aggregate.name.clone(),
+                aggregate.name.to_string(),
                 aggregate.count,
                 aggregate.sum.to_bits(),
             )
@@ -318,4 +318,21 @@ fn a_partition_at_its_window_bound_refuses_new_windows_only() {
     assert_eq!(observed.closed.len(), 2);
     assert_eq!(observed.closed[0].state.event_count, 2);
     assert!(!windows.observe(5, 1, &event("c", 76_000, 1.0)).full);
+}
+
+#[test]
+fn names_no_window_uses_are_dropped_as_the_interner_grows() {
+    let mut names = Interner::default();
+    let kept = names.intern("clicks");
+    assert!(Arc::ptr_eq(&kept, &names.intern("clicks")), "one copy");
+    for n in 0..1_000 {
+        drop(names.intern(&format!("gone-{n}")));
+    }
+    // Pruned whenever the set doubled: what is left is at most twice what is in use.
+    assert!(
+        names.names.len() <= 2 * 64,
+        "{} names held",
+        names.names.len()
+    );
+    assert!(names.names.contains("clicks"));
 }
