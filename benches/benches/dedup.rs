@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use medallion_core::config::DedupConfig;
 use medallion_core::dedup::Deduplicator;
+use medallion_tests::bench::rss_mib;
 use uuid::Uuid;
 
 const RECORDS: u64 = 1_000_000;
@@ -69,16 +70,6 @@ fn per_record_ns(held: u64) -> f64 {
         assert_eq!(dedup.len() as u64, held, "the window stays at its capacity");
     }
     best.as_secs_f64() * 1e9 / RECORDS as f64
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn main() {

@@ -14,14 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{
-    Alert, DerivedMetric, EntityRef, EventSource, Metric, ProcessedData, WindowAggregate,
+    DerivedMetric, EntityRef, EventSource, Metric, ProcessedData, WindowAggregate,
 };
-use medallion_contracts::{Contract, Encoder, Envelope, Registry};
+use medallion_contracts::Envelope;
 use medallion_core::config::DedupConfig;
 use medallion_core::dedup::Deduplicator;
 use medallion_core::tracker::PartitionTracker;
@@ -29,6 +27,7 @@ use medallion_core::{ProcessContext, Processor};
 use medallion_gold::windows::{PartitionWindows, WindowSpec};
 use medallion_rule_evaluator::rules::RuleSet;
 use medallion_rule_evaluator::{RuleEvaluator, RulesFile};
+use medallion_tests::bench::rss_mib;
 use uuid::Uuid;
 
 const KEYS: u64 = 1_000_000;
@@ -36,24 +35,14 @@ const SMALL: u64 = 100;
 const OPS: u64 = 200_000;
 const ROUNDS: usize = 3;
 
-fn rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib * 1024.0)
-}
-
 /// Resident bytes per key that `fill` adds with `keys` keys (run in a fresh process, so that
 /// no freed pages of an earlier measurement are reused).
 fn bytes_per_key<T>(keys: u64, fill: impl FnOnce(u64) -> T) -> f64 {
-    let before = rss_bytes();
+    let before = rss_mib();
     let state = black_box(fill(keys));
-    let after = rss_bytes();
+    let after = rss_mib();
     drop(state);
-    (after - before) / keys as f64
+    (after - before) * 1_048_576.0 / keys as f64
 }
 
 /// [`bytes_per_key`] of `what` measured by this bench run again as a child process.
@@ -173,16 +162,8 @@ fn tracker_record_ns(keys: u64) -> f64 {
 const RULES: &str = "[[rules]]\nid = 'low-ctr'\nversion = 1\nscope = 'all'\nmetric = 'ctr'\noperator = 'lt'\nthreshold = 0.005\nseverity = 'warning'\ncooldown_ms = 300000\n";
 
 fn evaluator() -> RuleEvaluator {
-    let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
-    let encoder = Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("schema"));
     let rules = RuleSet::new(RulesFile::parse(RULES).expect("rules").rules);
-    RuleEvaluator::new(
-        "alerts",
-        Arc::new(RwLock::new(rules)),
-        Registry::Embedded(embedded),
-        encoder,
-        "bench",
-    )
+    RuleEvaluator::standalone(rules).expect("the alert schema is compiled in")
 }
 
 fn window(id: u64, start: i64) -> Envelope<WindowAggregate> {

@@ -182,15 +182,27 @@ pub fn cpu_sample(pid: &str) -> anyhow::Result<CpuSample> {
 
 /// A process's peak resident set size in MiB (`VmHWM` of `/proc/PID/status`).
 pub fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {
+    Ok(status_kib(pid, "VmHWM")? / 1024.0)
+}
+
+/// This process's resident set size now, in MiB (`VmRSS` of `/proc/self/status`; 0 if unreadable).
+pub fn rss_mib() -> f64 {
+    status_kib("self", "VmRSS").map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A field of `/proc/PID/status` given in kB.
+fn status_kib(pid: &str, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .context("VmHWM")?;
-    let kib: f64 = line
+        .find(|line| {
+            line.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .with_context(|| field.to_owned())?;
+    Ok(line
         .split_whitespace()
         .nth(1)
-        .context("VmHWM value")?
-        .parse()?;
-    Ok(kib / 1024.0)
+        .with_context(|| format!("{field} value"))?
+        .parse()?)
 }

@@ -19,8 +19,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{Alert, EventSource, WindowAggregate};
-use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
+use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
 use medallion_core::{HoldKey, InputRecord, OutputRecord, ProcessContext, ProcessError, Processor};
 use uuid::Uuid;
 
@@ -83,6 +84,21 @@ impl RuleEvaluator {
             max_cooldowns: usize::MAX,
             evicted: metrics::counter!(COOLDOWNS_EVICTED, "stage" => crate::STAGE),
         }
+    }
+
+    /// An evaluator of `rules` alone, writing to `alerts` with the compiled-in schemas, for tests
+    /// and benchmarks that have no stage around it (`None` if the alert schema is not compiled
+    /// in).
+    pub fn standalone(rules: RuleSet) -> Option<Self> {
+        let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
+        let encoder = Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC)?);
+        Some(Self::new(
+            "alerts",
+            Arc::new(RwLock::new(rules)),
+            Registry::Embedded(embedded),
+            encoder,
+            "standalone",
+        ))
     }
 
     /// Bounds the cooldowns one partition keeps running (`stage.max_cooldowns`).
@@ -239,9 +255,7 @@ impl Processor for RuleEvaluator {
 mod tests {
     use std::collections::BTreeMap;
 
-    use medallion_contracts::registry::EmbeddedRegistry;
     use medallion_contracts::types::{DerivedMetric, EntityRef};
-    use medallion_contracts::Contract;
 
     use super::*;
     use crate::config::RulesFile;
@@ -250,16 +264,8 @@ mod tests {
     const RULES: &str = "[[rules]]\nid = 'low-ctr'\nversion = 1\nscope = 'all'\nmetric = 'ctr'\noperator = 'lt'\nthreshold = 0.005\nseverity = 'warning'\ncooldown_ms = 300000\n";
 
     fn evaluator() -> RuleEvaluator {
-        let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
-        let encoder = Encoder::<Alert>::with_id(embedded.current_id(Alert::TOPIC).expect("schema"));
         let rules = RuleSet::new(RulesFile::parse(RULES).expect("rules").rules);
-        RuleEvaluator::new(
-            "alerts",
-            Arc::new(RwLock::new(rules)),
-            Registry::Embedded(embedded),
-            encoder,
-            "test",
-        )
+        RuleEvaluator::standalone(rules).expect("the alert schema is compiled in")
     }
 
     fn window(entity: u64, start: i64) -> Envelope<WindowAggregate> {
