@@ -218,15 +218,17 @@ impl Processor for RuleEvaluator {
             if *until > latest && !over {
                 break;
             }
-            if *until > latest {
-                self.evicted.increment(1);
-            }
+            let early = *until > latest;
             let Some(Reverse((_, hold, key, window_start))) = state.due.pop() else {
                 break;
             };
             visited += 1;
             ctx.release(hold);
+            let running = state.cooldowns.len();
             state.cooldowns.end(key, window_start);
+            if early && state.cooldowns.len() < running {
+                self.evicted.increment(1);
+            }
         }
         let partition = ctx.partition();
         let gauge = state.gauge.get_or_insert_with(|| {
