@@ -61,7 +61,7 @@ impl Fleet {
             partitions,
             binaries: STAGES
                 .iter()
-                .map(|(stage, _, _)| (*stage, stage_binary(&format!("medallion-{stage}"), stage)))
+                .map(|(stage, _, _)| (*stage, stage_binary(stage)))
                 .collect(),
         };
         let mut topics = Vec::new();

@@ -34,7 +34,7 @@ pub const ACTOR: &str = "operator-test@ci";
 
 fn binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| stage_binary("medallion", "medallion"))
+    BINARY.get_or_init(|| stage_binary("medallion"))
 }
 
 /// Runs `medallion ARGS` against `bootstrap`.

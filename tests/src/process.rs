@@ -4,26 +4,34 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built first if needed (`cargo build` is a no-op when it is
-/// up to date). Tests of the `tests` crate cannot name other packages' binaries otherwise.
-pub fn stage_binary(package: &str, binary: &str) -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _serialised = BUILD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--package", package, "--bin", binary])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the {binary} binary failed");
+/// The path of a workspace binary. The first call in a test process builds every binary of the
+/// workspace (`cargo build --workspace --bins`, a no-op when they are up to date): one build for
+/// all, with the features the whole workspace resolves, so no package is built a second time with
+/// a feature set of its own. Tests of the `tests` crate cannot name other packages' binaries
+/// otherwise.
+pub fn stage_binary(binary: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the workspace's binaries failed");
+    });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug").join(binary)
+    let path = target.join("debug").join(binary);
+    assert!(
+        path.is_file(),
+        "no binary {} after the build",
+        path.display()
+    );
+    path
 }
 
 /// A running stage process.

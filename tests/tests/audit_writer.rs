@@ -108,11 +108,7 @@ impl Run {
             ("MEDALLION__STAGE__STORE__URL", self.store_url.clone()),
             ("MEDALLION__RETRY__MAX_BACKOFF_MS", "2000".to_owned()),
         ];
-        StageProcess::spawn(
-            &stage_binary("medallion-audit-writer", "audit-writer"),
-            &envs,
-            label,
-        )
+        StageProcess::spawn(&stage_binary("audit-writer"), &envs, label)
     }
 
     async fn store(&self) -> AuditStore {

@@ -177,8 +177,7 @@ async fn bronze_cleans_dedups_and_dead_letters_with_codes() {
         ("MEDALLION__STAGE__OUTPUT_TOPIC", cleaned_topic.clone()),
         ("MEDALLION__WORKER__INSTANCE", "bronze-test".to_owned()),
     ];
-    let mut bronze =
-        StageProcess::spawn(&stage_binary("medallion-bronze", "bronze"), &envs, &group);
+    let mut bronze = StageProcess::spawn(&stage_binary("bronze"), &envs, &group);
 
     let expected_out = valid_ids.len();
     let outputs = read_all_async(

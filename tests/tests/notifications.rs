@@ -208,11 +208,7 @@ impl Run {
             ("MEDALLION__STAGE__OUTAGE_AFTER_MS", "1000".to_owned()),
             ("MEDALLION_TEST_WEBHOOK_SECRET", SECRET.to_owned()),
         ];
-        StageProcess::spawn(
-            &stage_binary("medallion-notification-sender", "notification-sender"),
-            &envs,
-            label,
-        )
+        StageProcess::spawn(&stage_binary("notification-sender"), &envs, label)
     }
 
     fn dead_letters(&self) -> i64 {

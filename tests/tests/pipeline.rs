@@ -47,13 +47,10 @@ impl Pipeline {
             bootstrap: bootstrap.to_owned(),
             run,
             binaries: HashMap::from([
-                ("bronze", stage_binary("medallion-bronze", "bronze")),
-                ("silver", stage_binary("medallion-silver", "silver")),
-                ("gold", stage_binary("medallion-gold", "gold")),
-                (
-                    "rule-evaluator",
-                    stage_binary("medallion-rule-evaluator", "rule-evaluator"),
-                ),
+                ("bronze", stage_binary("bronze")),
+                ("silver", stage_binary("silver")),
+                ("gold", stage_binary("gold")),
+                ("rule-evaluator", stage_binary("rule-evaluator")),
             ]),
         };
         // Every pipeline topic has a contract: the schema catalog lists them all.

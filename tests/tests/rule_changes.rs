@@ -189,7 +189,7 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         ("MEDALLION__STAGE__AUDIT_TOPIC", audit.clone()),
         ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
     ];
-    let binary = stage_binary("medallion-rule-evaluator", "rule-evaluator");
+    let binary = stage_binary("rule-evaluator");
     let mut evaluator = StageProcess::spawn(&binary, &envs, &group);
 
     // Every change is audited; the two under test in order: applied, then ignored.
@@ -280,7 +280,7 @@ async fn changes_apply_in_order_are_audited_and_take_effect() {
         ("MEDALLION__SUMMARY__TOPIC", summaries.clone()),
         ("MEDALLION__STAGE__STORE__URL", store_url.clone()),
     ];
-    let binary = stage_binary("medallion-audit-writer", "audit-writer");
+    let binary = stage_binary("audit-writer");
     let mut writer = StageProcess::spawn(&binary, &envs, &writer_group);
     let store = AuditStore::connect(&StoreConfig {
         url: store_url,
