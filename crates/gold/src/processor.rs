@@ -122,10 +122,10 @@ pub fn aggregate(window: &ClosedWindow, derived: &[DerivedSpec]) -> WindowAggreg
         .collect();
     derived_metrics.sort_by(|a, b| a.name.cmp(&b.name));
     WindowAggregate {
-        entity: state.entity.clone(),
+        entity: window.entity(),
         window_start: window.key.start,
         window_end: window.key.end,
-        currency: state.currency.clone(),
+        currency: state.currency.to_string(),
         event_count: state.event_count,
         metrics: state.metrics.values().map(Running::to_aggregate).collect(),
         derived: derived_metrics,

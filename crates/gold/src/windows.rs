@@ -36,8 +36,11 @@
 //! deduplication before the crash but not after it (deduplication is in memory); if its window
 //! was already emitted, the replay dead-letters it as `late_event`. Aggregates are unaffected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use medallion_contracts::types::{EntityRef, MetricAggregate, ProcessedData};
 use medallion_core::HoldKey;
@@ -63,21 +66,33 @@ pub struct WindowKey {
     pub end: i64,
     /// The org.
     pub org_id: i64,
-    /// Entity kind.
-    pub kind: String,
+    /// Entity kind (shared by the partition's windows of that kind).
+    pub kind: Arc<str>,
     /// Entity id.
-    pub entity_id: String,
+    pub entity_id: Box<str>,
     /// Window start.
     pub start: i64,
+}
+
+impl WindowKey {
+    fn is(&self, end: i64, org_id: i64, kind: &str, entity_id: &str, start: i64) -> bool {
+        self.end == end
+            && self.org_id == org_id
+            && self.start == start
+            && *self.entity_id == *entity_id
+            && *self.kind == *kind
+    }
 }
 
 /// A window's running aggregates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowState {
-    /// The entity as its first record named it.
-    pub entity: EntityRef,
-    /// Reporting currency.
-    pub currency: String,
+    /// The entity's display name, as its first record gave it (its kind and id are the key's).
+    pub entity_name: Option<Box<str>>,
+    /// The entity's reference attributes, as its first record carried them.
+    pub attributes: BTreeMap<String, String>,
+    /// Reporting currency (shared by the partition's windows in that currency).
+    pub currency: Arc<str>,
     /// Input events.
     pub event_count: i64,
     /// Aggregates by metric name.
@@ -85,14 +100,21 @@ pub struct WindowState {
     first_offset: i64,
 }
 
-/// One metric's running aggregate in a window. Its name and unit are shared (interned) with
-/// every other window of the partition that saw the same ones.
+/// A metric's name and unit, shared (interned) by every window of the partition that saw
+/// the pair: one pointer per aggregate instead of two strings.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Label {
+    /// Metric name.
+    pub name: Box<str>,
+    /// Unit.
+    pub unit: Box<str>,
+}
+
+/// One metric's running aggregate in a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Running {
-    /// Metric name.
-    pub name: Arc<str>,
-    /// Unit, as the window's first value of the metric named it.
-    pub unit: Arc<str>,
+    /// Name, and unit as the window's first value of the metric named it.
+    pub label: Arc<Label>,
     /// Values.
     pub count: i64,
     /// Their sum.
@@ -104,11 +126,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// The metric's name.
+    pub fn name(&self) -> &str {
+        &self.label.name
+    }
+
     /// The aggregate as the output contract spells it.
     pub fn to_aggregate(&self) -> MetricAggregate {
         MetricAggregate {
-            name: self.name.to_string(),
-            unit: self.unit.to_string(),
+            name: self.name().to_owned(),
+            unit: self.label.unit.to_string(),
             count: self.count,
             sum: self.sum,
             min: self.min,
@@ -118,8 +145,8 @@ impl Running {
 }
 
 /// A window's aggregates, one per metric name, sorted by name. A sorted vector rather than a map,
-/// with interned names and units: a window holds a handful of metrics, and a map's node took
-/// about a kilobyte of each open window's memory (docs/capacity.md).
+/// with interned labels: a window holds a handful of metrics, and a map's node took about a
+/// kilobyte of each open window's memory (docs/capacity.md).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Aggregates(Vec<Running>);
 
@@ -127,7 +154,7 @@ impl Aggregates {
     /// The aggregate of `name`, if the window saw it.
     pub fn get(&self, name: &str) -> Option<&Running> {
         self.0
-            .binary_search_by(|aggregate| (*aggregate.name).cmp(name))
+            .binary_search_by(|aggregate| aggregate.name().cmp(name))
             .ok()
             .map(|index| &self.0[index])
     }
@@ -138,19 +165,27 @@ impl Aggregates {
     }
 
     /// Adds one value of metric `name` (in `unit`, as its first value named it); a new metric's
-    /// name and unit come from `names`.
-    fn add(&mut self, names: &mut Interner, name: &str, unit: &str, value: f64) {
+    /// label comes from `labels`.
+    fn add(&mut self, labels: &mut Interner<Label>, name: &str, unit: &str, value: f64) {
         let index = match self
             .0
-            .binary_search_by(|aggregate| (*aggregate.name).cmp(name))
+            .binary_search_by(|aggregate| aggregate.name().cmp(name))
         {
             Ok(index) => index,
             Err(index) => {
                 self.0.insert(
                     index,
                     Running {
-                        name: names.intern(name),
-                        unit: names.intern(unit),
+                        label: labels.intern(
+                            &(name, unit),
+                            |label| *label.name == *name && *label.unit == *unit,
+                            || {
+                                Arc::new(Label {
+                                    name: name.into(),
+                                    unit: unit.into(),
+                                })
+                            },
+                        ),
                         count: 0,
                         sum: 0.0,
                         min: f64::INFINITY,
@@ -178,27 +213,66 @@ impl std::ops::Index<&str> for Aggregates {
     }
 }
 
-/// The metric names and units the open windows of a partition share. A name no window uses any
-/// more is dropped when the set has doubled since it was last pruned (so pruning, a pass over
-/// the set, costs O(1) per name added), which bounds the set by twice the names in use.
-#[derive(Debug, Default)]
-struct Interner {
-    names: HashSet<Arc<str>, foldhash::fast::RandomState>,
+/// Values the open windows of a partition share (entity kinds, currencies, metric labels). A
+/// value no window uses any more is dropped when the set has doubled since it was last pruned
+/// (so pruning, a pass over the set, costs O(1) per value added), which bounds the set by twice
+/// the values in use.
+#[derive(Debug)]
+struct Interner<T: ?Sized> {
+    /// Each value with its hash (so growing the table hashes nothing again).
+    values: HashTable<(u64, Arc<T>)>,
+    hasher: foldhash::fast::RandomState,
     prune_at: usize,
 }
 
-impl Interner {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.names.get(name) {
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            values: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            prune_at: 0,
+        }
+    }
+}
+
+impl<T: ?Sized> Interner<T> {
+    /// The shared copy of the value `probe` stands for: `is` tells it among values of the same
+    /// hash, `make` makes it when there is none yet.
+    fn intern<Q: Hash + ?Sized>(
+        &mut self,
+        probe: &Q,
+        is: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> Arc<T>,
+    ) -> Arc<T> {
+        let hash = self.hasher.hash_one(probe);
+        if let Some((_, shared)) = self
+            .values
+            .find(hash, |(stored, value)| *stored == hash && is(value))
+        {
             return Arc::clone(shared);
         }
-        if self.names.len() >= self.prune_at {
-            self.names.retain(|shared| Arc::strong_count(shared) > 1);
-            self.prune_at = 2 * self.names.len().max(64);
+        if self.values.len() >= self.prune_at {
+            self.values
+                .retain(|(_, value)| Arc::strong_count(value) > 1);
+            self.prune_at = 2 * self.values.len().max(64);
         }
-        let shared: Arc<str> = Arc::from(name);
-        self.names.insert(Arc::clone(&shared));
+        let shared = make();
+        self.values
+            .insert_unique(hash, (hash, Arc::clone(&shared)), |(stored, _)| *stored);
         shared
+    }
+
+    /// Values held (in use or not yet pruned).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
+impl Interner<str> {
+    /// The shared copy of `value`.
+    fn string(&mut self, value: &str) -> Arc<str> {
+        self.intern(value, |shared| shared == value, || Arc::from(value))
     }
 }
 
@@ -209,6 +283,26 @@ pub struct ClosedWindow {
     pub key: WindowKey,
     /// Its aggregates.
     pub state: WindowState,
+}
+
+impl ClosedWindow {
+    /// The entity as the window's first record named it.
+    pub fn entity(&self) -> EntityRef {
+        EntityRef {
+            kind: self.key.kind.to_string(),
+            id: self.key.entity_id.to_string(),
+            name: self.state.entity_name.as_deref().map(str::to_owned),
+            attributes: self.state.attributes.clone(),
+        }
+    }
+}
+
+/// An open window: its identity and state in one allocation, which the table of open windows
+/// points to (so the table stays small, and growing it moves pointers, not windows).
+#[derive(Debug)]
+struct Open {
+    key: WindowKey,
+    state: WindowState,
 }
 
 /// What one record did.
@@ -245,13 +339,18 @@ pub struct PartitionWindows {
     stepped_max: Option<i64>,
     /// First offset of the current watermark epoch.
     epoch_first: Option<i64>,
-    /// Open windows by identity, so a record finds its window with one hash lookup (a walk down
-    /// a map ordered by the entity's strings cost a few cache misses per level at a million).
-    windows: HashMap<Arc<WindowKey>, WindowState, foldhash::fast::RandomState>,
-    /// The same windows in the order they close: by end, then first offset.
-    closing: BTreeMap<Slot, Arc<WindowKey>>,
-    /// Metric names and units, shared by the windows.
-    names: Interner,
+    /// Open windows by identity, each with its key's hash, so a record finds its window with
+    /// one hash lookup of its own strings, copying none (a walk down a map ordered by the
+    /// entity's strings cost a few cache misses per level at a million).
+    windows: HashTable<(u64, Box<Open>)>,
+    hasher: foldhash::fast::RandomState,
+    /// The same windows in the order they close, by (end, first offset), which tells a window
+    /// apart from every other: with its key's hash, to find it in `windows`.
+    closing: BTreeMap<Slot, u64>,
+    /// Entity kinds and currencies, shared by the windows.
+    strings: Interner<str>,
+    /// Metric labels, shared by the windows.
+    labels: Interner<Label>,
     /// Held spans by first offset (a window and an epoch may start at the same record).
     spans: BTreeMap<(i64, u8), Span>,
     /// The keys of the open spans in `spans`, so the oldest is found without a scan.
@@ -277,9 +376,11 @@ impl PartitionWindows {
             spec,
             stepped_max: None,
             epoch_first: None,
-            windows: HashMap::default(),
+            windows: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             closing: BTreeMap::new(),
-            names: Interner::default(),
+            strings: Interner::default(),
+            labels: Interner::default(),
             spans: BTreeMap::new(),
             open_spans: BTreeSet::new(),
             visited: 0,
@@ -316,16 +417,14 @@ impl PartitionWindows {
             observed.late = true;
             return observed;
         }
-        let key = WindowKey {
-            end,
-            org_id,
-            kind: event.entity.kind.clone(),
-            entity_id: event.entity.id.clone(),
-            start,
+        let (kind, entity_id) = (event.entity.kind.as_str(), event.entity.id.as_str());
+        let hash = self.hasher.hash_one((end, org_id, kind, entity_id, start));
+        let is_it = |(stored, window): &(u64, Box<Open>)| {
+            *stored == hash && window.key.is(end, org_id, kind, entity_id, start)
         };
         // Watermark epochs.
         let stepped = event.observed_at.div_euclid(self.spec.step_ms) * self.spec.step_ms;
-        let open = self.windows.contains_key(&key);
+        let open = self.windows.find(hash, is_it).is_some();
         if !open && self.windows.len() >= self.spec.max_open {
             // Full, unless this record's watermark closes a window to make room.
             let watermark =
@@ -368,10 +467,11 @@ impl PartitionWindows {
         // The record's window. An open window's span never needs its last offset: only closed
         // spans' are read (below), and a window's span goes when the window closes.
         let state = if open {
-            self.windows.get_mut(&key)
+            self.windows
+                .find_mut(hash, is_it)
+                .map(|(_, window)| &mut window.state)
         } else {
-            let key = Arc::new(key);
-            self.closing.insert((end, offset), Arc::clone(&key));
+            self.closing.insert((end, offset), hash);
             self.spans.insert(
                 (offset, WINDOW),
                 Span {
@@ -381,20 +481,35 @@ impl PartitionWindows {
             );
             self.open_spans.insert((offset, WINDOW));
             observed.holds.push(hold_key(offset, WINDOW));
-            Some(self.windows.entry(key).or_insert(WindowState {
-                entity: event.entity.clone(),
-                currency: event.currency.clone(),
-                event_count: 0,
-                metrics: Aggregates::default(),
-                first_offset: offset,
-            }))
+            let window = Box::new(Open {
+                key: WindowKey {
+                    end,
+                    org_id,
+                    kind: self.strings.string(kind),
+                    entity_id: entity_id.into(),
+                    start,
+                },
+                state: WindowState {
+                    entity_name: event.entity.name.as_deref().map(Box::from),
+                    attributes: event.entity.attributes.clone(),
+                    currency: self.strings.string(&event.currency),
+                    event_count: 0,
+                    metrics: Aggregates(Vec::with_capacity(event.metrics.len())),
+                    first_offset: offset,
+                },
+            });
+            let (_, window) = self
+                .windows
+                .insert_unique(hash, (hash, window), |(stored, _)| *stored)
+                .into_mut();
+            Some(&mut window.state)
         };
         if let Some(state) = state {
             state.event_count += 1;
             for metric in &event.metrics {
                 state
                     .metrics
-                    .add(&mut self.names, &metric.name, &metric.unit, metric.value);
+                    .add(&mut self.labels, &metric.name, &metric.unit, metric.value);
             }
         }
 
@@ -405,11 +520,14 @@ impl PartitionWindows {
                 if entry.key().0 > watermark {
                     break;
                 }
-                let (_, key) = entry.remove_entry();
-                let Some(state) = self.windows.remove(&*key) else {
+                let ((_, first), hash) = entry.remove_entry();
+                let Ok(found) = self.windows.find_entry(hash, |(stored, window)| {
+                    *stored == hash && window.state.first_offset == first
+                }) else {
                     continue;
                 };
-                let key = Arc::try_unwrap(key).unwrap_or_else(|shared| (*shared).clone());
+                let ((_, window), _) = found.remove();
+                let Open { key, state } = *window;
                 self.visited += 1;
                 self.spans.remove(&(state.first_offset, WINDOW));
                 self.open_spans.remove(&(state.first_offset, WINDOW));

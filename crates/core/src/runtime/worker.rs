@@ -773,7 +773,10 @@ impl<P: Processor> Worker<P> {
                 Ok(())
             }
             Err((error, write)) => {
-                tracing::warn!(%error, partition = state.partition(), offset = state.offset(), "write not acknowledged");
+                // Debug only: during an outage every write in flight fails, and the outage is
+                // logged once per interval by `wait_for_dependency`; other failures are logged
+                // where they are dead-lettered.
+                tracing::debug!(%error, partition = state.partition(), offset = state.offset(), "write not acknowledged");
                 Err((error, write))
             }
         };

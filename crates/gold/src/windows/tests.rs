@@ -69,7 +69,7 @@ fn windows_close_when_the_watermark_passes_and_late_events_are_flagged() {
         .iter()
         .map(|window| {
             (
-                window.key.entity_id.as_str(),
+                &*window.key.entity_id,
                 window.state.event_count,
                 window.state.metrics["clicks"].sum,
             )
@@ -103,7 +103,7 @@ fn fingerprint(window: &ClosedWindow) -> (i64, Vec<(String, i64, u64)>) {
         .values()
         .map(|aggregate| {
             (
-                aggregate.name.to_string(),
+                aggregate.name().to_owned(),
                 aggregate.count,
                 aggregate.sum.to_bits(),
             )
@@ -321,18 +321,46 @@ fn a_partition_at_its_window_bound_refuses_new_windows_only() {
 }
 
 #[test]
-fn names_no_window_uses_are_dropped_as_the_interner_grows() {
-    let mut names = Interner::default();
-    let kept = names.intern("clicks");
-    assert!(Arc::ptr_eq(&kept, &names.intern("clicks")), "one copy");
+fn values_no_window_uses_are_dropped_as_the_interner_grows() {
+    let mut strings = Interner::<str>::default();
+    let kept = strings.string("USD");
+    assert!(Arc::ptr_eq(&kept, &strings.string("USD")), "one copy");
     for n in 0..1_000 {
-        drop(names.intern(&format!("gone-{n}")));
+        drop(strings.string(&format!("gone-{n}")));
     }
     // Pruned whenever the set doubled: what is left is at most twice what is in use.
+    assert!(strings.len() <= 2 * 64, "{} values held", strings.len());
+    assert!(Arc::ptr_eq(&kept, &strings.string("USD")), "still shared");
+}
+
+#[test]
+fn a_label_is_shared_by_name_and_unit() {
+    let mut windows = PartitionWindows::new(SPEC);
+    let mut euros = event("b", 5_000, 1.0);
+    euros.metrics[0].unit = "EUR".into();
+    for (offset, record) in [event("a", 5_000, 1.0), event("c", 5_000, 2.0), euros]
+        .iter()
+        .enumerate()
+    {
+        windows.observe(offset as i64, 1, record);
+    }
+    let observed = windows.observe(3, 1, &event("a", 90_000, 1.0)).closed;
+    let labels: Vec<&Arc<Label>> = observed
+        .iter()
+        .map(|window| &window.state.metrics["clicks"].label)
+        .collect();
+    assert_eq!(labels.len(), 3);
+    // Closed in the order they opened: a, c, b.
     assert!(
-        names.names.len() <= 2 * 64,
-        "{} names held",
-        names.names.len()
+        Arc::ptr_eq(labels[0], labels[1]),
+        "a and c: clicks in count"
     );
-    assert!(names.names.contains("clicks"));
+    assert_eq!(&*labels[2].unit, "EUR");
+    assert_eq!(windows.labels.len(), 2);
+    // The output spells the entity as its first record did.
+    let entity = observed[0].entity();
+    assert_eq!(
+        (entity.kind.as_str(), entity.id.as_str()),
+        ("campaign", "a")
+    );
 }
