@@ -10,7 +10,7 @@
 use medallion_core::{ConfigError, ProcessError};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{CleanedData, EntityRef, ProcessedData, RawData};
+use crate::types::{CleanedData, EntityRef, ProcessedData, RawData, WindowAggregate};
 
 /// `[stage.limits]`: what one record may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +251,27 @@ impl Bounded for ProcessedData {
                 .iter()
                 .map(|flag| ("a payload.quality_flags entry", flag.as_str())),
         )
+    }
+}
+
+impl Bounded for WindowAggregate {
+    fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
+        limits.check_count("payload.metrics", self.metrics.len(), false)?;
+        limits.check_count("payload.derived", self.derived.len(), false)?;
+        limits.check_strings([("payload.currency", self.currency.as_str())])?;
+        limits.check_entity(&self.entity)?;
+        limits.check_strings(self.metrics.iter().flat_map(|metric| {
+            [
+                ("a payload.metrics name", metric.name.as_str()),
+                ("a payload.metrics unit", metric.unit.as_str()),
+            ]
+        }))?;
+        limits.check_strings(self.derived.iter().flat_map(|metric| {
+            [
+                ("a payload.derived name", metric.name.as_str()),
+                ("a payload.derived formula", metric.formula.as_str()),
+            ]
+        }))
     }
 }
 

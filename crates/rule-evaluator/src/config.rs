@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use medallion_contracts::limits::Limits;
 use medallion_core::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,10 @@ pub struct RuleEvaluatorSettings {
     /// `medallion_rule_cooldowns_evicted_total`; see docs/capacity.md for the memory each takes.
     #[serde(default = "default_max_cooldowns")]
     pub max_cooldowns: u64,
+    /// What one input window may hold (gold writes within these; anything else written to the
+    /// input is checked here, before its strings can become cooldown keys or alert text).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_max_cooldowns() -> u64 {
@@ -61,12 +66,14 @@ impl Default for RuleEvaluatorSettings {
             catch_up_timeout_ms: default_catch_up_timeout_ms(),
             rules_file: None,
             max_cooldowns: default_max_cooldowns(),
+            limits: Limits::default(),
         }
     }
 }
 
 impl Validate for RuleEvaluatorSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         for (key, topic) in [
             ("stage.output_topic", &self.output_topic),
             ("stage.changes_topic", &self.changes_topic),

@@ -82,6 +82,7 @@ impl Stage for RuleEvaluatorStage {
             alerts,
             &setup.instance,
         )
-        .with_max_cooldowns(settings.max_cooldowns))
+        .with_max_cooldowns(settings.max_cooldowns)
+        .with_limits(settings.limits))
     }
 }

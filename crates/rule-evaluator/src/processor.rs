@@ -19,6 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use medallion_contracts::limits::{Bounded, Limits};
 use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{Alert, EventSource, WindowAggregate};
 use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
@@ -59,6 +60,8 @@ pub struct RuleEvaluator {
     /// `stage.max_cooldowns`.
     max_cooldowns: usize,
     evicted: metrics::Counter,
+    /// `stage.limits`.
+    limits: Limits,
 }
 
 impl RuleEvaluator {
@@ -83,6 +86,7 @@ impl RuleEvaluator {
             visited: 0,
             max_cooldowns: usize::MAX,
             evicted: metrics::counter!(COOLDOWNS_EVICTED, "stage" => crate::STAGE),
+            limits: Limits::default(),
         }
     }
 
@@ -105,6 +109,13 @@ impl RuleEvaluator {
     #[must_use]
     pub fn with_max_cooldowns(mut self, max: u64) -> Self {
         self.max_cooldowns = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+        self
+    }
+
+    /// Bounds what one input window may hold (`stage.limits`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -140,6 +151,7 @@ impl Processor for RuleEvaluator {
         record: &InputRecord<'_>,
     ) -> Result<Envelope<WindowAggregate>, ProcessError> {
         let payload = record.payload.unwrap_or_default();
+        self.limits.check_record_bytes(payload.len())?;
         Ok(self.decoder.decode(payload).await?)
     }
 
@@ -156,6 +168,11 @@ impl Processor for RuleEvaluator {
         input: Envelope<WindowAggregate>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
+        input.payload.check(&self.limits).map_err(|error| {
+            error
+                .with_event_id(input.event_id)
+                .with_org_id(input.org_id)
+        })?;
         let rules = self
             .rules
             .read()
@@ -306,6 +323,33 @@ mod tests {
         let mut ctx = ProcessContext::new(0, offset, &mut outputs, &mut holds, &mut releases);
         evaluator.process(input, &mut ctx).expect("processed");
         (outputs.len(), holds.len(), releases.len())
+    }
+
+    #[test]
+    fn a_window_past_the_limits_is_refused_naming_the_field_and_changes_nothing() {
+        let mut evaluator = evaluator();
+        let mut oversized = window(1, 0);
+        oversized.payload.entity.id = "x".repeat(100_000);
+        let (mut outputs, mut holds, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ctx = ProcessContext::new(0, 0, &mut outputs, &mut holds, &mut releases);
+        let error = evaluator
+            .process(oversized, &mut ctx)
+            .expect_err("too large");
+        assert_eq!(error.code, "too_large");
+        assert!(
+            error.message.contains("payload.entity.id"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("stage.limits.max_string_bytes"),
+            "{}",
+            error.message
+        );
+        assert!(outputs.is_empty() && holds.is_empty());
+        assert_eq!(evaluator.cooldowns(0), 0);
+        // The same window within the limits alerts.
+        assert_eq!(feed(&mut evaluator, 1, window(1, 0)).0, 1);
     }
 
     #[test]
