@@ -233,12 +233,11 @@ fn dedup(keys: u64) -> Deduplicator {
         ttl_ms: 3_600_000,
         warm_records: 0,
     });
-    let now = Instant::now();
     for n in 0..keys {
         dedup.remember(
             (n % 12) as i32,
             Uuid::from_u128(u128::from(n) << 64 | 7),
-            now,
+            Some(n as i64),
         );
     }
     dedup

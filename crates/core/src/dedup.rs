@@ -7,15 +7,25 @@
 //! The window keeps ids in the order they were first processed and drops the oldest when it
 //! holds `capacity` of them or when the oldest is older than `ttl_ms` (first in, first out: a
 //! duplicate does not extend an id's life, so an id is remembered for `ttl_ms` after its first
-//! copy). Per record: one lookup, one insert and one eviction, with no background task, so
+//! copy). Age is measured in input time, not on this process's clock: each partition's clock is
+//! the newest record timestamp (the Kafka timestamp) read from it, and an id is as old as that
+//! clock is past the timestamp of the record that brought it. So a replay, or the process that
+//! takes a partition over, makes the same decisions as the first run on the same records,
+//! however fast or late it reads them, and a partition that lags (or replays last week) keeps
+//! its ids for as long as one that is live. Records without a timestamp take their partition's
+//! clock as it stands. Ids leave in the order they came: the oldest is dropped once its own
+//! partition's clock has passed it by `ttl_ms`, so an id may outlive its time to live behind an
+//! id of a partition whose clock stands still, never the capacity.
+//! Per record: one lookup, one insert and one eviction, with no background task, so
 //! the work per record does not depend on how many ids are held; the time does a little (with a
 //! million ids the table no longer fits in the CPU's caches: about 0.4 µs per record against
 //! 0.1 µs with 100). About 80 bytes an id, reserved up front, so the default million ids take
 //! about 76 MiB (`benches/benches/dedup.rs` measures both). The hash is seeded per process
 //! (`foldhash`), so ids chosen by a sender cannot force collisions.
 //!
-//! Guarantee: a duplicate seen within `ttl_ms` of the first copy by the same process, while that
-//! process owns the partition and the window has room, is finished without processing.
+//! Guarantee: a duplicate whose timestamp is within `ttl_ms` of the first copy's (as its
+//! partition's clock stands), seen by the same process while that process owns the partition
+//! and the window has room, is finished without processing.
 //! Across processes, with `warm_records` set (off by default): on assignment the runtime reads
 //! the `warm_records` records before each partition's committed offset and only remembers their
 //! ids (`runtime/warm.rs`) before the partition's first new record is processed, so a copy an
@@ -24,13 +34,12 @@
 //! The warm-up cannot tell a processed record from a dead-lettered one, so its ids only count
 //! against copies: a dead letter redriven by `medallion dlq redrive` (header
 //! [`REDRIVE_COUNT`]) is dropped only when this process itself processed its id.
-//! Limits: memory only, and the time to live runs on this process's clock; a copy further than
+//! Limits: memory only; a copy further than
 //! `warm_records` behind the committed offset, or whose original could not be decoded during the
 //! warm-up (registry unavailable), passes as new, and deterministic output ids let the next
 //! stage remove it.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -56,27 +65,45 @@ struct Window {
     ttl_ms: u64,
     /// Each id held, and whether this process processed it (false: only read in a warm-up).
     seen: HashMap<Key, bool, foldhash::fast::RandomState>,
-    /// The ids of `seen` in the order they were remembered, with when (ms since `epoch`).
-    order: VecDeque<(Key, u64)>,
-    epoch: Instant,
+    /// The ids of `seen` in the order they were remembered, with their input time (ms).
+    order: VecDeque<(Key, i64)>,
+    /// Each partition's input time: the newest record timestamp read from it.
+    clocks: HashMap<i32, i64>,
 }
 
 impl Window {
-    fn ms_since_epoch(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    /// Moves `partition`'s clock to `timestamp_ms` if that is newer; the clock as it stands.
+    fn tick(&mut self, partition: i32, timestamp_ms: Option<i64>) -> i64 {
+        let clock = self.clocks.entry(partition).or_insert(i64::MIN);
+        if let Some(at) = timestamp_ms {
+            *clock = (*clock).max(at);
+        }
+        *clock
     }
 
-    /// Drops the oldest ids past the capacity or the time to live.
-    fn evict(&mut self, now_ms: u64) {
-        let ttl_ms = self.ttl_ms;
+    /// Drops the oldest ids past the capacity or their partition's time to live.
+    fn evict(&mut self) {
+        let ttl_ms = i64::try_from(self.ttl_ms).unwrap_or(i64::MAX);
         while let Some(&(key, at)) = self.order.front() {
             let over = self.order.len() > self.capacity;
-            if !over && now_ms.saturating_sub(at) < ttl_ms {
+            let expired = self
+                .clocks
+                .get(&key.0)
+                .is_some_and(|&clock| clock.saturating_sub(at) >= ttl_ms);
+            if !over && !expired {
                 break;
             }
             self.order.pop_front();
             self.seen.remove(&key);
         }
+    }
+
+    /// Holds `key` (not held yet) from a record of `timestamp_ms`.
+    fn hold(&mut self, key: Key, processed: bool, timestamp_ms: Option<i64>) {
+        let at = self.tick(key.0, timestamp_ms);
+        self.seen.insert(key, processed);
+        self.order.push_back((key, at));
+        self.evict();
     }
 }
 
@@ -95,64 +122,68 @@ impl Deduplicator {
                 ttl_ms: config.ttl_ms,
                 seen: HashMap::with_capacity_and_hasher(reserve, Default::default()),
                 order: VecDeque::with_capacity(reserve + 1),
-                epoch: Instant::now(),
+                clocks: HashMap::new(),
             }
         });
         Self { window }
     }
 
-    /// Whether `event_id` was already processed from `partition` within the window, as of `now`
-    /// (the caller's clock, read once for a batch of records).
-    pub fn is_duplicate(&mut self, partition: i32, event_id: Uuid, now: Instant) -> bool {
+    /// Whether `event_id` was already processed from `partition` within the window, for a
+    /// record of `timestamp_ms` (its Kafka timestamp, which moves the partition's clock).
+    pub fn is_duplicate(
+        &mut self,
+        partition: i32,
+        event_id: Uuid,
+        timestamp_ms: Option<i64>,
+    ) -> bool {
         let Some(window) = &mut self.window else {
             return false;
         };
-        let now_ms = window.ms_since_epoch(now);
-        window.evict(now_ms);
+        window.tick(partition, timestamp_ms);
+        window.evict();
         window.seen.contains_key(&(partition, event_id))
     }
 
     /// Whether `event_id` was processed from `partition` by this process within the window: ids
     /// only read in a warm-up do not count. A redriven dead letter is checked this way, since
     /// its id was in the input before (and was dead-lettered, not processed).
-    pub fn is_processed(&mut self, partition: i32, event_id: Uuid, now: Instant) -> bool {
+    pub fn is_processed(
+        &mut self,
+        partition: i32,
+        event_id: Uuid,
+        timestamp_ms: Option<i64>,
+    ) -> bool {
         let Some(window) = &mut self.window else {
             return false;
         };
-        let now_ms = window.ms_since_epoch(now);
-        window.evict(now_ms);
+        window.tick(partition, timestamp_ms);
+        window.evict();
         window.seen.get(&(partition, event_id)) == Some(&true)
     }
 
-    /// Remembers that `event_id` was processed from `partition` at `now` (an id already held
-    /// keeps its first time).
-    pub fn remember(&mut self, partition: i32, event_id: Uuid, now: Instant) {
+    /// Remembers that `event_id` was processed from `partition`, from a record of
+    /// `timestamp_ms` (an id already held keeps its first time).
+    pub fn remember(&mut self, partition: i32, event_id: Uuid, timestamp_ms: Option<i64>) {
         let Some(window) = &mut self.window else {
             return;
         };
         let key = (partition, event_id);
-        if window.seen.insert(key, true).is_some() {
-            return;
+        match window.seen.get_mut(&key) {
+            Some(processed) => *processed = true,
+            None => window.hold(key, true, timestamp_ms),
         }
-        let now_ms = window.ms_since_epoch(now);
-        window.order.push_back((key, now_ms));
-        window.evict(now_ms);
     }
 
     /// Remembers an id read in a warm-up (processed or dead-lettered by an earlier owner of the
     /// partition): a copy is a duplicate, a redriven dead letter is not.
-    pub fn remember_warm(&mut self, partition: i32, event_id: Uuid, now: Instant) {
+    pub fn remember_warm(&mut self, partition: i32, event_id: Uuid, timestamp_ms: Option<i64>) {
         let Some(window) = &mut self.window else {
             return;
         };
         let key = (partition, event_id);
-        if window.seen.contains_key(&key) {
-            return;
+        if !window.seen.contains_key(&key) {
+            window.hold(key, false, timestamp_ms);
         }
-        window.seen.insert(key, false);
-        let now_ms = window.ms_since_epoch(now);
-        window.order.push_back((key, now_ms));
-        window.evict(now_ms);
     }
 
     /// How many ids are held.
@@ -176,17 +207,19 @@ impl Deduplicator {
         window
             .order
             .retain(|((partition, _), _)| !partitions.contains(partition));
+        window
+            .clocks
+            .retain(|partition, _| !partitions.contains(partition));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn now() -> Instant {
-        Instant::now()
+    /// A record timestamp that does not move the clocks of these tests.
+    fn now() -> Option<i64> {
+        Some(1_000)
     }
 
     fn config(enabled: bool, capacity: u64, ttl_ms: u64) -> DedupConfig {
@@ -226,14 +259,55 @@ mod tests {
     }
 
     #[test]
-    fn ids_expire_after_the_time_to_live() {
+    fn ids_expire_after_the_time_to_live_in_their_partitions_input_time() {
         let mut dedup = Deduplicator::new(&config(true, 100, 30));
-        let start = now();
-        dedup.remember(0, Uuid::from_u128(1), start);
-        let later = |ms| start + Duration::from_millis(ms);
-        assert!(dedup.is_duplicate(0, Uuid::from_u128(1), later(29)));
-        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1), later(30)));
+        dedup.remember(0, Uuid::from_u128(1), Some(1_000));
+        dedup.remember(1, Uuid::from_u128(2), Some(1_000));
+        // Partition 1 replays old records: its ids are as old as its own clock says.
+        assert!(dedup.is_duplicate(1, Uuid::from_u128(2), Some(500)));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1), Some(1_029)));
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(1), Some(1_030)));
+        assert!(
+            dedup.is_duplicate(1, Uuid::from_u128(2), Some(1_029)),
+            "partition 0's clock does not age partition 1's ids"
+        );
+        assert!(!dedup.is_duplicate(1, Uuid::from_u128(2), Some(1_030)));
         assert!(dedup.is_empty());
+    }
+
+    #[test]
+    fn a_record_without_a_timestamp_and_an_older_one_do_not_move_the_clock() {
+        let mut dedup = Deduplicator::new(&config(true, 100, 30));
+        dedup.remember(0, Uuid::from_u128(1), Some(1_000));
+        dedup.remember(0, Uuid::from_u128(2), None);
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(1), Some(10)));
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(2), None));
+        // The second id took the clock as it stood (1,000), so both expire together.
+        assert!(!dedup.is_duplicate(0, Uuid::from_u128(2), Some(1_030)));
+        assert!(dedup.is_empty());
+    }
+
+    #[test]
+    fn the_same_records_make_the_same_decisions_however_fast_they_are_read() {
+        // Records a minute apart in input time: the time to live (30 s) forgets each id before
+        // its copy two records on, whether the records are read live or replayed at once.
+        let records: Vec<(u128, i64)> = vec![
+            (1, 0),
+            (2, 60_000),
+            (1, 120_000),
+            (3, 121_000),
+            (3, 122_000),
+        ];
+        let mut dedup = Deduplicator::new(&config(true, 100, 30_000));
+        let decisions: Vec<bool> = records
+            .iter()
+            .map(|&(id, at)| {
+                let duplicate = dedup.is_duplicate(0, Uuid::from_u128(id), Some(at));
+                dedup.remember(0, Uuid::from_u128(id), Some(at));
+                duplicate
+            })
+            .collect();
+        assert_eq!(decisions, [false, false, false, false, true]);
     }
 
     #[test]

@@ -378,7 +378,9 @@ pub struct DedupConfig {
     /// How many `event_id`s are remembered per process.
     #[serde(default = "default_dedup_capacity")]
     pub capacity: u64,
-    /// How long an `event_id` is remembered.
+    /// How long an `event_id` is remembered, in input time: until a record of its partition
+    /// whose Kafka timestamp is this much newer than the one that brought it (not this
+    /// process's clock, so replays and the next owner of a partition decide alike).
     #[serde(default = "default_dedup_ttl_ms")]
     pub ttl_ms: u64,
     /// On assignment, how many records before the committed offset are read again (decoded,

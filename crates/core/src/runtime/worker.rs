@@ -506,7 +506,7 @@ impl<P: Processor> Worker<P> {
         match self.processor.decode(&input).await {
             Ok(decoded) => {
                 if let Some(id) = self.processor.event_id(&decoded) {
-                    self.dedup.remember_warm(partition, id, self.clock.instant);
+                    self.dedup.remember_warm(partition, id, input.timestamp_ms);
                 }
             }
             Err(error) if error.class == ErrorClass::Unavailable => {
@@ -554,6 +554,8 @@ impl<P: Processor> Worker<P> {
             payload: state.message.payload(),
             headers: &state.headers,
         };
+        // Deduplication ages ids by their records' timestamps (crate::dedup).
+        let timestamp_ms = input.timestamp_ms;
         // Outputs carry this record's span, or the input's trace context unchanged.
         let traceparent = state
             .span
@@ -587,9 +589,9 @@ impl<P: Processor> Worker<P> {
                     Some(id)
                         if first_attempt
                             && if redriven {
-                                self.dedup.is_processed(partition, id, self.clock.instant)
+                                self.dedup.is_processed(partition, id, timestamp_ms)
                             } else {
-                                self.dedup.is_duplicate(partition, id, self.clock.instant)
+                                self.dedup.is_duplicate(partition, id, timestamp_ms)
                             } =>
                     {
                         Ok(None)
@@ -619,7 +621,7 @@ impl<P: Processor> Worker<P> {
             }
             Ok(Some(event_id)) => {
                 if let Some(id) = event_id {
-                    self.dedup.remember(partition, id, self.clock.instant);
+                    self.dedup.remember(partition, id, timestamp_ms);
                 }
                 if let Some(partition_state) = self.partitions.get_mut(&partition) {
                     for hold in self.scratch.holds.drain(..) {
