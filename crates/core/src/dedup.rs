@@ -18,9 +18,9 @@
 //! id of a partition whose clock stands still, never the capacity.
 //! Per record: one lookup, one insert and one eviction, with no background task, so
 //! the work per record does not depend on how many ids are held; the time does a little (with a
-//! million ids the table no longer fits in the CPU's caches: about 0.4 µs per record against
-//! 0.1 µs with 100). About 80 bytes an id, reserved up front, so the default million ids take
-//! about 76 MiB (`benches/benches/dedup.rs` measures both). The hash is seeded per process
+//! million ids the table no longer fits in the CPU's caches: about 0.2 to 0.3 µs per record
+//! against 0.07 µs with 100). About 88 bytes an id, reserved up front, so the default million
+//! ids take about 84 MiB (`benches/benches/dedup.rs` measures both). The hash is seeded per process
 //! (`foldhash`), so ids chosen by a sender cannot force collisions.
 //!
 //! Guarantee: a duplicate whose timestamp is within `ttl_ms` of the first copy's (as its
@@ -68,7 +68,7 @@ struct Window {
     /// The ids of `seen` in the order they were remembered, with their input time (ms).
     order: VecDeque<(Key, i64)>,
     /// Each partition's input time: the newest record timestamp read from it.
-    clocks: HashMap<i32, i64>,
+    clocks: HashMap<i32, i64, foldhash::fast::RandomState>,
 }
 
 impl Window {
@@ -122,7 +122,7 @@ impl Deduplicator {
                 ttl_ms: config.ttl_ms,
                 seen: HashMap::with_capacity_and_hasher(reserve, Default::default()),
                 order: VecDeque::with_capacity(reserve + 1),
-                clocks: HashMap::new(),
+                clocks: HashMap::default(),
             }
         });
         Self { window }
