@@ -11,6 +11,7 @@ use medallion_core::{ConfigError, ProcessError};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{CleanedData, EntityRef, ProcessedData, RawData, WindowAggregate};
+use crate::{Contract, Decoder, Envelope};
 
 /// `[stage.limits]`: what one record may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +171,32 @@ impl Limits {
 pub trait Bounded {
     /// `Ok` when every field is within `limits`; else the first breach as `too_large`.
     fn check(&self, limits: &Limits) -> Result<(), ProcessError>;
+}
+
+impl Limits {
+    /// Decodes a record's value with `decoder`, once its size is within the limits (a value
+    /// past `max_record_bytes` is refused before any of it is read).
+    pub async fn decode<P: Contract>(
+        &self,
+        decoder: &Decoder<P>,
+        value: Option<&[u8]>,
+    ) -> Result<Envelope<P>, ProcessError> {
+        let value = value.unwrap_or_default();
+        self.check_record_bytes(value.len())?;
+        Ok(decoder.decode(value).await?)
+    }
+
+    /// Checks a decoded record's payload; a breach names the record's `event_id` and org.
+    pub fn check_envelope<P: Contract + Bounded>(
+        &self,
+        input: &Envelope<P>,
+    ) -> Result<(), ProcessError> {
+        input.payload.check(self).map_err(|error| {
+            error
+                .with_event_id(input.event_id)
+                .with_org_id(input.org_id)
+        })
+    }
 }
 
 /// The fields raw and cleaned measurements share.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use medallion_contracts::limits::{Bounded, Limits};
+use medallion_contracts::limits::Limits;
 use medallion_contracts::types::{DerivedMetric, EventSource, ProcessedData, WindowAggregate};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::ids::derive_id;
@@ -143,9 +143,7 @@ impl Processor for Gold {
         &mut self,
         record: &InputRecord<'_>,
     ) -> Result<Envelope<ProcessedData>, ProcessError> {
-        let payload = record.payload.unwrap_or_default();
-        self.limits.check_record_bytes(payload.len())?;
-        Ok(self.decoder.decode(payload).await?)
+        self.limits.decode(&self.decoder, record.payload).await
     }
 
     fn event_time_ms(&self, input: &Envelope<ProcessedData>) -> Option<i64> {
@@ -161,11 +159,7 @@ impl Processor for Gold {
         input: Envelope<ProcessedData>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        input.payload.check(&self.limits).map_err(|error| {
-            error
-                .with_event_id(input.event_id)
-                .with_org_id(input.org_id)
-        })?;
+        self.limits.check_envelope(&input)?;
         let partition_id = ctx.partition();
         let boundary = self.boundary(partition_id, ctx.offset());
         let window_start = input.payload.observed_at.div_euclid(self.window_ms) * self.window_ms;

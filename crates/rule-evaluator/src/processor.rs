@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use medallion_contracts::limits::{Bounded, Limits};
+use medallion_contracts::limits::Limits;
 use medallion_contracts::registry::EmbeddedRegistry;
 use medallion_contracts::types::{Alert, EventSource, WindowAggregate};
 use medallion_contracts::{Contract, Decoder, Encoder, Envelope, Registry};
@@ -150,9 +150,7 @@ impl Processor for RuleEvaluator {
         &mut self,
         record: &InputRecord<'_>,
     ) -> Result<Envelope<WindowAggregate>, ProcessError> {
-        let payload = record.payload.unwrap_or_default();
-        self.limits.check_record_bytes(payload.len())?;
-        Ok(self.decoder.decode(payload).await?)
+        self.limits.decode(&self.decoder, record.payload).await
     }
 
     fn event_time_ms(&self, input: &Envelope<WindowAggregate>) -> Option<i64> {
@@ -168,11 +166,7 @@ impl Processor for RuleEvaluator {
         input: Envelope<WindowAggregate>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        input.payload.check(&self.limits).map_err(|error| {
-            error
-                .with_event_id(input.event_id)
-                .with_org_id(input.org_id)
-        })?;
+        self.limits.check_envelope(&input)?;
         let rules = self
             .rules
             .read()

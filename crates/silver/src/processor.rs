@@ -202,9 +202,10 @@ impl Processor for Silver {
         &mut self,
         record: &InputRecord<'_>,
     ) -> Result<Envelope<CleanedData>, ProcessError> {
-        let payload = record.payload.unwrap_or_default();
-        self.rules.limits.check_record_bytes(payload.len())?;
-        Ok(self.decoder.decode(payload).await?)
+        self.rules
+            .limits
+            .decode(&self.decoder, record.payload)
+            .await
     }
 
     fn event_time_ms(&self, input: &Envelope<CleanedData>) -> Option<i64> {
