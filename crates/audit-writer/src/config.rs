@@ -1,5 +1,6 @@
 //! The `[stage]` table of the audit writer.
 
+use medallion_contracts::limits::Limits;
 use medallion_core::{ConfigError, Validate};
 use medallion_store::StoreConfig;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,10 @@ pub struct AuditWriterSettings {
     /// How often rows older than `store.retention_days` are deleted, in ms.
     #[serde(default = "default_retention_interval_ms")]
     pub retention_interval_ms: u64,
+    /// What one input record may hold; only `max_record_bytes` applies here (an audit entry's
+    /// details are free-form): a larger record is dead-lettered as `too_large` before decoding.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_retention_interval_ms() -> u64 {
@@ -31,6 +36,7 @@ impl Default for AuditWriterSettings {
         Self {
             store: StoreConfig::default(),
             retention_interval_ms: default_retention_interval_ms(),
+            limits: Limits::default(),
         }
     }
 }
@@ -38,6 +44,7 @@ impl Default for AuditWriterSettings {
 impl Validate for AuditWriterSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate()?;
+        self.limits.validate()?;
         if self.retention_interval_ms < 1_000 {
             return Err(ConfigError::key(
                 "stage.retention_interval_ms",

@@ -56,7 +56,7 @@ impl Stage for AuditWriterStage {
                 retention(retention_store, age_ms, batch, interval, shutdown),
             );
         }
-        Ok(AuditWriter::new(store, setup.registry.clone()))
+        Ok(AuditWriter::new(store, setup.registry.clone()).with_limits(setup.config.stage.limits))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use medallion_contracts::limits::Limits;
 use medallion_contracts::types::AuditEntry;
 use medallion_contracts::{Decoder, Envelope, Registry};
 use medallion_core::{InputRecord, ProcessContext, ProcessError, Processor, Refused};
@@ -18,6 +19,8 @@ pub struct AuditWriter {
     /// Rows accepted since the last flush, with their input positions.
     rows: Vec<AuditRow>,
     positions: Vec<(i32, i64)>,
+    /// `stage.limits` (its record size).
+    limits: Limits,
 }
 
 impl AuditWriter {
@@ -28,7 +31,15 @@ impl AuditWriter {
             store,
             rows: Vec::new(),
             positions: Vec::new(),
+            limits: Limits::default(),
         }
+    }
+
+    /// Bounds the size of one input record (`stage.limits.max_record_bytes`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -83,8 +94,7 @@ impl Processor for AuditWriter {
         &mut self,
         record: &InputRecord<'_>,
     ) -> Result<Envelope<AuditEntry>, ProcessError> {
-        let payload = record.payload.unwrap_or_default();
-        Ok(self.decoder.decode(payload).await?)
+        self.limits.decode(&self.decoder, record.payload).await
     }
 
     fn event_id(&self, input: &Envelope<AuditEntry>) -> Option<Uuid> {

@@ -10,7 +10,7 @@
 use medallion_core::{ConfigError, ProcessError};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{CleanedData, EntityRef, ProcessedData, RawData, WindowAggregate};
+use crate::types::{Alert, CleanedData, EntityRef, ProcessedData, RawData, WindowAggregate};
 use crate::{Contract, Decoder, Envelope};
 
 /// `[stage.limits]`: what one record may hold.
@@ -281,6 +281,19 @@ impl Bounded for ProcessedData {
     }
 }
 
+/// An alert's ids, names and entity; its message (made from them) is bounded by the record's size.
+impl Bounded for Alert {
+    fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
+        limits.check_strings([
+            ("payload.rule_id", self.rule_id.as_str()),
+            ("payload.severity", self.severity.as_str()),
+            ("payload.metric", self.metric.as_str()),
+            ("payload.operator", self.operator.as_str()),
+        ])?;
+        limits.check_entity(&self.entity)
+    }
+}
+
 impl Bounded for WindowAggregate {
     fn check(&self, limits: &Limits) -> Result<(), ProcessError> {
         limits.check_count("payload.metrics", self.metrics.len(), false)?;
@@ -343,6 +356,77 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[test]
+    fn an_alert_is_bounded_in_its_names_and_entity_not_its_message() {
+        let alert = Alert {
+            alert_id: uuid::Uuid::nil(),
+            rule_id: "low-ctr".into(),
+            rule_version: 1,
+            severity: "warning".into(),
+            metric: "ctr".into(),
+            operator: "lt".into(),
+            threshold: 0.005,
+            observed_value: 0.001,
+            entity: entity("cmp-1"),
+            window_start: 0,
+            window_end: 300_000,
+            message: "m".repeat(1_000),
+        };
+        let limits = Limits::default();
+        assert!(
+            alert.check(&limits).is_ok(),
+            "a long message is the record size's"
+        );
+        let long_rule = Alert {
+            rule_id: "r".repeat(300),
+            ..alert.clone()
+        };
+        let error = long_rule.check(&limits).expect_err("long rule id");
+        assert!(
+            error.message.contains("payload.rule_id"),
+            "{}",
+            error.message
+        );
+        let long_entity = Alert {
+            entity: entity(&"x".repeat(300)),
+            ..alert
+        };
+        let error = long_entity.check(&limits).expect_err("long entity id");
+        assert!(
+            error.message.contains("payload.entity.id"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_past_max_record_bytes_is_refused_before_decoding() {
+        let registry = crate::Registry::Embedded(std::sync::Arc::new(
+            crate::registry::EmbeddedRegistry::with_compiled_in(),
+        ));
+        let decoder = Decoder::<Alert>::new(registry);
+        let limits = Limits {
+            max_record_bytes: 10,
+            ..Limits::default()
+        };
+        let error = limits
+            .decode(&decoder, Some(&[0u8; 11]))
+            .await
+            .expect_err("too large");
+        assert_eq!(error.code, "too_large");
+        assert!(
+            error.message.contains("the record is 11 bytes"),
+            "{}",
+            error.message
+        );
+        // Within the limit, the decoder's own error.
+        let error = limits
+            .decode(&decoder, Some(&[9u8; 10]))
+            .await
+            .expect_err("not the wire format");
+        assert_ne!(error.code, "too_large");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+use medallion_contracts::limits::Limits;
 use medallion_core::{ConfigError, Validate};
 use medallion_store::StoreConfig;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,10 @@ pub struct NotificationSenderSettings {
     /// the first failure.
     #[serde(default = "default_outage_after_ms")]
     pub outage_after_ms: u64,
+    /// What one input alert may hold: its size, and its rule id, severity, metric, operator and
+    /// entity strings; a breach is dead-lettered as `too_large` before anything is sent.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -53,12 +58,14 @@ impl Default for NotificationSenderSettings {
             notifications_file: None,
             store: StoreConfig::default(),
             outage_after_ms: default_outage_after_ms(),
+            limits: Limits::default(),
         }
     }
 }
 
 impl Validate for NotificationSenderSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         if self.audit_topic.is_empty() {
             return Err(ConfigError::key(
                 "stage.audit_topic",

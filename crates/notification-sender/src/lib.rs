@@ -122,6 +122,7 @@ impl Stage for NotificationSenderStage {
             ledger,
             audit,
         )
-        .with_outage(outage))
+        .with_outage(outage)
+        .with_limits(setup.config.stage.limits))
     }
 }

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medallion_contracts::limits::Limits;
 use medallion_contracts::types::{Alert, AuditEntry, EventSource};
 use medallion_contracts::{Decoder, Encoder, Envelope, Registry};
 use medallion_core::backoff::backoff_delay;
@@ -90,6 +91,8 @@ pub struct NotificationSender {
     /// Per channel: since when it has been failing.
     failing_since: Vec<Option<tokio::time::Instant>>,
     outage: Outage,
+    /// `stage.limits`.
+    limits: Limits,
 }
 
 /// When a failing channel becomes an outage.
@@ -149,12 +152,20 @@ impl NotificationSender {
                 .collect(),
             failing_since: vec![None; channels.len()],
             outage: Outage::default(),
+            limits: Limits::default(),
             channels,
             ledger,
             audit,
             pending: VecDeque::new(),
             refused: Vec::new(),
         }
+    }
+
+    /// Bounds what one input alert may hold (`stage.limits`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// With `outage` instead of pausing at the first failure.
@@ -231,8 +242,7 @@ impl Processor for NotificationSender {
     }
 
     async fn decode(&mut self, record: &InputRecord<'_>) -> Result<Envelope<Alert>, ProcessError> {
-        let payload = record.payload.unwrap_or_default();
-        Ok(self.decoder.decode(payload).await?)
+        self.limits.decode(&self.decoder, record.payload).await
     }
 
     fn event_id(&self, input: &Envelope<Alert>) -> Option<Uuid> {
@@ -248,6 +258,7 @@ impl Processor for NotificationSender {
         input: Envelope<Alert>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
+        self.limits.check_envelope(&input)?;
         let alert = &input.payload;
         let names = channels_for(&self.routes, &alert.severity, &alert.rule_id, input.org_id);
         if names.is_empty() {
