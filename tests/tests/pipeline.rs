@@ -190,8 +190,8 @@ enum DeadLetters {
     /// Copies of a dead letter (the same source position, written again when records were
     /// read again after the broker restarted: at-least-once) count once, and so do `late_event`
     /// dead letters that are copies of a record gold counted (an upstream stage wrote it again
-    /// after the restart and gold's dedup memory no longer knew it; `dedup.warm_records`, off by
-    /// default, removes them), counted in `Figures::late_copies`. Every rejection is still dead-lettered under its code, and no
+    /// after the restart and gold's dedup memory no longer knew it; `dedup.warm_records`, on in
+    /// gold by default, removes those within its reach), counted in `Figures::late_copies`. Every rejection is still dead-lettered under its code, and no
     /// other code appears; a rejection read again at another offset may add to its count.
     Distinct,
 }

@@ -26,11 +26,14 @@
 //! Guarantee: a duplicate whose timestamp is within `ttl_ms` of the first copy's (as its
 //! partition's clock stands), seen by the same process while that process owns the partition
 //! and the window has room, is finished without processing.
-//! Across processes, with `warm_records` set (off by default): on assignment the runtime reads
+//! Across processes, with `warm_records` set (off by default; on in gold's compiled-in
+//! configuration): on assignment the runtime reads
 //! the `warm_records` records before each partition's committed offset and only remembers their
 //! ids (`runtime/warm.rs`) before the partition's first new record is processed, so a copy an
 //! upstream stage writes after its own restart is dropped by whichever process holds the
-//! partition, as long as the original lies within the warm-up.
+//! partition, as long as the original lies within the warm-up. Records before the processor's
+//! [`crate::Processor::warm_floor`] (where a replay started) are not remembered: the replay
+//! writes their ids again, and those records must pass.
 //! The warm-up cannot tell a processed record from a dead-lettered one, so its ids only count
 //! against copies: a dead letter redriven by `medallion dlq redrive` (header
 //! [`REDRIVE_COUNT`]) is dropped only when this process itself processed its id.

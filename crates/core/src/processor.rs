@@ -181,6 +181,15 @@ pub trait Processor: Send + 'static {
         None
     }
 
+    /// The lowest offset of `partition` whose `event_id` the dedup warm-up may remember, if the
+    /// processor knows one: records before it were replaced by a replay (`medallion replay`
+    /// moved the group past them, and the replayed stage writes their ids again), so remembering
+    /// them would drop the replay's records as duplicates. `None`: no floor.
+    fn warm_floor(&self, partition: i32) -> Option<i64> {
+        let _ = partition;
+        None
+    }
+
     /// Turns a decoded record into outputs through `ctx`.
     fn process(
         &mut self,

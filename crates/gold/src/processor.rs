@@ -154,6 +154,13 @@ impl Processor for Gold {
         Some(input.event_id)
     }
 
+    fn warm_floor(&self, partition: i32) -> Option<i64> {
+        self.boundaries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .latest_position(partition)
+    }
+
     fn process(
         &mut self,
         input: Envelope<ProcessedData>,

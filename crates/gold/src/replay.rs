@@ -59,6 +59,16 @@ impl Boundaries {
             .map(|(_, boundary)| *boundary)
     }
 
+    /// Where the latest replay started on `partition`: records before it were replaced by the
+    /// replay, so the dedup warm-up must not remember their ids.
+    pub fn latest_position(&self, partition: i32) -> Option<i64> {
+        self.by_partition
+            .get(&partition)?
+            .iter()
+            .map(|(from, _)| *from)
+            .max()
+    }
+
     /// Whether there are none (the common case: the check costs nothing then).
     pub fn is_empty(&self) -> bool {
         self.by_partition.is_empty()
@@ -155,5 +165,8 @@ mod tests {
         assert_eq!(boundaries.at(0, 499), Some(10_000));
         assert_eq!(boundaries.at(0, 500), Some(20_000));
         assert_eq!(boundaries.at(1, 1_000), None);
+        // The dedup warm-up's floor: the latest replay's position.
+        assert_eq!(boundaries.latest_position(0), Some(500));
+        assert_eq!(boundaries.latest_position(1), None);
     }
 }

@@ -493,6 +493,14 @@ impl<P: Processor> Worker<P> {
     /// for it here would hold up every partition.
     async fn warm(&mut self, message: &OwnedMessage) {
         let partition = message.partition();
+        if self
+            .processor
+            .warm_floor(partition)
+            .is_some_and(|floor| message.offset() < floor)
+        {
+            // Before a replay's position: the replay writes these ids again.
+            return;
+        }
         let headers = owned_headers(message);
         let input = InputRecord {
             topic: &self.settings.input_topic,
