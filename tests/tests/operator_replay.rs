@@ -337,7 +337,9 @@ async fn a_replay_from_silver_recomputes_gold_from_a_window_on() {
                 matches(last, expected_new),
                 "window {key:?} not recomputed at the new rate: {last:?}"
             );
-            let times = if window == last_window { 1 } else { 2 };
+            // The last window, and the next one when a round of sends crossed its end,
+            // were still open at the replay: emitted once.
+            let times = if window >= last_window { 1 } else { 2 };
             assert_eq!(list.len(), times, "window {key:?}: {list:?}");
         }
     }
