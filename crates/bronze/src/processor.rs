@@ -1,5 +1,6 @@
 //! bronze's transformation: one raw event in, one cleaned event out, or a rejection with a code.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -87,41 +88,69 @@ impl Processor for Bronze {
 
     fn process(&mut self, input: Raw, ctx: &mut ProcessContext<'_>) -> Result<(), ProcessError> {
         let now = now_ms();
-        let raw = &input.event;
-        let identify =
-            |error: ProcessError| error.with_event_id(raw.event_id).with_org_id(raw.org_id);
+        let (event_id, org_id, correlation_id) = (
+            input.event.event_id,
+            input.event.org_id,
+            input.event.correlation_id,
+        );
+        let identify = |error: ProcessError| error.with_event_id(event_id).with_org_id(org_id);
         let cleaned = clean(
-            raw,
+            input.event,
             input.received_at.unwrap_or(now),
             now,
             self.max_future_skew_ms,
             &self.limits,
         )
         .map_err(identify)?;
-        let output = Envelope::new(
-            derive_event_id(STAGE, raw.event_id),
+        let mut output = Envelope::new(
+            derive_event_id(STAGE, event_id),
             now,
             self.source.clone(),
-            raw.org_id,
+            org_id,
             cleaned,
-        )
-        .caused_by(raw);
+        );
+        // What `Envelope::caused_by` sets, from the parts of the input kept above.
+        output.causation_id = Some(event_id);
+        output.correlation_id = correlation_id;
         let payload = self
             .encoder
             .encode(&output)
             .map_err(|error| identify(error.into()))?;
         ctx.emit(OutputRecord::new(
             Arc::clone(&self.output_topic),
-            raw.org_id,
+            org_id,
             payload,
         ));
         Ok(())
     }
 }
 
-/// Validates and normalises one raw event (pure: the clock is an argument).
+/// `text` without surrounding whitespace; the string itself when it has none (no copy).
+fn trimmed(text: String) -> String {
+    if text.trim().len() == text.len() {
+        text
+    } else {
+        text.trim().to_owned()
+    }
+}
+
+/// `text` trimmed and lower case; the string itself when it is already both (no copy). Only
+/// ASCII is checked in place; anything else goes through `str::to_lowercase`.
+fn lowered(text: String) -> String {
+    let normal = text.is_ascii()
+        && !text.bytes().any(|byte| byte.is_ascii_uppercase())
+        && text.trim().len() == text.len();
+    if normal {
+        text
+    } else {
+        text.trim().to_lowercase()
+    }
+}
+
+/// Validates and normalises one raw event (pure: the clock is an argument). Its strings move
+/// into the result where they are already normal.
 pub fn clean(
-    raw: &Envelope<RawData>,
+    raw: Envelope<RawData>,
     received_at: i64,
     now: i64,
     max_future_skew_ms: i64,
@@ -137,7 +166,7 @@ pub fn clean(
             ),
         ));
     }
-    let payload = &raw.payload;
+    let payload = raw.payload;
     if payload.observed_at > now.saturating_add(max_future_skew_ms) {
         return Err(ProcessError::permanent(
             "observed_at_in_future",
@@ -147,7 +176,7 @@ pub fn clean(
             ),
         ));
     }
-    let currency = match &payload.currency {
+    let currency = match payload.currency {
         None => None,
         Some(code) => {
             let upper = code.trim().to_ascii_uppercase();
@@ -161,31 +190,35 @@ pub fn clean(
         }
     };
     let mut metrics = BTreeMap::new();
-    for (name, value) in &payload.metrics {
-        let key = name.trim().to_lowercase();
-        if metrics.insert(key.clone(), *value).is_some() {
-            return Err(ProcessError::permanent(
-                "duplicate_metric",
-                format!("payload.metrics has `{key}` twice (names differ only in case or spaces)"),
-            ));
+    for (name, value) in payload.metrics {
+        match metrics.entry(lowered(name)) {
+            Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+            Entry::Occupied(entry) => {
+                return Err(ProcessError::permanent(
+                    "duplicate_metric",
+                    format!(
+                        "payload.metrics has `{}` twice (names differ only in case or spaces)",
+                        entry.key()
+                    ),
+                ));
+            }
         }
     }
-    let mut dimensions = BTreeMap::new();
-    for (key, value) in &payload.dimensions {
-        dimensions.insert(key.trim().to_lowercase(), value.trim().to_owned());
-    }
+    let dimensions = payload
+        .dimensions
+        .into_iter()
+        .map(|(key, value)| (lowered(key), trimmed(value)))
+        .collect();
+    let entity = payload.entity;
     Ok(CleanedData {
-        connector_id: payload.connector_id.trim().to_owned(),
-        run_id: payload.run_id.trim().to_owned(),
+        connector_id: trimmed(payload.connector_id),
+        run_id: trimmed(payload.run_id),
         entity: EntityRef {
-            kind: payload.entity.kind.trim().to_lowercase(),
-            id: payload.entity.id.trim().to_owned(),
-            name: payload
-                .entity
-                .name
-                .as_ref()
-                .map(|name| name.trim().to_owned())
-                .filter(|name| !name.is_empty()),
+            kind: lowered(entity.kind),
+            id: trimmed(entity.id),
+            name: entity.name.map(trimmed).filter(|name| !name.is_empty()),
             attributes: BTreeMap::new(),
         },
         observed_at: payload.observed_at,
@@ -227,8 +260,25 @@ mod tests {
     }
 
     #[test]
+    fn normal_strings_are_kept_and_others_normalised() {
+        let clicks = "clicks".to_owned();
+        let at = clicks.as_ptr();
+        let kept = lowered(clicks);
+        assert_eq!(kept.as_ptr(), at, "already normal: not copied");
+        assert_eq!(lowered(" Clicks\t".to_owned()), "clicks");
+        assert_eq!(lowered("ÅRSTID".to_owned()), "årstid");
+        assert_eq!(lowered(" plain ".to_owned()), "plain");
+        let id = "cmp-1".to_owned();
+        let at = id.as_ptr();
+        let kept = trimmed(id);
+        assert_eq!(kept.as_ptr(), at, "already trimmed: not copied");
+        assert_eq!(trimmed("\u{a0}Spring Sale ".to_owned()), "Spring Sale");
+        assert_eq!(trimmed("Mixed Case".to_owned()), "Mixed Case");
+    }
+
+    #[test]
     fn normalises_case_and_currency() {
-        let cleaned = clean(&raw(|_| {}), 7, NOW, 86_400_000, &Limits::default()).expect("clean");
+        let cleaned = clean(raw(|_| {}), 7, NOW, 86_400_000, &Limits::default()).expect("clean");
         assert_eq!(cleaned.entity.kind, "campaign");
         assert_eq!(cleaned.entity.name.as_deref(), Some("Spring Sale"));
         assert_eq!(cleaned.currency.as_deref(), Some("EUR"));
@@ -277,7 +327,7 @@ mod tests {
             ),
         ];
         for (code, event, now) in cases {
-            let error = clean(&event, 0, now, 86_400_000, &Limits::default()).expect_err(code);
+            let error = clean(event, 0, now, 86_400_000, &Limits::default()).expect_err(code);
             assert_eq!(error.code, code, "{error}");
             assert_eq!(error.class, medallion_core::ErrorClass::Permanent);
         }

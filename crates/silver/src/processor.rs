@@ -1,6 +1,5 @@
 //! silver's transformation: conform, convert, enrich, flag.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use medallion_contracts::limits::{Bounded, Limits};
@@ -30,7 +29,8 @@ pub struct Silver {
 /// Catalog, checks and reference data: everything [`conform`] needs.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    catalog: HashMap<String, MetricSpec>,
+    /// By name; hashed with foldhash (a lookup per metric of every record).
+    catalog: foldhash::HashMap<String, MetricSpec>,
     checks: Vec<CheckSpec>,
     reference: Reference,
     default_currency: String,
@@ -80,13 +80,24 @@ fn reject(code: &'static str, message: String) -> ProcessError {
     ProcessError::permanent(code, message)
 }
 
-/// Conforms one cleaned record (pure); a record past `stage.limits` is `too_large`.
+/// Conforms one cleaned record (pure); a record past `stage.limits` is `too_large`. The record's
+/// strings and maps move into the result: nothing of it is copied.
 pub fn conform(
     rules: &Rules,
     org_id: i64,
-    cleaned: &CleanedData,
+    cleaned: CleanedData,
 ) -> Result<ProcessedData, ProcessError> {
     cleaned.check(&rules.limits)?;
+    let CleanedData {
+        connector_id,
+        run_id,
+        mut entity,
+        observed_at,
+        currency: named_currency,
+        metrics: values,
+        dimensions,
+        received_at: _,
+    } = cleaned;
     let mut flags = Vec::new();
     let currency = match rules.reference.org(org_id) {
         Some(org) => org.currency.clone(),
@@ -95,8 +106,8 @@ pub fn conform(
             rules.default_currency.clone()
         }
     };
-    let source_currency = match &cleaned.currency {
-        Some(code) => code.clone(),
+    let source_currency = match named_currency {
+        Some(code) => code,
         None => {
             flags.push("currency_assumed".to_owned());
             currency.clone()
@@ -111,9 +122,10 @@ pub fn conform(
                 format!("no exchange rate for `{source_currency}` to `{currency}`"),
             )
         })?;
-    let mut metrics = Vec::with_capacity(cleaned.metrics.len());
-    for (name, value) in &cleaned.metrics {
-        let Some(spec) = rules.catalog.get(name) else {
+    // Each metric checked and converted, in name order; the names move in once all checks hold.
+    let mut converted = Vec::with_capacity(values.len());
+    for (name, value) in &values {
+        let Some(spec) = rules.catalog.get(name.as_str()) else {
             return Err(reject(
                 "unknown_metric",
                 format!("metric `{name}` is not in the catalog (stage.metrics)"),
@@ -137,22 +149,15 @@ pub fn conform(
                 ),
             ));
         }
-        let converted = if spec.is_monetary() {
+        let value = if spec.is_monetary() {
             value * fx_rate
         } else {
             *value
         };
-        metrics.push(Metric {
-            name: name.clone(),
-            value: converted,
-            unit: spec.unit.clone(),
-        });
+        converted.push((value, spec.unit.as_str()));
     }
     for check in &rules.checks {
-        let (Some(left), Some(right)) = (
-            cleaned.metrics.get(&check.left),
-            cleaned.metrics.get(&check.right),
-        ) else {
+        let (Some(left), Some(right)) = (values.get(&check.left), values.get(&check.right)) else {
             continue;
         };
         if !check.op.holds(*left, *right) {
@@ -167,10 +172,23 @@ pub fn conform(
             ));
         }
     }
-    let mut entity = cleaned.entity.clone();
+    let metrics = values
+        .into_keys()
+        .zip(converted)
+        .map(|(name, (value, unit))| Metric {
+            name,
+            value,
+            unit: unit.to_owned(),
+        })
+        .collect();
     match rules.reference.entity(org_id, &entity.kind, &entity.id) {
         Some(known) => {
-            entity.attributes.extend(known.attributes.clone());
+            entity.attributes.extend(
+                known
+                    .attributes
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            );
             if let Some(name) = &known.name {
                 entity.name = Some(name.clone());
             }
@@ -178,15 +196,15 @@ pub fn conform(
         None => flags.push("unknown_entity".to_owned()),
     }
     Ok(ProcessedData {
-        connector_id: cleaned.connector_id.clone(),
-        run_id: cleaned.run_id.clone(),
+        connector_id,
+        run_id,
         entity,
-        observed_at: cleaned.observed_at,
+        observed_at,
         currency,
         source_currency,
         fx_rate,
         metrics,
-        dimensions: cleaned.dimensions.clone(),
+        dimensions,
         quality_flags: flags,
     })
 }
@@ -221,27 +239,32 @@ impl Processor for Silver {
         input: Envelope<CleanedData>,
         ctx: &mut ProcessContext<'_>,
     ) -> Result<(), ProcessError> {
-        let identify = |error: ProcessError| {
-            error
-                .with_event_id(input.event_id)
-                .with_org_id(input.org_id)
-        };
-        let processed = conform(&self.rules, input.org_id, &input.payload).map_err(identify)?;
-        let output = Envelope::new(
-            derive_event_id(STAGE, input.event_id),
+        let Envelope {
+            event_id,
+            org_id,
+            correlation_id,
+            payload,
+            ..
+        } = input;
+        let identify = |error: ProcessError| error.with_event_id(event_id).with_org_id(org_id);
+        let processed = conform(&self.rules, org_id, payload).map_err(identify)?;
+        let mut output = Envelope::new(
+            derive_event_id(STAGE, event_id),
             now_ms(),
             self.source.clone(),
-            input.org_id,
+            org_id,
             processed,
-        )
-        .caused_by(&input);
+        );
+        // What `Envelope::caused_by` sets, from the parts of the input kept above.
+        output.causation_id = Some(event_id);
+        output.correlation_id = correlation_id;
         let payload = self
             .encoder
             .encode(&output)
             .map_err(|error| identify(error.into()))?;
         ctx.emit(OutputRecord::new(
             Arc::clone(&self.output_topic),
-            input.org_id,
+            org_id,
             payload,
         ));
         Ok(())
@@ -260,7 +283,8 @@ mod tests {
 
     fn rules() -> Rules {
         let config: crate::SilverConfig =
-            medallion_core::config::load(DEFAULTS, None, &HashMap::new()).expect("defaults");
+            medallion_core::config::load(DEFAULTS, None, &std::collections::HashMap::new())
+                .expect("defaults");
         Rules::new(
             &config.stage,
             Reference::parse(REFERENCE_DEFAULTS).expect("reference"),
@@ -294,7 +318,7 @@ mod tests {
         let processed = conform(
             &rules(),
             1,
-            &cleaned(
+            cleaned(
                 &[("spend", 100.0), ("clicks", 5.0), ("impressions", 50.0)],
                 Some("EUR"),
             ),
@@ -323,7 +347,7 @@ mod tests {
 
     #[test]
     fn flags_unknown_org_entity_and_assumed_currency() {
-        let processed = conform(&rules(), 99, &cleaned(&[("spend", 10.0)], None)).expect("valid");
+        let processed = conform(&rules(), 99, cleaned(&[("spend", 10.0)], None)).expect("valid");
         assert_eq!(processed.currency, "USD");
         assert_eq!(
             processed.quality_flags,
@@ -336,7 +360,7 @@ mod tests {
     fn an_unbounded_entity_id_is_too_large_not_a_window_key() {
         let mut record = cleaned(&[("clicks", 1.0)], None);
         record.entity.id = "e".repeat(400_000);
-        let error = conform(&rules(), 1, &record).expect_err("too large");
+        let error = conform(&rules(), 1, record).expect_err("too large");
         assert_eq!(error.code, "too_large");
         assert!(
             error.message.contains("payload.entity.id is 400000 bytes"),
@@ -359,7 +383,7 @@ mod tests {
             ("unknown_currency", cleaned(&[("spend", 1.0)], Some("XYZ"))),
         ];
         for (code, record) in cases {
-            let error = conform(&rules(), 1, &record).expect_err(code);
+            let error = conform(&rules(), 1, record).expect_err(code);
             assert_eq!(error.code, code, "{error}");
         }
     }

@@ -1,6 +1,8 @@
 //! Reference data: orgs and their reporting currency, exchange rates, entity attributes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use serde::Deserialize;
 
@@ -51,7 +53,8 @@ pub struct Entity {
 pub struct Reference {
     fx_usd_per_unit: BTreeMap<String, f64>,
     orgs: HashMap<i64, Org>,
-    /// By org, kind and id: a lookup borrows the record's strings instead of copying them.
+    /// By org, kind and id: a lookup borrows the record's strings instead of copying them. The
+    /// maps hash with foldhash (seeded per process), not SipHash: three lookups per record.
     entities: HashMap<i64, HashMap<String, HashMap<String, Entity>>>,
 }
 
@@ -59,7 +62,7 @@ impl Reference {
     /// Parses reference TOML; the error names what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
-        let mut orgs = HashMap::new();
+        let mut orgs = HashMap::default();
         for (id, org) in file.orgs {
             let org_id: i64 = id
                 .parse()
@@ -77,7 +80,8 @@ impl Reference {
                 return Err(format!("fx_usd_per_unit.{code} must be a positive number"));
             }
         }
-        let mut entities: HashMap<i64, HashMap<String, HashMap<String, Entity>>> = HashMap::new();
+        let mut entities: HashMap<i64, HashMap<String, HashMap<String, Entity>>> =
+            HashMap::default();
         for entity in file.entities {
             entities
                 .entry(entity.org_id)
