@@ -65,3 +65,5 @@ echo "== dedup benchmark (a record's cost with 100 and with 1,000,000 ids held; 
 cargo bench --locked -p medallion-benches --bench dedup
 echo "== state benchmark (bytes per key of each stage's state; a record's cost at 100 and 1,000,000 keys; figures only)"
 cargo bench --locked -p medallion-benches --bench state
+echo "== transform benchmark (each stage's decode and process per record, no broker; figures only)"
+cargo bench --locked -p medallion-benches --bench transform

@@ -69,7 +69,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use serde_json::json;
 use uuid::Uuid;
 
 use medallion_contracts::registry::EmbeddedRegistry;
@@ -78,50 +77,15 @@ use medallion_contracts::types::{
 };
 use medallion_contracts::{Contract, Encoder, Envelope};
 use medallion_core::partitioner::java_partition;
-use medallion_tests::bench::{cpu_sample, peak_rss_mib, raw_copy_loop};
+use medallion_tests::bench::{
+    connector_record, cpu_sample, peak_rss_mib, raw_copy_loop, ORGS, START_MS,
+};
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
     create_topics, http_get, metric_sum, produce_raw, real_broker, test_producer, unique_name,
 };
 
 const PARTITIONS: i32 = 12;
-const ORGS: u64 = 5;
-const CAMPAIGNS: u64 = 24;
-/// 2024-12-26T08:00:00Z.
-const START_MS: i64 = 1_735_200_000_000;
-
-/// One connector record, as connectors send it.
-fn connector_record(n: u64) -> (i64, Vec<u8>) {
-    let org_id = 1 + (n % ORGS) as i64;
-    let campaign = (n / ORGS) % CAMPAIGNS;
-    let observed_at = START_MS + (n as i64) * 36;
-    let impressions = 1_000 + n % 900;
-    let clicks = n % 40;
-    let value = json!({
-        "event_id": Uuid::from_u128(0xbe_0000 << 64 | u128::from(n)).to_string(),
-        "event_type": "connector.data.raw",
-        "event_version": "1.0.0",
-        "timestamp": "2024-12-26T12:00:00Z",
-        "source": {"service": "connector-service", "instance": "connector-service-abc123"},
-        "correlation_id": Uuid::from_u128(0xc0_0000 << 64 | u128::from(n)).to_string(),
-        "org_id": org_id,
-        "payload": {
-            "connector_id": "dsp-tradedesk",
-            "run_id": "9a1e4b2c-3d5f-4e6a-8b7c-0d1e2f3a4b5c",
-            "entity": {"type": "campaign", "id": format!("cmp-{campaign}"), "name": " Spring Sale "},
-            "observed_at": observed_at,
-            "currency": "EUR",
-            "metrics": {
-                "impressions": impressions.to_string(),
-                "clicks": clicks,
-                "spend": 12.5 + (n % 100) as f64 / 10.0,
-                "conversions": clicks / 10
-            },
-            "dimensions": {"Country": "DE ", "device": "mobile", "placement": "feed"}
-        }
-    });
-    (org_id, serde_json::to_vec(&value).expect("json"))
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {

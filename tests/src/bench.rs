@@ -10,6 +10,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use serde_json::json;
+use uuid::Uuid;
 
 use crate::unique_name;
 
@@ -205,4 +207,48 @@ fn status_kib(pid: &str, field: &str) -> anyhow::Result<f64> {
         .nth(1)
         .with_context(|| format!("{field} value"))?
         .parse()?)
+}
+
+/// Orgs in [`connector_record`]'s data.
+pub const ORGS: u64 = 5;
+/// Campaigns per org in [`connector_record`]'s data.
+const CAMPAIGNS: u64 = 24;
+/// Event time of [`connector_record`]'s first record: 2024-12-26T08:00:00Z.
+pub const START_MS: i64 = 1_735_200_000_000;
+
+/// The `n`th of the benches' connector records, as connectors send them (JSON, about 630 B;
+/// [`ORGS`] orgs, 120 campaigns, 36 ms of event time apart), with its org: the key.
+pub fn connector_record(n: u64) -> (i64, Vec<u8>) {
+    let org_id = 1 + i64::try_from(n % ORGS).unwrap_or(0);
+    let campaign = (n / ORGS) % CAMPAIGNS;
+    let observed_at = START_MS + i64::try_from(n).unwrap_or(i64::MAX / 64) * 36;
+    let impressions = 1_000 + n % 900;
+    let clicks = n % 40;
+    let value = json!({
+        "event_id": Uuid::from_u128(0xbe_0000 << 64 | u128::from(n)).to_string(),
+        "event_type": "connector.data.raw",
+        "event_version": "1.0.0",
+        "timestamp": "2024-12-26T12:00:00Z",
+        "source": {"service": "connector-service", "instance": "connector-service-abc123"},
+        "correlation_id": Uuid::from_u128(0xc0_0000 << 64 | u128::from(n)).to_string(),
+        "org_id": org_id,
+        "payload": {
+            "connector_id": "dsp-tradedesk",
+            "run_id": "9a1e4b2c-3d5f-4e6a-8b7c-0d1e2f3a4b5c",
+            "entity": {"type": "campaign", "id": format!("cmp-{campaign}"), "name": " Spring Sale "},
+            "observed_at": observed_at,
+            "currency": "EUR",
+            "metrics": {
+                "impressions": impressions.to_string(),
+                "clicks": clicks,
+                "spend": 12.5 + f64::from(u32::try_from(n % 100).unwrap_or(0)) / 10.0,
+                "conversions": clicks / 10
+            },
+            "dimensions": {"Country": "DE ", "device": "mobile", "placement": "feed"}
+        }
+    });
+    (
+        org_id,
+        serde_json::to_vec(&value).expect("a JSON value serialises"),
+    )
 }
