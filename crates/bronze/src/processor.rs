@@ -102,16 +102,14 @@ impl Processor for Bronze {
             &self.limits,
         )
         .map_err(identify)?;
-        let mut output = Envelope::new(
+        let output = Envelope::new(
             derive_event_id(STAGE, event_id),
             now,
             self.source.clone(),
             org_id,
             cleaned,
-        );
-        // What `Envelope::caused_by` sets, from the parts of the input kept above.
-        output.causation_id = Some(event_id);
-        output.correlation_id = correlation_id;
+        )
+        .caused_by_ids(event_id, correlation_id);
         let payload = self
             .encoder
             .encode(&output)

@@ -248,16 +248,14 @@ impl Processor for Silver {
         } = input;
         let identify = |error: ProcessError| error.with_event_id(event_id).with_org_id(org_id);
         let processed = conform(&self.rules, org_id, payload).map_err(identify)?;
-        let mut output = Envelope::new(
+        let output = Envelope::new(
             derive_event_id(STAGE, event_id),
             now_ms(),
             self.source.clone(),
             org_id,
             processed,
-        );
-        // What `Envelope::caused_by` sets, from the parts of the input kept above.
-        output.causation_id = Some(event_id);
-        output.correlation_id = correlation_id;
+        )
+        .caused_by_ids(event_id, correlation_id);
         let payload = self
             .encoder
             .encode(&output)

@@ -118,9 +118,16 @@ impl<P: Contract> Envelope<P> {
     /// Marks this event as caused by `input`: `causation_id` is the input's `event_id` and the
     /// `correlation_id` is carried over.
     #[must_use]
-    pub fn caused_by<Q>(mut self, input: &Envelope<Q>) -> Self {
-        self.causation_id = Some(input.event_id);
-        self.correlation_id = input.correlation_id;
+    pub fn caused_by<Q>(self, input: &Envelope<Q>) -> Self {
+        self.caused_by_ids(input.event_id, input.correlation_id)
+    }
+
+    /// [`Envelope::caused_by`] from the input's ids alone, for a stage that has moved the
+    /// input's payload into this event.
+    #[must_use]
+    pub fn caused_by_ids(mut self, event_id: Uuid, correlation_id: Option<Uuid>) -> Self {
+        self.causation_id = Some(event_id);
+        self.correlation_id = correlation_id;
         self
     }
 }
