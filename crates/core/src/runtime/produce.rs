@@ -21,8 +21,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 
-use super::record::owned_headers;
+use super::record::{owned_headers, Answered, RetryKind};
+use super::worker::{live, Worker};
 use crate::dlq::Header;
+use crate::error::{delivery_error_class, ErrorClass, ProcessError};
+use crate::partitioner::org_key;
+use crate::processor::{OutputRecord, Processor};
 
 /// A write the runtime owes the broker: an output or a dead letter.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,4 +230,151 @@ impl OutputProducer {
 /// Waits up to 10 s for what the producer still holds (at shutdown).
 pub(crate) fn flush(producer: &ThreadedProducer<DeliveryContext>) -> KafkaResult<()> {
     producer.flush(std::time::Duration::from_secs(10))
+}
+
+/// The worker's side of writing: a record's writes handed to the producer in order, and the
+/// broker's answers turned into a finished record, a retry or a dead letter.
+impl<P: Processor> Worker<P> {
+    pub(super) fn output_write(&self, output: OutputRecord) -> Write {
+        let partitions = self.partition_count(&output.topic);
+        Write {
+            partition: self
+                .settings
+                .partitioner
+                .partition(output.org_id, partitions),
+            key: Some(org_key(output.org_id).into_bytes()),
+            payload: Some(output.payload),
+            headers: output.headers,
+            timestamp_ms: output.timestamp_ms,
+            topic: output.topic,
+        }
+    }
+
+    pub(super) fn partition_count(&self, topic: &Arc<str>) -> i32 {
+        // Every output topic was looked up at start-up (`Processor::output_topics`); a topic
+        // that was not declared is written through partition 0 and reported.
+        match self.partition_counts.get(topic) {
+            Some(count) => *count,
+            None => {
+                tracing::error!(topic = %topic, "output topic was not declared in Processor::output_topics; writing to partition 0");
+                1
+            }
+        }
+    }
+
+    /// Hands the record's writes to the producer, in order; a record with none is done.
+    pub(super) fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
+        let Some(state) = self.record_mut(owner) else {
+            return;
+        };
+        if writes.is_empty() {
+            self.finish(owner);
+            return;
+        }
+        state.writing(writes.len());
+        for write in writes {
+            self.send(owner, write);
+        }
+    }
+
+    pub(super) fn send(&mut self, owner: Owner, write: Write) {
+        match self.producer.send(owner, write) {
+            Sent::Handed | Sent::Queued => {}
+            Sent::Refused(error, write) => self.local_answers.push(Delivery {
+                owner,
+                topic: Arc::clone(&write.topic),
+                result: Err((error, write)),
+            }),
+        }
+    }
+
+    /// Hands writes that waited for room to the producer.
+    pub(super) fn release_producer_queue(&mut self) {
+        if !self.producer.is_full() {
+            return;
+        }
+        for (owner, error, write) in self.producer.release() {
+            self.local_answers.push(Delivery {
+                owner,
+                topic: Arc::clone(&write.topic),
+                result: Err((error, write)),
+            });
+        }
+    }
+
+    /// Handles the answers known without the broker (writes librdkafka refused).
+    pub(super) fn answer_locally(&mut self) {
+        while !self.local_answers.is_empty() {
+            for delivery in std::mem::take(&mut self.local_answers) {
+                self.on_delivery(delivery);
+            }
+        }
+    }
+
+    pub(super) fn on_delivery(&mut self, delivery: Delivery) {
+        let Delivery {
+            owner,
+            topic,
+            result,
+        } = delivery;
+        let Some(state) = live(&mut self.records, owner) else {
+            return;
+        };
+        let dead_lettering = state.dead_letter.is_some();
+        let answer = match result {
+            Ok(bytes) => {
+                if !dead_lettering {
+                    self.metrics.records_out.inc();
+                    self.telemetry.output_acked(&topic, bytes);
+                }
+                Ok(())
+            }
+            Err((error, write)) => {
+                // Debug only: during an outage every write in flight fails, and the outage is
+                // logged once per interval by `wait_for_dependency`; other failures are logged
+                // where they are dead-lettered.
+                tracing::debug!(%error, partition = state.partition(), offset = state.offset(), "write not acknowledged");
+                Err((error, write))
+            }
+        };
+        let Some(state) = live(&mut self.records, owner) else {
+            return;
+        };
+        let error = match state.answered(answer) {
+            Answered::Pending => return,
+            Answered::Done => {
+                if let Some(code) = &state.dead_letter {
+                    self.metrics.dlq_records.inc();
+                    self.telemetry.dead_letter_acked(code);
+                }
+                self.finish(owner);
+                return;
+            }
+            Answered::Failed(error) => error,
+        };
+        let class = delivery_error_class(&error);
+        let failure = ProcessError {
+            class,
+            code: if class == ErrorClass::Unavailable {
+                "broker_unavailable".into()
+            } else {
+                "produce_failed".into()
+            },
+            message: format!("the broker did not acknowledge an output: {error}"),
+            event_id: state.event_id,
+            org_id: state.org_id,
+        };
+        if dead_lettering && class != ErrorClass::Unavailable {
+            // A dead letter is never given up on: nothing is acknowledged before it is written.
+            let failure = ProcessError {
+                class: ErrorClass::Unavailable,
+                ..failure
+            };
+            self.schedule_retry(owner, RetryKind::Resend, &failure);
+        } else if class == ErrorClass::Unavailable {
+            self.schedule_retry(owner, RetryKind::Resend, &failure);
+        } else {
+            self.dead_letter(owner, &failure);
+        }
+    }
 }

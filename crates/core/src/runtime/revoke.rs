@@ -1,4 +1,8 @@
-//! Giving partitions up: on revoke the worker drops the revoked partitions' records that are
+//! Partitions assigned and revoked.
+//!
+//! On assignment the worker starts tracking the partition, starts its dedup warm-up (the
+//! partition stays paused until it is done, [`super::warm`]), keeps it paused while the worker
+//! is (backpressure, breaker, a sink's flush) and tells the processor. On revoke the worker drops the revoked partitions' records that are
 //! not with the producer, waits (up to the drain timeout) for the ones that are, then replies to
 //! the polling thread with the offsets to commit and forgets the partitions.
 //!
@@ -94,5 +98,34 @@ impl<P: Processor> Worker<P> {
             warmer.forget(&revoke.partitions);
         }
         self.processor_revoked(&revoke.partitions);
+    }
+}
+
+impl<P: Processor> Worker<P> {
+    pub(super) fn on_assigned(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            let state = self.partitions.entry(*partition).or_default();
+            if let Some(warmer) = &self.warmer {
+                self.warm_generation += 1;
+                state.warming = Some(self.warm_generation);
+                state.warm_decoding = true;
+                state.warmed = 0;
+                warmer.request(*partition, self.warm_generation);
+            }
+        }
+        if self.warmer.is_some() {
+            self.set_paused(partitions, true);
+        }
+        self.telemetry.assigns.increment(1);
+        self.telemetry.assigned.set(self.partitions.len() as f64);
+        self.processor.partitions_assigned(partitions);
+        if self.paused_for_backpressure || self.breaker.holds_records() || self.flush.blocked() {
+            self.set_paused(partitions, true);
+        }
+    }
+
+    /// Tells the processor its partitions were revoked (their state is gone).
+    pub(super) fn processor_revoked(&mut self, partitions: &[i32]) {
+        self.processor.partitions_revoked(partitions);
     }
 }

@@ -25,7 +25,11 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::record::owned_headers;
+use super::worker::Worker;
 use crate::client_log::LoggedContext;
+use crate::error::ErrorClass;
+use crate::processor::{InputRecord, Processor};
 
 /// How long the warm-up of one partition may take before its partition starts anyway.
 pub(crate) const WARM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -237,5 +241,91 @@ impl WarmThread {
             generation,
             messages,
         });
+    }
+}
+
+/// The worker's side of the warm-up: what the warm-up thread read goes into the dedup memory.
+impl<P: Processor> Worker<P> {
+    /// Takes what the warm-up thread read; once a partition's warm-up is done, its records go.
+    pub(super) async fn on_warm(&mut self, event: WarmEvent) {
+        match event {
+            WarmEvent::Records {
+                partition,
+                generation,
+                messages,
+            } => {
+                let Some(state) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                if state.warming != Some(generation) {
+                    return;
+                }
+                state.warmed += messages.len() as u64;
+                if !state.warm_decoding {
+                    return;
+                }
+                for message in &messages {
+                    self.warm(message).await;
+                }
+            }
+            WarmEvent::Done {
+                partition,
+                generation,
+            } => {
+                let Some(state) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                if state.warming != Some(generation) {
+                    return;
+                }
+                state.warming = None;
+                tracing::info!(
+                    partition,
+                    warmed = state.warmed,
+                    "dedup memory warmed from the records before the committed offset"
+                );
+                self.release_backlog(partition).await;
+            }
+        }
+    }
+
+    /// Remembers the `event_id` of a record before the committed offset, which an earlier owner
+    /// of the partition processed or dead-lettered. A record that does not decode is skipped (it
+    /// was dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
+    /// for it here would hold up every partition.
+    pub(super) async fn warm(&mut self, message: &OwnedMessage) {
+        let partition = message.partition();
+        if self
+            .processor
+            .warm_floor(partition)
+            .is_some_and(|floor| message.offset() < floor)
+        {
+            // Before a replay's position: the replay writes these ids again.
+            return;
+        }
+        let headers = owned_headers(message);
+        let input = InputRecord {
+            topic: &self.settings.input_topic,
+            partition,
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: &headers,
+        };
+        match self.processor.decode(&input).await {
+            Ok(decoded) => {
+                if let Some(id) = self.processor.event_id(&decoded) {
+                    self.dedup.remember_warm(partition, id, input.timestamp_ms);
+                }
+            }
+            Err(error) if error.class == ErrorClass::Unavailable => {
+                tracing::warn!(partition, %error, "dependency unavailable during the dedup warm-up; the partition's warm-up stops here");
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.warm_decoding = false;
+                }
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -8,16 +8,18 @@
 //! input order.
 //!
 //! The parts: [`super::record`] (one record's state machine), [`super::produce`] (writes and
-//! their acknowledgements), [`super::commit`] (offsets), [`super::revoke`] (giving partitions
-//! up), [`super::flow`] (readiness, breaker, backpressure), [`super::flush`] (a sink processor's
-//! batches). This file is the loop and the steps of a record between them.
+//! their acknowledgements), [`super::retry`] (retries, outages, dead letters),
+//! [`super::commit`] (offsets), [`super::revoke`] (partitions assigned and revoked),
+//! [`super::warm`] (the dedup warm-up), [`super::shutdown`] (the drain), [`super::flow`]
+//! (readiness, breaker, backpressure), [`super::flush`] (a sink processor's batches). This file
+//! is the loop, a record's intake, processing and end, and the backlog between them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use slab::Slab;
@@ -29,20 +31,16 @@ use tokio_util::time::DelayQueue;
 use super::commit::{commit_finished, CommitOutcome, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
 use super::flush::FlushState;
-use super::outage::{Outage, Report};
-use super::produce::{Delivery, OutputProducer, Owner, Sent, Write};
-use super::record::{owned_headers, Answered, RecordState, RetryKind};
+use super::outage::Outage;
+use super::produce::{Delivery, OutputProducer, Owner};
+use super::record::{RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
 use super::warm::{WarmEvent, Warmer};
 use super::RunSettings;
-use crate::backoff::{backoff_delay, unavailable_delay};
 use crate::breaker::Breaker;
 use crate::dedup::{Deduplicator, REDRIVE_COUNT};
-use crate::dlq::{dlq_headers, DlqFailure, DlqSource};
-use crate::error::{delivery_error_class, ErrorClass, ProcessError, RuntimeError};
-use crate::health::NotReady;
+use crate::error::{ErrorClass, RuntimeError};
 use crate::metrics::RuntimeMetrics;
-use crate::partitioner::{murmur2_partition, org_key};
 use crate::processor::{InputRecord, OutputRecord, ProcessContext, Processor};
 use crate::trace::RecordSpan;
 use crate::tracker::{HoldKey, PartitionTracker};
@@ -55,7 +53,7 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the worker updates its readiness and its breaker.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// The most acknowledgements taken from the producer's channel at once.
-const DELIVERY_BATCH: usize = 1_024;
+pub(super) const DELIVERY_BATCH: usize = 1_024;
 
 #[derive(Debug, Default)]
 pub(super) struct PartitionState {
@@ -85,7 +83,7 @@ pub(super) struct PendingRevoke {
 
 /// Buffers a processor writes into, kept between records so that they are not allocated anew.
 #[derive(Default)]
-struct Scratch {
+pub(super) struct Scratch {
     outputs: Vec<OutputRecord>,
     holds: Vec<HoldKey>,
     releases: Vec<HoldKey>,
@@ -95,24 +93,24 @@ pub(crate) struct Worker<P: Processor> {
     pub(super) settings: RunSettings,
     pub(super) consumer: Arc<BaseConsumer<RebalanceContext>>,
     pub(super) producer: OutputProducer,
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    pub(super) deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// Answers known without the broker (a write librdkafka refused), handled after each event.
-    local_answers: Vec<Delivery>,
+    pub(super) local_answers: Vec<Delivery>,
     pub(super) processor: P,
     pub(super) dedup: Deduplicator,
     /// The dedup warm-up of assigned partitions (none when dedup or the warm-up is off).
     pub(super) warmer: Option<Warmer>,
-    warm_events: mpsc::Receiver<WarmEvent>,
-    warm_generation: u64,
+    pub(super) warm_events: mpsc::Receiver<WarmEvent>,
+    pub(super) warm_generation: u64,
     pub(super) metrics: Arc<RuntimeMetrics>,
-    partition_counts: HashMap<Arc<str>, i32>,
+    pub(super) partition_counts: HashMap<Arc<str>, i32>,
     pub(super) partitions: HashMap<i32, PartitionState>,
     /// The records held, by slot; a slot's `seq` tells its lives apart.
     pub(super) records: Slab<RecordState>,
-    retries: DelayQueue<Owner>,
+    pub(super) retries: DelayQueue<Owner>,
     pub(super) in_flight: usize,
     pub(super) paused_for_backpressure: bool,
-    next_seq: u64,
+    pub(super) next_seq: u64,
     pub(super) pending_revoke: Option<PendingRevoke>,
     pub(super) draining: bool,
     /// The periodic commit under way, if any, with the positions it commits. At most one runs
@@ -129,7 +127,7 @@ pub(crate) struct Worker<P: Processor> {
     pub(super) release_due: bool,
     /// The clock as of the start of the turn being handled.
     pub(super) clock: Clock,
-    scratch: Scratch,
+    pub(super) scratch: Scratch,
     /// A sink processor's records waiting for its flush.
     pub(super) flush: FlushState,
     /// Records waiting for an unavailable dependency.
@@ -319,81 +317,8 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    /// Stops taking records, waits up to the drain timeout for in-flight writes, commits what is
-    /// finished synchronously.
-    async fn drain_for_shutdown(&mut self) {
-        self.draining = true;
-        self.metrics.health.set_ready(Err(NotReady::Stopping));
-        self.telemetry.ready.set(0.0);
-        self.consumer
-            .context()
-            .lag_frozen
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let deadline = Instant::now() + self.settings.drain_timeout;
-        tracing::info!(
-            in_flight = self.in_flight,
-            "shutting down: draining in-flight records"
-        );
-        if let Some(revoke) = self.pending_revoke.take() {
-            let _ = revoke.reply.send(self.committable_for(&revoke.partitions));
-        }
-        // One last try for a sink's batch; if it fails, its records will be read again.
-        self.flush_if_due(true).await;
-        self.answer_locally();
-        let mut answers = Vec::with_capacity(DELIVERY_BATCH);
-        while self.writes_in_flight() > 0 {
-            tokio::select! {
-                biased;
-                count = self.deliveries.recv_many(&mut answers, DELIVERY_BATCH) => {
-                    self.clock = Clock::read();
-                    if count == 0 {
-                        break;
-                    }
-                    for delivery in answers.drain(..) {
-                        self.on_delivery(delivery);
-                    }
-                    self.release_producer_queue();
-                    self.answer_locally();
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(unfinished = self.writes_in_flight(), "drain timeout reached; unfinished records will be read again");
-                    break;
-                }
-            }
-        }
-        if self.commit_task.is_some() {
-            let result = commit_finished(&mut self.commit_task).await;
-            self.on_commit_finished(result);
-        }
-        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-        let offsets = self.committable_for(&partitions);
-        if offsets.count() > 0 {
-            let consumer = Arc::clone(&self.consumer);
-            let result =
-                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
-                    .await;
-            match result {
-                Ok(Ok(())) => {
-                    self.metrics.commits.inc();
-                    tracing::info!("committed final offsets");
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "failed to commit final offsets; finished records will be read again")
-                }
-                Err(error) => tracing::error!(%error, "final commit task failed"),
-            }
-        }
-    }
-
-    fn writes_in_flight(&self) -> usize {
-        self.records
-            .iter()
-            .filter(|(_, state)| state.is_writing())
-            .count()
-    }
-
     /// The record `owner` names, if that life of its slot is still held.
-    fn record_mut(&mut self, owner: Owner) -> Option<&mut RecordState> {
+    pub(super) fn record_mut(&mut self, owner: Owner) -> Option<&mut RecordState> {
         live(&mut self.records, owner)
     }
 
@@ -444,91 +369,8 @@ impl<P: Processor> Worker<P> {
         self.run_record(owner).await;
     }
 
-    /// Takes what the warm-up thread read; once a partition's warm-up is done, its records go.
-    async fn on_warm(&mut self, event: WarmEvent) {
-        match event {
-            WarmEvent::Records {
-                partition,
-                generation,
-                messages,
-            } => {
-                let Some(state) = self.partitions.get_mut(&partition) else {
-                    return;
-                };
-                if state.warming != Some(generation) {
-                    return;
-                }
-                state.warmed += messages.len() as u64;
-                if !state.warm_decoding {
-                    return;
-                }
-                for message in &messages {
-                    self.warm(message).await;
-                }
-            }
-            WarmEvent::Done {
-                partition,
-                generation,
-            } => {
-                let Some(state) = self.partitions.get_mut(&partition) else {
-                    return;
-                };
-                if state.warming != Some(generation) {
-                    return;
-                }
-                state.warming = None;
-                tracing::info!(
-                    partition,
-                    warmed = state.warmed,
-                    "dedup memory warmed from the records before the committed offset"
-                );
-                self.release_backlog(partition).await;
-            }
-        }
-    }
-
-    /// Remembers the `event_id` of a record before the committed offset, which an earlier owner
-    /// of the partition processed or dead-lettered. A record that does not decode is skipped (it
-    /// was dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
-    /// for it here would hold up every partition.
-    async fn warm(&mut self, message: &OwnedMessage) {
-        let partition = message.partition();
-        if self
-            .processor
-            .warm_floor(partition)
-            .is_some_and(|floor| message.offset() < floor)
-        {
-            // Before a replay's position: the replay writes these ids again.
-            return;
-        }
-        let headers = owned_headers(message);
-        let input = InputRecord {
-            topic: &self.settings.input_topic,
-            partition,
-            offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
-            key: message.key(),
-            payload: message.payload(),
-            headers: &headers,
-        };
-        match self.processor.decode(&input).await {
-            Ok(decoded) => {
-                if let Some(id) = self.processor.event_id(&decoded) {
-                    self.dedup.remember_warm(partition, id, input.timestamp_ms);
-                }
-            }
-            Err(error) if error.class == ErrorClass::Unavailable => {
-                tracing::warn!(partition, %error, "dependency unavailable during the dedup warm-up; the partition's warm-up stops here");
-                if let Some(state) = self.partitions.get_mut(&partition) {
-                    state.warm_decoding = false;
-                }
-            }
-            Err(_) => {}
-        }
-    }
-
     /// Decodes, deduplicates and processes one record, then writes its outputs.
-    async fn run_record(&mut self, owner: Owner) {
+    pub(super) async fn run_record(&mut self, owner: Owner) {
         let Some(state) = self.records.get_mut(owner.slot) else {
             return;
         };
@@ -688,264 +530,6 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    fn output_write(&self, output: OutputRecord) -> Write {
-        let partitions = self.partition_count(&output.topic);
-        Write {
-            partition: self
-                .settings
-                .partitioner
-                .partition(output.org_id, partitions),
-            key: Some(org_key(output.org_id).into_bytes()),
-            payload: Some(output.payload),
-            headers: output.headers,
-            timestamp_ms: output.timestamp_ms,
-            topic: output.topic,
-        }
-    }
-
-    fn partition_count(&self, topic: &Arc<str>) -> i32 {
-        // Every output topic was looked up at start-up (`Processor::output_topics`); a topic
-        // that was not declared is written through partition 0 and reported.
-        match self.partition_counts.get(topic) {
-            Some(count) => *count,
-            None => {
-                tracing::error!(topic = %topic, "output topic was not declared in Processor::output_topics; writing to partition 0");
-                1
-            }
-        }
-    }
-
-    /// Hands the record's writes to the producer, in order; a record with none is done.
-    pub(super) fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
-        let Some(state) = self.record_mut(owner) else {
-            return;
-        };
-        if writes.is_empty() {
-            self.finish(owner);
-            return;
-        }
-        state.writing(writes.len());
-        for write in writes {
-            self.send(owner, write);
-        }
-    }
-
-    fn send(&mut self, owner: Owner, write: Write) {
-        match self.producer.send(owner, write) {
-            Sent::Handed | Sent::Queued => {}
-            Sent::Refused(error, write) => self.local_answers.push(Delivery {
-                owner,
-                topic: Arc::clone(&write.topic),
-                result: Err((error, write)),
-            }),
-        }
-    }
-
-    /// Hands writes that waited for room to the producer.
-    fn release_producer_queue(&mut self) {
-        if !self.producer.is_full() {
-            return;
-        }
-        for (owner, error, write) in self.producer.release() {
-            self.local_answers.push(Delivery {
-                owner,
-                topic: Arc::clone(&write.topic),
-                result: Err((error, write)),
-            });
-        }
-    }
-
-    /// Handles the answers known without the broker (writes librdkafka refused).
-    fn answer_locally(&mut self) {
-        while !self.local_answers.is_empty() {
-            for delivery in std::mem::take(&mut self.local_answers) {
-                self.on_delivery(delivery);
-            }
-        }
-    }
-
-    fn on_delivery(&mut self, delivery: Delivery) {
-        let Delivery {
-            owner,
-            topic,
-            result,
-        } = delivery;
-        let Some(state) = live(&mut self.records, owner) else {
-            return;
-        };
-        let dead_lettering = state.dead_letter.is_some();
-        let answer = match result {
-            Ok(bytes) => {
-                if !dead_lettering {
-                    self.metrics.records_out.inc();
-                    self.telemetry.output_acked(&topic, bytes);
-                }
-                Ok(())
-            }
-            Err((error, write)) => {
-                // Debug only: during an outage every write in flight fails, and the outage is
-                // logged once per interval by `wait_for_dependency`; other failures are logged
-                // where they are dead-lettered.
-                tracing::debug!(%error, partition = state.partition(), offset = state.offset(), "write not acknowledged");
-                Err((error, write))
-            }
-        };
-        let Some(state) = live(&mut self.records, owner) else {
-            return;
-        };
-        let error = match state.answered(answer) {
-            Answered::Pending => return,
-            Answered::Done => {
-                if let Some(code) = &state.dead_letter {
-                    self.metrics.dlq_records.inc();
-                    self.telemetry.dead_letter_acked(code);
-                }
-                self.finish(owner);
-                return;
-            }
-            Answered::Failed(error) => error,
-        };
-        let class = delivery_error_class(&error);
-        let failure = ProcessError {
-            class,
-            code: if class == ErrorClass::Unavailable {
-                "broker_unavailable".into()
-            } else {
-                "produce_failed".into()
-            },
-            message: format!("the broker did not acknowledge an output: {error}"),
-            event_id: state.event_id,
-            org_id: state.org_id,
-        };
-        if dead_lettering && class != ErrorClass::Unavailable {
-            // A dead letter is never given up on: nothing is acknowledged before it is written.
-            let failure = ProcessError {
-                class: ErrorClass::Unavailable,
-                ..failure
-            };
-            self.schedule_retry(owner, RetryKind::Resend, &failure);
-        } else if class == ErrorClass::Unavailable {
-            self.schedule_retry(owner, RetryKind::Resend, &failure);
-        } else {
-            self.dead_letter(owner, &failure);
-        }
-    }
-
-    fn schedule_retry(&mut self, owner: Owner, kind: RetryKind, error: &ProcessError) {
-        let Some(state) = self.record(owner) else {
-            return;
-        };
-        let partition = state.partition();
-        let revoking = self
-            .partitions
-            .get(&partition)
-            .is_none_or(|state| state.revoking);
-        if revoking || self.draining {
-            // The next owner (or the next run) reads the record again from the committed offset.
-            self.forget_record(owner);
-            return;
-        }
-        let delay = if error.class == ErrorClass::Unavailable {
-            self.wait_for_dependency(owner, error)
-        } else {
-            let delay = backoff_delay(&self.settings.retry, state.counted_attempts());
-            tracing::warn!(
-                partition, offset = state.offset(), attempts = state.attempts, delay_ms = delay.as_millis() as u64,
-                code = %error.code, error = %error.message, "transient failure, retrying"
-            );
-            delay
-        };
-        let timer = self.retries.insert(owner, delay);
-        if let Some(state) = self.record_mut(owner) {
-            state.wait(kind, timer);
-        }
-        self.metrics.retries.inc();
-        if let Some(partition_state) = self.partitions.get_mut(&partition) {
-            partition_state.waiting += 1;
-            if partition_state.waiting == 1 {
-                self.set_paused(&[partition], true);
-            }
-        }
-    }
-
-    /// Notes a try that failed because a dependency is unavailable (log lines are limited to
-    /// the outage's start, one per interval and its end); the delay before the next try.
-    fn wait_for_dependency(&mut self, owner: Owner, error: &ProcessError) -> Duration {
-        let now = self.clock.instant;
-        let Some(state) = live(&mut self.records, owner) else {
-            return Duration::ZERO;
-        };
-        let entering = !state.waits_for_dependency;
-        state.waits_for_dependency = true;
-        state.unavailable_tries += 1;
-        let delay = unavailable_delay(&self.settings.retry, state.unavailable_tries);
-        let (partition, offset) = (state.partition(), state.offset());
-        match self.outage.failed(entering, &error.code, now) {
-            Report::Began => {
-                tracing::warn!(
-                    partition, offset, code = %error.code, error = %error.message,
-                    "dependency unavailable: pausing the partition and retrying its record until it answers (nothing is dead-lettered for this)"
-                );
-                self.telemetry.dependency_unavailable.set(1.0);
-            }
-            Report::Continues { tries, lasted } => tracing::warn!(
-                code = %error.code, error = %error.message, waiting = self.outage.waiting(),
-                failed_tries = tries, unavailable_s = lasted.as_secs(),
-                "dependency still unavailable; partitions paused"
-            ),
-            Report::Quiet => {}
-        }
-        self.telemetry.dependency_retry(&error.code);
-        delay
-    }
-
-    /// The record no longer waits for a dependency (it got past it, or it was given up).
-    fn past_dependency(&mut self, owner: Owner) {
-        let Some(state) = live(&mut self.records, owner) else {
-            return;
-        };
-        if !std::mem::take(&mut state.waits_for_dependency) {
-            return;
-        }
-        self.left_outage();
-    }
-
-    fn left_outage(&mut self) {
-        if let Some((lasted, tries)) = self.outage.left(self.clock.instant) {
-            tracing::info!(
-                unavailable_ms = lasted.as_millis() as u64,
-                failed_tries = tries,
-                "dependency available again; resuming"
-            );
-            self.telemetry.dependency_unavailable.set(0.0);
-        }
-    }
-
-    async fn on_retry_due(&mut self, owner: Owner) {
-        let Some(state) = self.record_mut(owner) else {
-            return;
-        };
-        let partition = state.partition();
-        let Some((kind, failed)) = state.retry_due() else {
-            return;
-        };
-        match kind {
-            RetryKind::Reprocess => self.run_record(owner).await,
-            RetryKind::Resend => {
-                state.attempts += 1;
-                state.writing(failed.len());
-                for write in failed {
-                    self.send(owner, write);
-                }
-            }
-        }
-        let Some(partition_state) = self.partitions.get_mut(&partition) else {
-            return;
-        };
-        partition_state.waiting = partition_state.waiting.saturating_sub(1);
-        self.release_backlog(partition).await;
-    }
-
     /// Processes the partition's backlog in order while no record of it waits for a retry.
     pub(super) async fn release_backlog(&mut self, partition: i32) {
         loop {
@@ -974,68 +558,8 @@ impl<P: Processor> Worker<P> {
         }
     }
 
-    pub(super) fn dead_letter(&mut self, owner: Owner, error: &ProcessError) {
-        let dlq_partitions = self
-            .partition_counts
-            .get(&self.settings.dlq_topic)
-            .copied()
-            .unwrap_or(1);
-        let Some(state) = self.records.get_mut(owner.slot) else {
-            return;
-        };
-        if state.seq != owner.seq {
-            return;
-        }
-        let (partition, offset) = (state.partition(), state.offset());
-        let now = SystemTime::now();
-        let first_failure = *state.first_failure.get_or_insert(now);
-        let event_id = state.event_id.or(error.event_id);
-        let org_id = state.org_id.or(error.org_id);
-        tracing::warn!(
-            partition, offset, class = %error.class, code = %error.code, error = %error.message,
-            attempts = state.attempts, "record dead-lettered"
-        );
-        let source = DlqSource {
-            topic: &self.settings.input_topic,
-            partition,
-            offset,
-            timestamp_ms: state.timestamp_ms(),
-            group: &self.settings.group_id,
-            stage: &self.settings.stage,
-            instance: &self.settings.instance,
-        };
-        let failure = DlqFailure {
-            class: error.class,
-            code: &error.code,
-            message: &error.message,
-            attempts: state.attempts.max(1),
-            first_failure,
-            last_failure: now,
-            event_id,
-            org_id,
-            traceparent: state.span.as_ref().map(RecordSpan::traceparent),
-        };
-        let headers = dlq_headers(&state.headers, &source, &failure);
-        // Same partition as the source where the DLQ has it, so a DLQ is partitioned like its topic.
-        let dlq_partition = if partition < dlq_partitions {
-            partition
-        } else {
-            murmur2_partition(state.message.key().unwrap_or_default(), dlq_partitions)
-        };
-        let write = Write {
-            topic: Arc::clone(&self.settings.dlq_topic),
-            partition: dlq_partition,
-            key: state.message.key().map(<[u8]>::to_vec),
-            payload: state.message.payload().map(<[u8]>::to_vec),
-            headers,
-            timestamp_ms: state.timestamp_ms(),
-        };
-        state.dead_letter = Some(error.code.clone());
-        self.start_writes(owner, vec![write]);
-    }
-
     /// The record is done: its outputs or its dead letter are acknowledged.
-    fn finish(&mut self, owner: Owner) {
+    pub(super) fn finish(&mut self, owner: Owner) {
         if self.record(owner).is_none() {
             return;
         }
@@ -1094,37 +618,10 @@ impl<P: Processor> Worker<P> {
             partition_state.records = partition_state.records.saturating_sub(1);
         }
     }
-
-    fn on_assigned(&mut self, partitions: &[i32]) {
-        for partition in partitions {
-            let state = self.partitions.entry(*partition).or_default();
-            if let Some(warmer) = &self.warmer {
-                self.warm_generation += 1;
-                state.warming = Some(self.warm_generation);
-                state.warm_decoding = true;
-                state.warmed = 0;
-                warmer.request(*partition, self.warm_generation);
-            }
-        }
-        if self.warmer.is_some() {
-            self.set_paused(partitions, true);
-        }
-        self.telemetry.assigns.increment(1);
-        self.telemetry.assigned.set(self.partitions.len() as f64);
-        self.processor.partitions_assigned(partitions);
-        if self.paused_for_backpressure || self.breaker.holds_records() || self.flush.blocked() {
-            self.set_paused(partitions, true);
-        }
-    }
-
-    /// Tells the processor its partitions were revoked (their state is gone).
-    pub(super) fn processor_revoked(&mut self, partitions: &[i32]) {
-        self.processor.partitions_revoked(partitions);
-    }
 }
 
 /// The record `owner` names in `records`, if that life of its slot is still held.
-fn live(records: &mut Slab<RecordState>, owner: Owner) -> Option<&mut RecordState> {
+pub(super) fn live(records: &mut Slab<RecordState>, owner: Owner) -> Option<&mut RecordState> {
     records
         .get_mut(owner.slot)
         .filter(|state| state.seq == owner.seq)
