@@ -23,8 +23,10 @@
 //!   until `retry.give_up_after_ms` ends the worker with [`RuntimeError::Unavailable`].
 //! - **Bounded memory.** At most `max_in_flight` records (plus one batch of up to 256) are held,
 //!   with at most 4 more batches in the polling thread's channel; at the bound every partition is
-//!   paused until half of them are finished. librdkafka's own queues are bounded too: 32 MiB of
-//!   prefetched records (`queued.max.messages.kbytes`) and 64 MiB of unacknowledged writes
+//!   paused until half of them are finished. librdkafka's own queues are bounded too: 32 MiB or
+//!   10,000 prefetched records, whichever comes first (`queued.max.messages.kbytes`,
+//!   `queued.min.messages`; over either, it looks again every 10 ms, `fetch.queue.backoff.ms`)
+//!   and 64 MiB of unacknowledged writes
 //!   (`queue.buffering.max.kbytes`; when full, writes wait in order and every partition is
 //!   paused). Both can be changed in `[consumer.librdkafka]` and `[producer.librdkafka]`.
 //!
@@ -80,6 +82,15 @@ const POLL_CHANNEL_CAPACITY: usize = 4;
 const WARM_CHANNEL_CAPACITY: usize = 8;
 /// librdkafka's consumer prefetch bound (`queued.max.messages.kbytes`; default 64 MiB).
 const CONSUMER_QUEUE_KBYTES: u32 = 32 * 1024;
+/// Records prefetched (all partitions together) above which librdkafka fetches no more
+/// (`queued.min.messages`; default 100,000): about 50 ms of a stage's work, many fetch round
+/// trips. Below it the consumer fetches; above it, it rests instead of asking a broker that
+/// answers at once for more.
+const CONSUMER_QUEUE_RECORDS: u32 = 10_000;
+/// How long librdkafka waits before it looks again at a queue that was over either bound
+/// (`fetch.queue.backoff.ms`; default 1 s). At 1 s a stage catching up drains its 32 MiB in a
+/// few hundred ms and then waits out the rest of the second with nothing to do.
+const CONSUMER_QUEUE_BACKOFF_MS: u32 = 10;
 /// librdkafka's producer queue bound (`queue.buffering.max.kbytes`; default 1 GiB).
 const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
 /// How long start-up waits for topic metadata.
@@ -157,6 +168,11 @@ impl Runtime {
             .set(
                 "queued.max.messages.kbytes",
                 CONSUMER_QUEUE_KBYTES.to_string(),
+            )
+            .set("queued.min.messages", CONSUMER_QUEUE_RECORDS.to_string())
+            .set(
+                "fetch.queue.backoff.ms",
+                CONSUMER_QUEUE_BACKOFF_MS.to_string(),
             );
         for (name, value) in &config.consumer.librdkafka.0 {
             consumer_config.set(name, value);
