@@ -23,10 +23,10 @@
 //!   until `retry.give_up_after_ms` ends the worker with [`RuntimeError::Unavailable`].
 //! - **Bounded memory.** At most `max_in_flight` records (plus one batch of up to 256) are held,
 //!   with at most 4 more batches in the polling thread's channel; at the bound every partition is
-//!   paused until half of them are finished. librdkafka's own queues are bounded too: 32 MiB or
-//!   10,000 prefetched records, whichever comes first (`queued.max.messages.kbytes`,
-//!   `queued.min.messages`; over either, it looks again every 10 ms, `fetch.queue.backoff.ms`)
-//!   and 64 MiB of unacknowledged writes
+//!   paused until half of them are finished. librdkafka's own queues are bounded too: fetching
+//!   stops once 32 MiB or 10,000 records are prefetched (`queued.max.messages.kbytes`,
+//!   `queued.min.messages`; a fetch already under way may add one response more) and is looked
+//!   at again every 10 ms (`fetch.queue.backoff.ms`); and 64 MiB of unacknowledged writes
 //!   (`queue.buffering.max.kbytes`; when full, writes wait in order and every partition is
 //!   paused). Both can be changed in `[consumer.librdkafka]` and `[producer.librdkafka]`.
 //!
