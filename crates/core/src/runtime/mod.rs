@@ -88,8 +88,9 @@ const CONSUMER_QUEUE_KBYTES: u32 = 32 * 1024;
 /// answers at once for more.
 const CONSUMER_QUEUE_RECORDS: u32 = 10_000;
 /// How long librdkafka waits before it looks again at a queue that was over either bound
-/// (`fetch.queue.backoff.ms`; default 1 s). At 1 s a stage catching up drains its 32 MiB in a
-/// few hundred ms and then waits out the rest of the second with nothing to do.
+/// (`fetch.queue.backoff.ms`; default 1 s). At 1 s a stage catching up would drain its 32 MiB in
+/// a few hundred ms and then wait out the rest of the second with nothing to do (as librdkafka's
+/// fetch decision reads; not measured: the bench broker sends whole partitions).
 const CONSUMER_QUEUE_BACKOFF_MS: u32 = 10;
 /// librdkafka's producer queue bound (`queue.buffering.max.kbytes`; default 1 GiB).
 const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
