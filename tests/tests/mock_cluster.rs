@@ -347,6 +347,7 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
             ("MEDALLION__RETRY__MAX_BACKOFF_MS", "500"),
             ("MEDALLION__CONSUMER__MAX_IN_FLIGHT", "200"),
             ("MEDALLION__CONSUMER__LAG_INTERVAL_MS", "200"),
+            ("MEDALLION__HEALTH__STALL_TIMEOUT_MS", "1000"),
         ],
     );
     let metrics = Arc::clone(&worker.metrics);
@@ -359,9 +360,7 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     cluster.broker_down(2).expect("broker down");
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Backpressure: with nothing acknowledged, the worker holds at most its bound plus one
-    // channel of prefetched records (200 + 1024), not the whole input (3000). It may hold a
-    // little less than its bound: once the first writes time out (1.5 s), their partitions
-    // pause to wait for the broker, whether or not the bound was reached.
+    // channel of prefetched records (200 + 1024), not the whole input (3000).
     let held = metrics.snapshot().in_flight;
     assert!(
         (100..=200 + 1_024).contains(&held),
@@ -371,6 +370,12 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
         &committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Writes unanswered for longer than producer.message_timeout_ms (1.5 s): an outage.
+    assert_eq!(
+        metrics.health.readiness(),
+        Err(NotReady::DependencyUnavailable),
+        "readiness during the outage"
+    );
     let later = total(
         &committed_offsets(&bootstrap, &names.group, &names.input, PARTITIONS).expect("committed"),
     );
@@ -406,7 +411,10 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
     );
     let snapshot = metrics.snapshot();
     worker.stop().await;
-    assert!(snapshot.retries > 0, "failed writes were retried");
+    assert_eq!(
+        snapshot.retries, 0,
+        "librdkafka held the writes: none failed and was made again"
+    );
     assert_eq!(
         snapshot.dlq_records, 0,
         "transient failures within the retry budget are not dead-lettered"

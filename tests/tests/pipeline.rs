@@ -142,6 +142,30 @@ impl Pipeline {
         .expect("raw records produced");
     }
 
+    /// Produces `records` a chunk at a time with a pause in between, through one producer that
+    /// waits out a broker outage (its writes time out after 60 s).
+    async fn produce_slowly(
+        &self,
+        records: &[medallion_tests::pipeline::RawRecord],
+        chunk: usize,
+        pause: Duration,
+    ) {
+        let producer = test_producer(&self.bootstrap).expect("producer");
+        for records in records.chunks(chunk) {
+            produce_raw(
+                &producer,
+                &self.topic("connector.data.raw"),
+                PARTITIONS,
+                records
+                    .iter()
+                    .map(|record| (record.org_id, record.value.as_slice())),
+            )
+            .await
+            .expect("raw records produced");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// Reads a topic of this run; `name` is the production name, e.g. `gold.data.ready`.
     async fn read(&self, name: &str, at_least: usize, quiet: Duration) -> Vec<ReadRecord> {
         self.read_topic(self.topic(name), at_least, quiet).await
@@ -691,17 +715,28 @@ async fn the_pipeline_produces_exactly_the_expected_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_turns_the_stages_not_ready_and_loses_nothing() {
-    // The default producer.message_timeout_ms (0): librdkafka holds every write for as long as
-    // the broker is away.
+    // Shorter than the default producer.message_timeout_ms (30 s): librdkafka holds every
+    // write until the broker is back.
     broker_outage("broker-outage-test", Duration::from_secs(5), None).await;
 }
 
-// An outage longer than `producer.message_timeout_ms` (writes time out inside librdkafka and
-// the runtime writes them again) is not tested here: on the test broker, Tansu 0.6 on SQLite,
-// the idempotent producer's next write after such a timeout panics the broker's storage
-// (`idempotent_message_check`: "more or less than one row"), and every later request is
-// answered with a reset. `broker_outage` takes the timeout for a broker that handles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_longer_than_message_timeout_reorders_and_dead_letters_nothing() {
+    // Records flow while the broker is killed, so writes are under way; they go unanswered for
+    // five times producer.message_timeout_ms. librdkafka keeps them (its own timeout is 0) and
+    // the stages count the broker as unavailable.
+    broker_outage(
+        "broker-long-outage-test",
+        Duration::from_secs(15),
+        Some(3_000),
+    )
+    .await;
+}
 
+/// Kills the broker while the stages work and restarts it after `down`. With
+/// `message_timeout_ms`, the second half is produced a chunk at a time from before the kill
+/// until after the restart, and at least one stage must have counted its unanswered writes as
+/// an outage (`broker_unavailable`); without, the second half follows the restart.
 async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u64>) {
     let mut broker = OwnBroker::start();
     let pipeline = Pipeline::create(&broker.bootstrap()).await;
@@ -728,41 +763,73 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
     // Killed as soon as every stage is ready, while they work through the first half. (Producing
     // it only then would test the test broker: Tansu on SQLite answers some writes with
     // `Unknown broker error` while four groups join.)
-    broker.kill();
-    let started = std::time::Instant::now();
-    let mut reasons = Vec::new();
-    for stage in &mut stages {
-        reasons.push(wait_readiness(stage, 503, Duration::from_secs(30)).await);
+    let outage = async {
+        if message_timeout_ms.is_some() {
+            // A second of the second half flowing first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        broker.kill();
+        let started = std::time::Instant::now();
+        let mut reasons = Vec::new();
+        for stage in &mut stages {
+            reasons.push(wait_readiness(stage, 503, Duration::from_secs(30)).await);
+        }
+        let not_ready_after = started.elapsed();
+        tokio::time::sleep(down.saturating_sub(not_ready_after)).await;
+        broker.restart();
+        (started, reasons, not_ready_after)
+    };
+    let ((started, reasons, not_ready_after), ()) = if message_timeout_ms.is_some() {
+        tokio::join!(
+            outage,
+            pipeline.produce_slowly(&generated.records[half..], 25, Duration::from_millis(20))
+        )
+    } else {
+        (outage.await, ())
+    };
+    if message_timeout_ms.is_none() {
+        pipeline.produce(&generated.records[half..]).await;
     }
-    let not_ready_after = started.elapsed();
-    tokio::time::sleep(down.saturating_sub(not_ready_after)).await;
-    broker.restart();
-    pipeline.produce(&generated.records[half..]).await;
     for stage in &mut stages {
         wait_readiness(stage, 200, Duration::from_secs(120)).await;
     }
     let ready_after = started.elapsed();
     let figures = check(&pipeline, &generated, DeadLetters::Distinct).await;
-    let mut rewrites = 0.0;
+    let (mut rewrites, mut counted) = (0.0, 0.0);
     for stage in &mut stages {
         let (_, text) = http_get(&stage.http_url("/metrics")).await;
-        rewrites += metric_sum(
-            &text,
-            "medallion_dependency_retries_total",
-            &[("code", "produce_failed")],
-        )
-        .unwrap_or(0.0);
+        let retries = |code| {
+            metric_sum(
+                &text,
+                "medallion_dependency_retries_total",
+                &[("code", code)],
+            )
+            .unwrap_or(0.0)
+        };
+        rewrites += retries("produce_failed");
+        counted += retries("broker_unavailable");
+    }
+    assert_eq!(
+        rewrites, 0.0,
+        "librdkafka gives up on no write, so none is written again"
+    );
+    if message_timeout_ms.is_some() {
+        assert!(
+            counted > 0.0,
+            "no stage counted its unanswered writes as an outage"
+        );
     }
     for stage in &mut stages {
         stage.assert_running();
         let (status, _) = stage.terminate();
         assert!(status.success(), "exit after SIGTERM: {status}");
     }
-    let timeout = message_timeout_ms.map_or("0 (never)".to_owned(), |ms| format!("{ms} ms"));
+    let timeout =
+        message_timeout_ms.map_or("30000 ms (default)".to_owned(), |ms| format!("{ms} ms"));
     report(
         name,
         &format!(
-            "{} (broker killed while the stages read the first half, {:.0} s down, producer.message_timeout_ms {timeout}, {rewrites} writes failed and were written again; every stage not ready within {:.1} s ({}), ready again {:.1} s after the kill; {} late_event dead letters were copies of counted records)",
+            "{} (broker killed while the stages read the first half, {:.0} s down, producer.message_timeout_ms {timeout}, {rewrites} writes failed and were written again, unanswered writes counted as an outage {counted} times; every stage not ready within {:.1} s ({}), ready again {:.1} s after the kill; {} late_event dead letters were copies of counted records)",
             summary("broker outage", &generated, &figures),
             down.as_secs_f64(),
             not_ready_after.as_secs_f64(),

@@ -558,7 +558,8 @@ impl Admin {
             .set("enable.idempotence", "true")
             .set("compression.type", producer.compression.as_str())
             .set("linger.ms", producer.linger_ms.to_string())
-            // An operator command must end: a stage's "never give up" (0) becomes a bound.
+            // An operator command must end: its writes time out after the stages' watch over
+            // unanswered writes, or after 30 s when that is off (0).
             .set(
                 "message.timeout.ms",
                 match producer.message_timeout_ms {
@@ -576,7 +577,7 @@ impl Admin {
 }
 
 /// How long an operator command's write may take when the stages' `producer.message_timeout_ms`
-/// is 0 (never give up).
+/// is 0 (unanswered writes never count as an outage).
 const COMMAND_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 
 fn options() -> AdminOptions {

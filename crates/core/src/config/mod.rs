@@ -200,6 +200,8 @@ const MANAGED_PROPERTIES: &[&str] = &[
     "auto.offset.reset",
     "session.timeout.ms",
     "statistics.interval.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
 ];
 
 fn is_secret_property(name: &str) -> bool {
@@ -332,10 +334,12 @@ pub struct ProducerConfig {
     /// How long the producer waits to fill a batch.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// How long librdkafka retries a write before reporting it failed; 0 (the default) never
-    /// gives up, so a broker outage holds writes back in order until the broker takes them
-    /// (backpressure pauses the input meanwhile). With a positive value a write that timed out
-    /// is made again, after the outputs of later records that were already written.
+    /// How long handed writes may go without any answer from the broker before the stage
+    /// counts the broker as unavailable (log line, `medallion_dependency_unavailable`,
+    /// readiness, `retry.give_up_after_ms`); 0: never. Writes are never given up on whatever
+    /// it is: librdkafka holds them, in order, until the broker takes them (its own
+    /// `message.timeout.ms` is 0), and the input stops once `consumer.max_in_flight` records
+    /// are held. Operator commands use it as their writes' timeout (30 s when 0).
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
     /// Batch compression.
@@ -353,7 +357,7 @@ fn default_linger_ms() -> u64 {
     1
 }
 fn default_message_timeout_ms() -> u64 {
-    0
+    30_000
 }
 
 impl Default for ProducerConfig {
@@ -520,7 +524,7 @@ impl<S, R> WorkerConfig<S, R> {
                     return Err(ConfigError::key(
                         format!("{table}.librdkafka.\"{name}\""),
                         "is set by the runtime to keep its delivery guarantees; remove it (use the \
-                         matching [kafka]/[consumer] key where one exists)",
+                         matching [kafka]/[consumer]/[producer] key where one exists)",
                     ));
                 }
             }
@@ -572,7 +576,7 @@ impl<S, R> WorkerConfig<S, R> {
             return Err(ConfigError::key(
                 "producer.message_timeout_ms",
                 format!(
-                    "is {} but must be 0 (never give up) or above producer.linger_ms ({})",
+                    "is {} but must be 0 (never count unanswered writes as an outage) or above producer.linger_ms ({})",
                     self.producer.message_timeout_ms, self.producer.linger_ms
                 ),
             ));
@@ -978,6 +982,14 @@ mod tests {
         let error =
             load_env(&[("MEDALLION__KAFKA__LIBRDKAFKA__ENABLE_IDEMPOTENCE", "false")]).unwrap_err();
         assert!(error.to_string().contains("enable.idempotence"), "{error}");
+        // A librdkafka timeout would give up on writes and make them again behind later ones.
+        let error = load_env(&[(
+            "MEDALLION__PRODUCER__LIBRDKAFKA__MESSAGE_TIMEOUT_MS",
+            "5000",
+        )])
+        .unwrap_err();
+        assert!(error.to_string().contains("message.timeout.ms"), "{error}");
+        assert!(error.to_string().contains("[producer]"), "{error}");
     }
 
     #[test]

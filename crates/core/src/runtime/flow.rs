@@ -36,6 +36,7 @@ impl<P: Processor> Worker<P> {
     /// Updates liveness and readiness, and moves an open breaker to its probe when due.
     pub(super) async fn check_health(&mut self) {
         let now = Instant::from_std(self.clock.instant);
+        self.watch_writes();
         let health = &self.metrics.health;
         health.turned();
         if let Some(transition) = self.breaker.tick(now.into_std()) {

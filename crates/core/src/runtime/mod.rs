@@ -31,11 +31,13 @@
 //!   paused). Both can be changed in `[consumer.librdkafka]` and `[producer.librdkafka]`.
 //!
 //! # Limits
-//! - With the default `message_timeout_ms = 0` librdkafka retries a write for as long as the
-//!   broker is away, so writes stay in input order. With a finite value, a write that times out
-//!   is written again after the later records' writes that librdkafka already sent: order can
-//!   change then (never the count). Duplicates are possible after a crash or a drain timeout
-//!   (at-least-once); downstream `event_id` dedup removes them.
+//! - librdkafka retries a write for as long as the broker is away (`message.timeout.ms` 0,
+//!   which `[producer.librdkafka]` cannot change), so a write is never given up and made again
+//!   behind later ones: outputs stay in input order through an outage of any length. Writes the
+//!   broker has not answered for `producer.message_timeout_ms` count as an outage
+//!   (`broker_unavailable`) for logs, metrics, readiness and `retry.give_up_after_ms`.
+//! - Duplicates are possible after a crash or a drain timeout (at-least-once); downstream
+//!   `event_id` dedup removes them.
 //! - Deduplication lives in memory (see [`crate::dedup`]).
 
 mod commit;
@@ -113,6 +115,8 @@ pub(crate) struct RunSettings {
     pub(crate) partitioner: PartitionerKind,
     pub(crate) breaker: BreakerConfig,
     pub(crate) stall_timeout: Duration,
+    /// How long writes may go unanswered before the broker counts as unavailable; `None`: never.
+    pub(crate) write_timeout: Option<Duration>,
     pub(crate) startup: StartupConfig,
     pub(crate) bootstrap: String,
 }
@@ -144,6 +148,8 @@ impl Runtime {
             partitioner: config.producer.partitioner,
             breaker: config.breaker.clone(),
             stall_timeout: Duration::from_millis(config.health.stall_timeout_ms),
+            write_timeout: (config.producer.message_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.producer.message_timeout_ms)),
             startup: config.startup.clone(),
             bootstrap: config.kafka.bootstrap_servers.clone(),
         };
@@ -335,10 +341,10 @@ pub(crate) fn producer_client_config<S, R>(config: &WorkerConfig<S, R>) -> Clien
         .set("enable.idempotence", "true")
         .set("compression.type", config.producer.compression.as_str())
         .set("linger.ms", config.producer.linger_ms.to_string())
-        .set(
-            "message.timeout.ms",
-            config.producer.message_timeout_ms.to_string(),
-        )
+        // librdkafka never gives up on a write: one it gave up on would be written again after
+        // later ones, out of order (and an idempotent producer must bump its epoch first).
+        // `producer.message_timeout_ms` is the worker's own watch over unanswered writes.
+        .set("message.timeout.ms", "0")
         .set("queue.buffering.max.messages", queue_messages.to_string())
         // Past this, sends fail with QueueFull and the worker pauses its partitions.
         .set(

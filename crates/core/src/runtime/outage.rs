@@ -99,8 +99,55 @@ impl Outage {
         &self.code
     }
 
+    /// The outage goes on without a new try (writes librdkafka still holds): a line is due
+    /// once per [`LOG_INTERVAL`], with the tries since the last one.
+    pub(crate) fn ongoing(&mut self, now: Instant) -> Report {
+        match (self.since, self.last_log) {
+            (Some(_), Some(last)) if now.duration_since(last) >= LOG_INTERVAL => {
+                self.last_log = Some(now);
+                Report::Continues {
+                    tries: std::mem::take(&mut self.tries_since_log),
+                    lasted: self.lasted(now),
+                }
+            }
+            _ => Report::Quiet,
+        }
+    }
+
     fn lasted(&self, now: Instant) -> Duration {
         self.unavailable_for(now).unwrap_or_default()
+    }
+}
+
+/// Writes handed to librdkafka that the broker has not answered yet, and since when none was
+/// answered. librdkafka holds such writes, in order, for as long as the broker is away
+/// (`message.timeout.ms` is 0); the worker counts the broker as unavailable once writes have
+/// gone unanswered for longer than `producer.message_timeout_ms`.
+#[derive(Debug, Default)]
+pub(crate) struct Unanswered {
+    count: u64,
+    /// The last answer, or the hand-off that ended a time with nothing unanswered.
+    since: Option<Instant>,
+}
+
+impl Unanswered {
+    /// A write was handed to librdkafka; `now` is read only when none was unanswered before.
+    pub(crate) fn handed(&mut self, now: impl FnOnce() -> Instant) {
+        if self.count == 0 {
+            self.since = Some(now());
+        }
+        self.count += 1;
+    }
+
+    /// `count` writes were answered (acknowledged or failed) at `now`.
+    pub(crate) fn answered(&mut self, count: usize, now: Instant) {
+        self.count = self.count.saturating_sub(count as u64);
+        self.since = (self.count > 0).then_some(now);
+    }
+
+    /// How long writes have waited without any answer, while some wait.
+    pub(crate) fn silent_for(&self, now: Instant) -> Option<Duration> {
+        self.since.map(|since| now.saturating_duration_since(since))
     }
 }
 
@@ -144,6 +191,55 @@ mod tests {
         );
         assert_eq!(outage.unavailable_for(end), None);
         assert_eq!(outage.failed(true, CODE, end), Report::Began, "a new one");
+    }
+
+    #[test]
+    fn an_outage_without_tries_logs_once_per_interval() {
+        let start = Instant::now();
+        let mut outage = Outage::default();
+        assert_eq!(outage.ongoing(start), Report::Quiet, "no outage");
+        assert_eq!(
+            outage.failed(true, "broker_unavailable", start),
+            Report::Began
+        );
+        assert_eq!(
+            outage.ongoing(start + Duration::from_secs(9)),
+            Report::Quiet
+        );
+        let later = start + LOG_INTERVAL;
+        assert_eq!(
+            outage.ongoing(later),
+            Report::Continues {
+                tries: 0,
+                lasted: LOG_INTERVAL
+            }
+        );
+        assert_eq!(outage.ongoing(later), Report::Quiet, "once per interval");
+        assert_eq!(outage.left(later), Some((LOG_INTERVAL, 1)));
+    }
+
+    #[test]
+    fn writes_are_silent_from_the_last_answer_while_some_wait() {
+        let start = Instant::now();
+        let mut writes = Unanswered::default();
+        assert_eq!(writes.silent_for(start), None);
+        writes.handed(|| start);
+        writes.handed(|| unreachable!("the clock is read only when the first write goes out"));
+        let later = start + Duration::from_secs(3);
+        assert_eq!(writes.silent_for(later), Some(Duration::from_secs(3)));
+        // One of two answered: the silence starts again from that answer.
+        writes.answered(1, later);
+        assert_eq!(
+            writes.silent_for(later + Duration::from_secs(1)),
+            Some(Duration::from_secs(1))
+        );
+        writes.answered(1, later);
+        assert_eq!(writes.silent_for(later + Duration::from_secs(60)), None);
+        // More answers than hand-offs (never expected) do not underflow.
+        writes.answered(5, later);
+        assert_eq!(writes.silent_for(later), None);
+        writes.handed(|| later);
+        assert_eq!(writes.silent_for(later), Some(Duration::ZERO));
     }
 
     #[test]

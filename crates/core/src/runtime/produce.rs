@@ -21,6 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 
+use super::outage::Unanswered;
 use super::record::{owned_headers, Answered, RetryKind};
 use super::worker::{live, Worker};
 use crate::dlq::Header;
@@ -123,6 +124,8 @@ pub(crate) enum Sent {
 pub(crate) struct OutputProducer {
     producer: ThreadedProducer<DeliveryContext>,
     waiting: VecDeque<(Owner, Write)>,
+    /// Writes librdkafka holds that the broker has not answered.
+    unanswered: Unanswered,
 }
 
 impl std::fmt::Debug for OutputProducer {
@@ -147,6 +150,7 @@ impl OutputProducer {
         Ok(Self {
             producer: config.create_with_context(context)?,
             waiting: VecDeque::new(),
+            unanswered: Unanswered::default(),
         })
     }
 
@@ -192,12 +196,22 @@ impl OutputProducer {
         refused
     }
 
+    /// `count` answers came back from librdkafka at `now`.
+    pub(crate) fn answered(&mut self, count: usize, now: std::time::Instant) {
+        self.unanswered.answered(count, now);
+    }
+
+    /// How long handed writes have gone without any answer from the broker, while some wait.
+    pub(crate) fn unanswered_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        self.unanswered.silent_for(now)
+    }
+
     /// Drops the waiting writes of records that are no longer the worker's.
     pub(crate) fn forget(&mut self, mut gone: impl FnMut(Owner) -> bool) {
         self.waiting.retain(|(owner, _)| !gone(*owner));
     }
 
-    fn try_send(&self, owner: Owner, write: &Write) -> Result<(), KafkaError> {
+    fn try_send(&mut self, owner: Owner, write: &Write) -> Result<(), KafkaError> {
         let ticket = Box::new(Ticket {
             owner,
             topic: Arc::clone(&write.topic),
@@ -223,7 +237,9 @@ impl OutputProducer {
         if let Some(timestamp) = write.timestamp_ms {
             record = record.timestamp(timestamp);
         }
-        self.producer.send(record).map_err(|(error, _)| error)
+        self.producer.send(record).map_err(|(error, _)| error)?;
+        self.unanswered.handed(std::time::Instant::now);
+        Ok(())
     }
 }
 

@@ -30,6 +30,9 @@ use crate::partitioner::murmur2_partition;
 use crate::processor::Processor;
 use crate::trace::RecordSpan;
 
+/// The outage code of writes the broker has not answered within `producer.message_timeout_ms`.
+const WRITES_UNANSWERED: &str = "broker_unavailable";
+
 impl<P: Processor> Worker<P> {
     pub(super) fn schedule_retry(&mut self, owner: Owner, kind: RetryKind, error: &ProcessError) {
         let Some(state) = self.record(owner) else {
@@ -118,6 +121,52 @@ impl<P: Processor> Worker<P> {
                 "dependency available again; resuming"
             );
             self.telemetry.dependency_unavailable.set(0.0);
+        }
+    }
+
+    /// Counts the broker as unavailable while handed writes have gone unanswered for longer
+    /// than `producer.message_timeout_ms`, and as back once one is answered. librdkafka keeps
+    /// such writes queued, in order, however long that is; the input stops once
+    /// `max_in_flight` records are held. The outage is logged, counted and reported like any
+    /// other, and `retry.give_up_after_ms` applies to it.
+    pub(super) fn watch_writes(&mut self) {
+        let now = self.clock.instant;
+        let stalled = match (
+            self.producer.unanswered_for(now),
+            self.settings.write_timeout,
+        ) {
+            (Some(silent), Some(limit)) => silent > limit,
+            _ => false,
+        };
+        match (stalled, self.writes_stalled) {
+            (true, false) => {
+                self.writes_stalled = true;
+                self.telemetry.dependency_retry(WRITES_UNANSWERED);
+                if self.outage.failed(true, WRITES_UNANSWERED, now) == Report::Began {
+                    self.telemetry.dependency_unavailable.set(1.0);
+                }
+                tracing::warn!(
+                    code = WRITES_UNANSWERED,
+                    message_timeout_ms = self.settings.write_timeout.map_or(0, |limit| limit.as_millis() as u64),
+                    "the broker has answered no write for longer than producer.message_timeout_ms: counted unavailable; the writes stay queued in order and nothing past them is committed"
+                );
+            }
+            (true, true) => {
+                if let Report::Continues { tries, lasted } = self.outage.ongoing(now) {
+                    tracing::warn!(
+                        code = self.outage.code(),
+                        waiting = self.outage.waiting(),
+                        failed_tries = tries,
+                        unavailable_s = lasted.as_secs(),
+                        "dependency still unavailable; writes unanswered"
+                    );
+                }
+            }
+            (false, true) => {
+                self.writes_stalled = false;
+                self.left_outage();
+            }
+            (false, false) => {}
         }
     }
 

@@ -134,6 +134,8 @@ pub(crate) struct Worker<P: Processor> {
     pub(super) outage: Outage,
     /// Set when an outage outlasted `retry.give_up_after_ms`: the loop drains and returns it.
     pub(super) gave_up: Option<RuntimeError>,
+    /// Whether unanswered writes count as an outage (`producer.message_timeout_ms` passed).
+    pub(super) writes_stalled: bool,
 }
 
 /// What woke the worker's loop.
@@ -210,6 +212,7 @@ impl<P: Processor> Worker<P> {
             scratch: Scratch::default(),
             flush: FlushState::default(),
             outage: Outage::default(),
+            writes_stalled: false,
             gave_up: None,
         }
     }
@@ -267,6 +270,7 @@ impl<P: Processor> Worker<P> {
                             "the producer's delivery channel closed".into(),
                         ));
                     }
+                    self.producer.answered(count, self.clock.instant);
                     for delivery in answers.drain(..) {
                         self.on_delivery(delivery);
                     }
