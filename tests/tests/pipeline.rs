@@ -721,7 +721,7 @@ async fn a_broker_outage_turns_the_stages_not_ready_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_outage_longer_than_message_timeout_reorders_and_dead_letters_nothing() {
+async fn a_broker_outage_longer_than_message_timeout_rewrites_and_dead_letters_nothing() {
     // Records flow while the broker is killed, so writes are under way; they go unanswered for
     // five times producer.message_timeout_ms. librdkafka keeps them (its own timeout is 0) and
     // the stages count the broker as unavailable.
@@ -752,6 +752,9 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
             "MEDALLION__PRODUCER__MESSAGE_TIMEOUT_MS",
             timeout.to_string(),
         ));
+        // Each write waits a second before it is sent, so a stage that received a record in the
+        // last second before the kill surely has writes under way, whatever the broker's speed.
+        settings.push(("MEDALLION__PRODUCER__LINGER_MS", "1000".to_owned()));
     }
     let mut stages: Vec<StageProcess> = STAGES
         .into_iter()
@@ -765,8 +768,21 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
     // `Unknown broker error` while four groups join.)
     let outage = async {
         if message_timeout_ms.is_some() {
-            // A second of the second half flowing first.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Killed once bronze has received records of the second half: its writes for them
+            // are still lingering then.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, text) = http_get(&stages[0].http_url("/metrics")).await;
+                let received = metric_sum(&text, "medallion_records_in_total", &[]).unwrap_or(0.0);
+                if received > half as f64 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "bronze received {received} records, not more than the first half ({half})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         broker.kill();
         let started = std::time::Instant::now();
