@@ -2,8 +2,11 @@
 //! data in, and exactly the expected dead letters, gold aggregates and alerts out, with the
 //! stages' metrics scraped while they run and their trace spans collected by an OTLP receiver.
 //! Then the same with gold and the rule evaluator SIGKILLed mid-stream and restarted; with the
-//! broker itself killed and restarted (readiness turns false, then true, nothing lost); and the
-//! dead-letter circuit breaker opening on garbage and closing once good records follow.
+//! broker itself killed and restarted, for less and for more than `producer.message_timeout_ms`
+//! (readiness turns false, then true, nothing lost or written again); with two processes per
+//! stage SIGKILLed and restarted (on librdkafka's mock cluster, whose group coordinator
+//! rebalances when a dead member's session ends); and the dead-letter circuit breaker opening on
+//! garbage and closing once good records follow.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -19,6 +22,9 @@ use medallion_tests::pipeline::{
     expected_alerts, expected_windows, generate, Generated, WindowId, GRACE_MS, WINDOW_MS,
 };
 use medallion_tests::process::{stage_binary, StageProcess};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
 use medallion_tests::{
     create_topics, http_get, metric_sum, produce_raw, read_all_async, real_broker, test_producer,
     unique_name, OwnBroker, ReadRecord,
@@ -41,32 +47,51 @@ impl Pipeline {
         format!("{name}.{}", self.run)
     }
 
-    async fn create(bootstrap: &str) -> Self {
-        let run = unique_name("e2e").replace('-', "");
-        let pipeline = Self {
+    fn new(bootstrap: &str) -> Self {
+        Self {
             bootstrap: bootstrap.to_owned(),
-            run,
+            run: unique_name("e2e").replace('-', ""),
             binaries: HashMap::from([
                 ("bronze", stage_binary("bronze")),
                 ("silver", stage_binary("silver")),
                 ("gold", stage_binary("gold")),
                 ("rule-evaluator", stage_binary("rule-evaluator")),
             ]),
-        };
-        // Every pipeline topic has a contract: the schema catalog lists them all.
+        }
+    }
+
+    /// Every pipeline topic of this run and its DLQ: the schema catalog lists them all.
+    fn topics(&self) -> Vec<String> {
         let mut topics = Vec::new();
         for name in medallion_contracts::schemas::catalog()
             .iter()
             .map(|schema| schema.topic)
         {
-            topics.push(pipeline.topic(name));
-            topics.push(format!("{}.dlq", pipeline.topic(name)));
+            topics.push(self.topic(name));
+            topics.push(format!("{}.dlq", self.topic(name)));
         }
+        topics
+    }
+
+    async fn create(bootstrap: &str) -> Self {
+        let pipeline = Self::new(bootstrap);
+        let topics = pipeline.topics();
         let specs: Vec<(&str, i32)> = topics
             .iter()
             .map(|topic| (topic.as_str(), PARTITIONS))
             .collect();
         create_topics(bootstrap, &specs).await.expect("topics");
+        pipeline
+    }
+
+    /// The same pipeline on librdkafka's mock cluster (which takes no CreateTopics requests).
+    fn create_on_mock(cluster: &MockCluster<'static, DefaultProducerContext>) -> Self {
+        let pipeline = Self::new(&cluster.bootstrap_servers());
+        for topic in pipeline.topics() {
+            cluster
+                .create_topic(&topic, PARTITIONS, 1)
+                .expect("mock topic");
+        }
         pipeline
     }
 
@@ -993,6 +1018,109 @@ async fn killing_gold_and_the_rule_evaluator_mid_stream_changes_nothing() {
         &format!(
             "{} (gold and rule-evaluator SIGKILLed after {gold_before} gold records, restarted)",
             summary("pipeline with kills", &generated, &figures)
+        ),
+    );
+}
+
+/// Waits until `topic` holds at least `count` records, failing after 3 minutes.
+async fn wait_count(pipeline: &Pipeline, topic: &str, count: usize) {
+    for _ in 0..720 {
+        if pipeline.count(topic).await >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{topic} did not reach {count} records");
+}
+
+// Two processes per stage in each group, SIGKILLed and restarted while records flow. The stage
+// binaries run as their own processes, over TCP, against librdkafka's mock cluster: its group
+// coordinator evicts a member whose session ended and rebalances the group, as Kafka's does.
+// Tansu 0.6, the tests' real broker, does not: when it evicts a dead member it keeps the group's
+// generation, so the survivors' heartbeats keep succeeding, they never rejoin, and the dead
+// member's partitions stay unread (in CI, gold stopped at 108 of 120 windows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_per_stage_through_sigkills_count_every_record_once() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let pipeline = Pipeline::create_on_mock(&cluster);
+    let generated = generate(13);
+    let third = generated.records.len() / 3;
+    pipeline.produce(&generated.records[..third]).await;
+    // Silver commits rarely, so a killed silver process leaves much uncommitted: the process
+    // that takes its partitions over writes copies of records whose windows gold has already
+    // closed and committed, which gold must drop as duplicates.
+    let spawn = |stage: &'static str, attempt: u32| {
+        let extra = if stage == "silver" {
+            vec![(
+                "MEDALLION__CONSUMER__COMMIT_INTERVAL_MS",
+                "20000".to_owned(),
+            )]
+        } else {
+            Vec::new()
+        };
+        pipeline.spawn_with(stage, attempt, &extra)
+    };
+    let mut processes: Vec<(&'static str, StageProcess)> = Vec::new();
+    for stage in STAGES {
+        for attempt in 0..2 {
+            processes.push((stage, spawn(stage, attempt)));
+        }
+    }
+    let mut kills = 0;
+    let mut restarted = 2;
+    let mut restart_killed = |processes: &mut Vec<(&'static str, StageProcess)>| {
+        for (stage, process) in processes.iter_mut() {
+            if process.has_exited() {
+                *process = spawn(stage, restarted);
+                restarted += 1;
+            }
+        }
+    };
+    // One silver and one gold process, once gold has written windows; restarted at once, while
+    // the dead members' sessions still run.
+    wait_count(&pipeline, "gold.data.ready", 5).await;
+    for victim in ["silver", "gold"] {
+        let (_, process) = processes
+            .iter_mut()
+            .find(|(stage, _)| *stage == victim)
+            .expect("a process of the stage");
+        process.kill();
+        kills += 1;
+    }
+    pipeline.produce(&generated.records[third..2 * third]).await;
+    restart_killed(&mut processes);
+    // Then one process of every stage but gold, while the last third flows.
+    pipeline.produce(&generated.records[2 * third..]).await;
+    let mut seen = HashSet::new();
+    for (stage, process) in processes.iter_mut().rev() {
+        if *stage != "gold" && seen.insert(*stage) {
+            process.kill();
+            kills += 1;
+        }
+    }
+    restart_killed(&mut processes);
+
+    let figures = check(&pipeline, &generated, DeadLetters::Distinct).await;
+    // Copies the surviving processes dropped as duplicates (the killed ones' counts are gone).
+    let mut dropped = 0.0;
+    for (stage, process) in &mut processes {
+        process.assert_running();
+        if *stage == "gold" {
+            let (_, text) = http_get(&process.http_url("/metrics")).await;
+            dropped += metric_sum(&text, "medallion_dedup_hits_total", &[]).unwrap_or(0.0);
+        }
+        let (status, _) = process.terminate();
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
+    assert_eq!(
+        figures.late_copies, 0,
+        "copies of records gold had counted were dead-lettered as late_event"
+    );
+    report(
+        "two-processes-kill-test",
+        &format!(
+            "{} (two processes per stage on the mock cluster's coordinator, {kills} SIGKILLs across every stage while records flowed, each restarted at once; gold's live processes dropped {dropped} copies as duplicates)",
+            summary("two processes per stage", &generated, &figures),
         ),
     );
 }
