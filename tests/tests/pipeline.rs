@@ -854,6 +854,10 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
         rewrites, 0.0,
         "librdkafka gives up on no write, so none is written again"
     );
+    assert_eq!(
+        figures.late_copies, 0,
+        "copies of records gold had counted were dead-lettered as late_event"
+    );
     if message_timeout_ms.is_some() {
         assert!(
             counted > 0.0,
