@@ -155,16 +155,7 @@ impl Pipeline {
 
     async fn produce(&self, records: &[medallion_tests::pipeline::RawRecord]) {
         let producer = test_producer(&self.bootstrap).expect("producer");
-        produce_raw(
-            &producer,
-            &self.topic("connector.data.raw"),
-            PARTITIONS,
-            records
-                .iter()
-                .map(|record| (record.org_id, record.value.as_slice())),
-        )
-        .await
-        .expect("raw records produced");
+        self.produce_with(&producer, records).await;
     }
 
     /// Produces `records` a chunk at a time with a pause in between, through one producer that
@@ -177,18 +168,26 @@ impl Pipeline {
     ) {
         let producer = test_producer(&self.bootstrap).expect("producer");
         for records in records.chunks(chunk) {
-            produce_raw(
-                &producer,
-                &self.topic("connector.data.raw"),
-                PARTITIONS,
-                records
-                    .iter()
-                    .map(|record| (record.org_id, record.value.as_slice())),
-            )
-            .await
-            .expect("raw records produced");
+            self.produce_with(&producer, records).await;
             tokio::time::sleep(pause).await;
         }
+    }
+
+    async fn produce_with(
+        &self,
+        producer: &rdkafka::producer::FutureProducer,
+        records: &[medallion_tests::pipeline::RawRecord],
+    ) {
+        produce_raw(
+            producer,
+            &self.topic("connector.data.raw"),
+            PARTITIONS,
+            records
+                .iter()
+                .map(|record| (record.org_id, record.value.as_slice())),
+        )
+        .await
+        .expect("raw records produced");
     }
 
     /// Reads a topic of this run; `name` is the production name, e.g. `gold.data.ready`.
