@@ -819,17 +819,17 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
         broker.restart();
         (started, reasons, not_ready_after)
     };
-    let ((started, reasons, not_ready_after), ()) = if message_timeout_ms.is_some() {
+    let (started, reasons, not_ready_after) = if message_timeout_ms.is_some() {
         tokio::join!(
             outage,
             pipeline.produce_slowly(&generated.records[half..], 25, Duration::from_millis(20))
         )
+        .0
     } else {
-        (outage.await, ())
-    };
-    if message_timeout_ms.is_none() {
+        let outage = outage.await;
         pipeline.produce(&generated.records[half..]).await;
-    }
+        outage
+    };
     for stage in &mut stages {
         wait_readiness(stage, 200, Duration::from_secs(120)).await;
     }

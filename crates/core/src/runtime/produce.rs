@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::outage::Unanswered;
 use super::record::{owned_headers, Answered, RetryKind};
+use super::retry::BROKER_UNAVAILABLE;
 use super::worker::{live, Worker};
 use crate::dlq::Header;
 use crate::error::{delivery_error_class, ErrorClass, ProcessError};
@@ -372,7 +373,7 @@ impl<P: Processor> Worker<P> {
         let failure = ProcessError {
             class,
             code: if class == ErrorClass::Unavailable {
-                "broker_unavailable".into()
+                BROKER_UNAVAILABLE.into()
             } else {
                 "produce_failed".into()
             },

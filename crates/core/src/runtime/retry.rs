@@ -30,8 +30,9 @@ use crate::partitioner::murmur2_partition;
 use crate::processor::Processor;
 use crate::trace::RecordSpan;
 
-/// The outage code of writes the broker has not answered within `producer.message_timeout_ms`.
-const WRITES_UNANSWERED: &str = "broker_unavailable";
+/// The outage code of the broker: a write it failed as unavailable, or writes it has not
+/// answered within `producer.message_timeout_ms`.
+pub(super) const BROKER_UNAVAILABLE: &str = "broker_unavailable";
 
 impl<P: Processor> Worker<P> {
     pub(super) fn schedule_retry(&mut self, owner: Owner, kind: RetryKind, error: &ProcessError) {
@@ -141,12 +142,12 @@ impl<P: Processor> Worker<P> {
         match (stalled, self.writes_stalled) {
             (true, false) => {
                 self.writes_stalled = true;
-                self.telemetry.dependency_retry(WRITES_UNANSWERED);
-                if self.outage.failed(true, WRITES_UNANSWERED, now) == Report::Began {
+                self.telemetry.dependency_retry(BROKER_UNAVAILABLE);
+                if self.outage.failed(true, BROKER_UNAVAILABLE, now) == Report::Began {
                     self.telemetry.dependency_unavailable.set(1.0);
                 }
                 tracing::warn!(
-                    code = WRITES_UNANSWERED,
+                    code = BROKER_UNAVAILABLE,
                     message_timeout_ms = self.settings.write_timeout.map_or(0, |limit| limit.as_millis() as u64),
                     "the broker has answered no write for longer than producer.message_timeout_ms: counted unavailable; the writes stay queued in order and nothing past them is committed"
                 );
