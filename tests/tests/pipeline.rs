@@ -1092,8 +1092,9 @@ async fn two_processes_per_stage_through_sigkills(pipeline: Pipeline, plan: Kill
     let mut kills = 0;
     let mut restarted = 2;
     // Kills the victims of one round once the silver victim has taken in `silver_in` records
-    // (written but not yet committed: silver commits every 20 s), restarts them after the plan's
-    // delay and waits until the restarted processes hold partitions again.
+    // since it started (it commits only every 20 s, so the latest of them are not committed yet),
+    // restarts them after the plan's delay and waits until the restarted processes hold
+    // partitions again.
     let mut kill_and_restart = async |processes: &mut Vec<(&'static str, usize, StageProcess)>,
                                       victims: &[&str],
                                       slot: usize,
@@ -1131,8 +1132,8 @@ async fn two_processes_per_stage_through_sigkills(pipeline: Pipeline, plan: Kill
             }
         }
     };
-    // One silver and one gold process, once gold has written windows and the silver victim has
-    // written records of the second third.
+    // One silver and one gold process, once gold has written windows and the second third is
+    // written.
     wait_count(&pipeline, "gold.data.ready", 5).await;
     pipeline.produce(&generated.records[third..2 * third]).await;
     kill_and_restart(&mut processes, &["silver", "gold"], plan.slots[0], 100.0).await;
