@@ -97,6 +97,18 @@ impl<P: Contract> Encoder<P> {
     pub fn encode_into(&self, event: &Envelope<P>, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         buf.clear();
         wire::write_header(buf, self.schema_id);
+        match P::avro_writer() {
+            Some(payload) => {
+                write::envelope(buf, event, payload);
+                Ok(())
+            }
+            None => self.serialize_into(event, buf),
+        }
+    }
+
+    /// Appends the Avro datum through serde, walking the schema (every type without a hand
+    /// writer; the reference the hand writers are tested against).
+    fn serialize_into(&self, event: &Envelope<P>, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema.fast);
         serde_avro_fast::to_datum(event, &mut *buf, &mut config).map_err(|error| {
             CodecError::Encode {
@@ -258,6 +270,7 @@ fn corrupt(id: u32, error: &dyn std::fmt::Display) -> CodecError {
 
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 /// Decodes one framed record of any topic with its writer schema, as JSON (for tools that show
 /// records, such as `medallion dlq inspect`; stages use [`Decoder`]).

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Contract, EntityRef};
+use crate::codec::write;
 
 /// `connector.data.raw`: what a connector observed about one entity at one time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,23 @@ pub struct CleanedData {
 impl Contract for CleanedData {
     const TOPIC: &'static str = "bronze.data.cleaned";
     const EVENT_VERSION: &'static str = "1.0.0";
+
+    fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
+        Some(write_cleaned)
+    }
+}
+
+/// `CleanedData`'s datum, fields in `schemas/bronze/data-cleaned.avsc`'s order (bronze writes
+/// one per record).
+fn write_cleaned(data: &CleanedData, buf: &mut Vec<u8>) {
+    write::string(buf, &data.connector_id);
+    write::string(buf, &data.run_id);
+    write_entity(&data.entity, buf);
+    write::long(buf, data.observed_at);
+    write::optional_string(buf, data.currency.as_deref());
+    write::map(buf, &data.metrics, |buf, value| write::double(buf, *value));
+    write::string_map(buf, &data.dimensions);
+    write::long(buf, data.received_at);
 }
 
 /// One metric value that conforms to the catalog.
@@ -100,6 +118,39 @@ pub struct ProcessedData {
 impl Contract for ProcessedData {
     const TOPIC: &'static str = "silver.data.processed";
     const EVENT_VERSION: &'static str = "1.0.0";
+
+    fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
+        Some(write_processed)
+    }
+}
+
+/// `ProcessedData`'s datum, fields in `schemas/silver/data-processed.avsc`'s order (silver
+/// writes one per record).
+fn write_processed(data: &ProcessedData, buf: &mut Vec<u8>) {
+    write::string(buf, &data.connector_id);
+    write::string(buf, &data.run_id);
+    write_entity(&data.entity, buf);
+    write::long(buf, data.observed_at);
+    write::string(buf, &data.currency);
+    write::string(buf, &data.source_currency);
+    write::double(buf, data.fx_rate);
+    write::array(buf, &data.metrics, |buf, metric| {
+        write::string(buf, &metric.name);
+        write::double(buf, metric.value);
+        write::string(buf, &metric.unit);
+    });
+    write::string_map(buf, &data.dimensions);
+    write::array(buf, &data.quality_flags, |buf, flag| {
+        write::string(buf, flag)
+    });
+}
+
+/// An `EntityRef` (`schemas/common/entity.avsc`).
+fn write_entity(entity: &EntityRef, buf: &mut Vec<u8>) {
+    write::string(buf, &entity.kind);
+    write::string(buf, &entity.id);
+    write::optional_string(buf, entity.name.as_deref());
+    write::string_map(buf, &entity.attributes);
 }
 
 /// Aggregates of one metric in one window.
