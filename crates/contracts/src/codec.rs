@@ -268,9 +268,10 @@ fn corrupt(id: u32, error: &dyn std::fmt::Display) -> CodecError {
     }
 }
 
+pub mod write;
+
 #[cfg(test)]
 mod tests;
-pub mod write;
 
 /// Decodes one framed record of any topic with its writer schema, as JSON (for tools that show
 /// records, such as `medallion dlq inspect`; stages use [`Decoder`]).

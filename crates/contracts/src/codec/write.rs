@@ -52,24 +52,17 @@ pub fn uuid(buf: &mut Vec<u8>, value: &Uuid) {
     string(buf, value.hyphenated().encode_lower(&mut text));
 }
 
-/// Appends a `["null", string]` union.
-pub fn optional_string(buf: &mut Vec<u8>, value: Option<&str>) {
+/// Appends a `["null", T]` union: branch 0 for `None`, else branch 1 and `write`'s value.
+pub fn optional<T: ?Sized>(
+    buf: &mut Vec<u8>,
+    value: Option<&T>,
+    write: impl FnOnce(&mut Vec<u8>, &T),
+) {
     match value {
         None => long(buf, 0),
-        Some(text) => {
+        Some(inner) => {
             long(buf, 1);
-            string(buf, text);
-        }
-    }
-}
-
-/// Appends a `["null", {"type": "string", "logicalType": "uuid"}]` union.
-pub fn optional_uuid(buf: &mut Vec<u8>, value: Option<&Uuid>) {
-    match value {
-        None => long(buf, 0),
-        Some(id) => {
-            long(buf, 1);
-            uuid(buf, id);
+            write(buf, inner);
         }
     }
 }
@@ -114,8 +107,8 @@ pub fn envelope<P>(buf: &mut Vec<u8>, event: &Envelope<P>, payload: fn(&P, &mut 
     long(buf, event.timestamp);
     string(buf, &event.source.service);
     string(buf, &event.source.instance);
-    optional_uuid(buf, event.correlation_id.as_ref());
-    optional_uuid(buf, event.causation_id.as_ref());
+    optional(buf, event.correlation_id.as_ref(), uuid);
+    optional(buf, event.causation_id.as_ref(), uuid);
     long(buf, event.org_id);
     payload(&event.payload, buf);
 }

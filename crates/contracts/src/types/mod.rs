@@ -44,6 +44,7 @@ pub trait Contract:
             None => panic!("no compiled-in schema for topic {}", Self::TOPIC),
         }
     }
+
     /// Writes the payload's Avro datum by hand ([`crate::codec::write`]), for the compiled-in
     /// current schema; `None` (the default) leaves it to serde. A type that has one holds it to
     /// serde's bytes in a test.

@@ -70,7 +70,7 @@ fn write_cleaned(data: &CleanedData, buf: &mut Vec<u8>) {
     write::string(buf, &data.run_id);
     write_entity(&data.entity, buf);
     write::long(buf, data.observed_at);
-    write::optional_string(buf, data.currency.as_deref());
+    write::optional(buf, data.currency.as_deref(), write::string);
     write::map(buf, &data.metrics, |buf, value| write::double(buf, *value));
     write::string_map(buf, &data.dimensions);
     write::long(buf, data.received_at);
@@ -149,7 +149,7 @@ fn write_processed(data: &ProcessedData, buf: &mut Vec<u8>) {
 fn write_entity(entity: &EntityRef, buf: &mut Vec<u8>) {
     write::string(buf, &entity.kind);
     write::string(buf, &entity.id);
-    write::optional_string(buf, entity.name.as_deref());
+    write::optional(buf, entity.name.as_deref(), write::string);
     write::string_map(buf, &entity.attributes);
 }
 
