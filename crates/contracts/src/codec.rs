@@ -30,7 +30,7 @@ use crate::compat::can_read;
 use crate::error::{CodecError, RegistryError};
 use crate::registry::Registry;
 use crate::schemas::{subject_for, SchemaText};
-use crate::types::{Contract, Envelope};
+use crate::types::{AvroReader, Contract, Envelope};
 use crate::wire;
 
 /// How long an id the registry does not know is remembered as unknown.
@@ -171,13 +171,11 @@ impl<P: Contract> Decoder<P> {
         let mut rest = body;
         let event: Envelope<P> = match &*plan {
             Plan::Direct => {
-                let mut state =
-                    serde_avro_fast::de::DeserializerState::from_slice(body, &self.reader.fast);
-                let event = serde::Deserialize::deserialize(state.deserializer())
-                    .map_err(|error| corrupt(id, &error))?;
-                let mut left = state.into_reader();
-                let extra = std::io::BufRead::fill_buf(&mut left).map_or(0, <[u8]>::len);
-                rest = &body[body.len() - extra..];
+                let (event, left) = match P::avro_reader() {
+                    Some(payload) => Self::read_by_hand(id, body, payload)?,
+                    None => self.deserialize(id, body)?,
+                };
+                rest = left;
                 event
             }
             Plan::Resolve(reader) => {
@@ -201,6 +199,36 @@ impl<P: Contract> Decoder<P> {
             });
         }
         Ok(event)
+    }
+
+    /// Reads a body written with the reader's own schema by `P`'s hand reader; returns the
+    /// event and the bytes after it.
+    fn read_by_hand(
+        id: u32,
+        body: &[u8],
+        payload: AvroReader<P>,
+    ) -> Result<(Envelope<P>, &[u8]), CodecError> {
+        let mut reader = read::Reader::new(body);
+        let event = reader
+            .envelope(payload)
+            .map_err(|error| corrupt(id, &error))?;
+        Ok((event, reader.rest()))
+    }
+
+    /// Deserialises a body written with the reader's own schema through serde (every type
+    /// without a hand reader; the reference the hand readers are tested against); returns the
+    /// event and the bytes after it.
+    fn deserialize<'a>(
+        &self,
+        id: u32,
+        body: &'a [u8],
+    ) -> Result<(Envelope<P>, &'a [u8]), CodecError> {
+        let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, &self.reader.fast);
+        let event = serde::Deserialize::deserialize(state.deserializer())
+            .map_err(|error| corrupt(id, &error))?;
+        let mut left = state.into_reader();
+        let extra = std::io::BufRead::fill_buf(&mut left).map_or(0, <[u8]>::len);
+        Ok((event, &body[body.len() - extra..]))
     }
 
     /// The cached plan for writer schema `id`, fetching the schema on first sight.
@@ -268,6 +296,7 @@ fn corrupt(id: u32, error: &dyn std::fmt::Display) -> CodecError {
     }
 }
 
+pub mod read;
 pub mod write;
 
 #[cfg(test)]

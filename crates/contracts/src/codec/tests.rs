@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::compat::CompatibilityLevel;
 use crate::registry::EmbeddedRegistry;
-use crate::types::{CleanedData, EntityRef, Envelope, EventSource, Metric, ProcessedData};
+use crate::types::{
+    CleanedData, DerivedMetric, EntityRef, Envelope, EventSource, Metric, MetricAggregate,
+    ProcessedData, WindowAggregate,
+};
 
 fn registry() -> (Arc<EmbeddedRegistry>, Registry) {
     let embedded = Arc::new(EmbeddedRegistry::with_compiled_in());
@@ -440,5 +443,178 @@ proptest! {
     ) {
         let (by_hand, by_serde) = both_ways(payload, org_id, timestamp, ids);
         prop_assert_eq!(by_hand, by_serde);
+    }
+}
+
+/// The same bytes read by `P`'s hand reader and by serde: both outcomes, errors as text.
+fn read_both_ways<P: Contract>(
+    bytes: &[u8],
+) -> (
+    Result<Envelope<P>, CodecError>,
+    Result<Envelope<P>, CodecError>,
+) {
+    let reader = P::avro_reader().expect("the type has a hand reader");
+    let (embedded, registry) = registry();
+    let id = embedded.current_id(P::TOPIC).expect("compiled in");
+    let decoder = Decoder::<P>::new(registry);
+    let whole = |(event, rest): (Envelope<P>, &[u8])| {
+        if rest.is_empty() {
+            Ok(event)
+        } else {
+            Err(CodecError::TrailingBytes {
+                id,
+                extra: rest.len(),
+            })
+        }
+    };
+    let body = &bytes[5..];
+    let by_hand = Decoder::<P>::read_by_hand(id, body, reader).and_then(whole);
+    let by_serde = decoder.deserialize(id, body).and_then(whole);
+    (by_hand, by_serde)
+}
+
+/// Holds a hand reader to serde on one record: the same event, or both refuse it.
+fn same_outcome<P: Contract>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match read_both_ways::<P>(bytes) {
+        (Ok(by_hand), Ok(by_serde)) => prop_assert_eq!(by_hand, by_serde),
+        (Err(by_hand), Err(by_serde)) => {
+            prop_assert_eq!(
+                by_hand.code(),
+                by_serde.code(),
+                "{} / {}",
+                by_hand,
+                by_serde
+            );
+        }
+        (by_hand, by_serde) => prop_assert!(
+            false,
+            "the hand reader gave {:?}, serde {:?}",
+            by_hand.map(|_| "an event"),
+            by_serde.map(|_| "an event")
+        ),
+    }
+    Ok(())
+}
+
+/// `bytes` with one bit flipped past the header, and cut at `cut`.
+fn damaged(
+    bytes: &[u8],
+    flip: prop::sample::Index,
+    bit: u8,
+    cut: prop::sample::Index,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut flipped = bytes.to_vec();
+    let position = 5 + flip.index(bytes.len() - 5);
+    flipped[position] ^= 1 << bit;
+    let cut = 5 + cut.index(bytes.len() - 5);
+    (flipped, bytes[..cut].to_vec())
+}
+
+proptest! {
+    // The hand readers read what serde reads: valid records to the same event; a flipped bit
+    // or a cut to the same event or to an error on both sides.
+    #[test]
+    fn processed_data_is_read_by_hand_as_serde_reads_it(
+        payload in processed_strategy(), org_id in any::<i64>(), timestamp in any::<i64>(), ids in ids(),
+        flip in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>(),
+    ) {
+        let (bytes, _) = both_ways(payload, org_id, timestamp, ids);
+        let (by_hand, _) = read_both_ways::<ProcessedData>(&bytes);
+        prop_assert!(by_hand.is_ok(), "{:?}", by_hand);
+        same_outcome::<ProcessedData>(&bytes)?;
+        let (flipped, cut) = damaged(&bytes, flip, bit, cut);
+        same_outcome::<ProcessedData>(&flipped)?;
+        same_outcome::<ProcessedData>(&cut)?;
+    }
+
+    #[test]
+    fn cleaned_data_is_read_by_hand_as_serde_reads_it(
+        payload in cleaned_strategy(), org_id in any::<i64>(), timestamp in any::<i64>(), ids in ids(),
+        flip in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>(),
+    ) {
+        let (bytes, _) = both_ways(payload, org_id, timestamp, ids);
+        let (by_hand, _) = read_both_ways::<CleanedData>(&bytes);
+        prop_assert!(by_hand.is_ok(), "{:?}", by_hand);
+        same_outcome::<CleanedData>(&bytes)?;
+        let (flipped, cut) = damaged(&bytes, flip, bit, cut);
+        same_outcome::<CleanedData>(&flipped)?;
+        same_outcome::<CleanedData>(&cut)?;
+    }
+
+    #[test]
+    fn random_bodies_are_read_by_hand_as_serde_reads_them(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut bytes = vec![0u8; 5];
+        bytes.extend_from_slice(&body);
+        same_outcome::<CleanedData>(&bytes)?;
+        same_outcome::<ProcessedData>(&bytes)?;
+    }
+}
+
+fn window_strategy() -> impl Strategy<Value = WindowAggregate> {
+    (
+        cleaned_strategy(),
+        (any::<i64>(), any::<i64>(), text(), any::<i64>()),
+        proptest::collection::vec(
+            (
+                text(),
+                text(),
+                any::<i64>(),
+                -1.0e12f64..1.0e12,
+                -1.0e12f64..1.0e12,
+                -1.0e12f64..1.0e12,
+            ),
+            0..8,
+        ),
+        proptest::collection::vec(
+            (text(), text(), proptest::option::of(-1.0e6f64..1.0e6)),
+            0..4,
+        ),
+    )
+        .prop_map(
+            |(cleaned, (window_start, window_end, currency, event_count), metrics, derived)| {
+                WindowAggregate {
+                    entity: cleaned.entity,
+                    window_start,
+                    window_end,
+                    currency,
+                    event_count,
+                    metrics: metrics
+                        .into_iter()
+                        .map(|(name, unit, count, sum, min, max)| MetricAggregate {
+                            name,
+                            unit,
+                            count,
+                            sum,
+                            min,
+                            max,
+                        })
+                        .collect(),
+                    derived: derived
+                        .into_iter()
+                        .map(|(name, formula, value)| DerivedMetric {
+                            name,
+                            formula,
+                            value,
+                        })
+                        .collect(),
+                }
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn window_aggregates_are_written_and_read_by_hand_as_serde_does(
+        payload in window_strategy(), org_id in any::<i64>(), timestamp in any::<i64>(), ids in ids(),
+        flip in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>(),
+    ) {
+        let (bytes, by_serde) = both_ways(payload, org_id, timestamp, ids);
+        prop_assert_eq!(&bytes, &by_serde);
+        let (by_hand, _) = read_both_ways::<WindowAggregate>(&bytes);
+        prop_assert!(by_hand.is_ok(), "{:?}", by_hand);
+        same_outcome::<WindowAggregate>(&bytes)?;
+        let (flipped, cut) = damaged(&bytes, flip, bit, cut);
+        same_outcome::<WindowAggregate>(&flipped)?;
+        same_outcome::<WindowAggregate>(&cut)?;
     }
 }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codec::read::{ReadError, Reader};
 use crate::schemas::SchemaText;
 
 pub use ops::{AuditEntry, Execution};
@@ -51,7 +52,17 @@ pub trait Contract:
     fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
         None
     }
+
+    /// Reads the payload's Avro datum by hand ([`crate::codec::read`]), for data written with
+    /// the compiled-in current schema; `None` (the default) leaves it to serde. A type that has
+    /// one holds it to serde's outcome in a test.
+    fn avro_reader() -> Option<AvroReader<Self>> {
+        None
+    }
 }
+
+/// A payload's hand reader: reads its datum off the front of a [`Reader`].
+pub type AvroReader<P> = for<'a> fn(&mut Reader<'a>) -> Result<P, ReadError>;
 
 /// The service instance that emitted an event (`medallion.common.EventSource`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

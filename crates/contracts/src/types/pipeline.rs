@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Contract, EntityRef};
+use super::{AvroReader, Contract, EntityRef};
+use crate::codec::read::{ReadError, Reader};
 use crate::codec::write;
 
 /// `connector.data.raw`: what a connector observed about one entity at one time.
@@ -61,6 +62,10 @@ impl Contract for CleanedData {
     fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
         Some(write_cleaned)
     }
+
+    fn avro_reader() -> Option<AvroReader<Self>> {
+        Some(read_cleaned)
+    }
 }
 
 /// `CleanedData`'s datum, fields in `schemas/bronze/data-cleaned.avsc`'s order (bronze writes
@@ -74,6 +79,20 @@ fn write_cleaned(data: &CleanedData, buf: &mut Vec<u8>) {
     write::map(buf, &data.metrics, |buf, value| write::double(buf, *value));
     write::string_map(buf, &data.dimensions);
     write::long(buf, data.received_at);
+}
+
+/// `CleanedData`'s datum read back, in [`write_cleaned`]'s order (silver reads one per record).
+fn read_cleaned(reader: &mut Reader<'_>) -> Result<CleanedData, ReadError> {
+    Ok(CleanedData {
+        connector_id: reader.string()?,
+        run_id: reader.string()?,
+        entity: read_entity(reader)?,
+        observed_at: reader.long()?,
+        currency: reader.optional(Reader::string)?,
+        metrics: reader.map(Reader::double)?,
+        dimensions: reader.string_map()?,
+        received_at: reader.long()?,
+    })
 }
 
 /// One metric value that conforms to the catalog.
@@ -122,6 +141,10 @@ impl Contract for ProcessedData {
     fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
         Some(write_processed)
     }
+
+    fn avro_reader() -> Option<AvroReader<Self>> {
+        Some(read_processed)
+    }
 }
 
 /// `ProcessedData`'s datum, fields in `schemas/silver/data-processed.avsc`'s order (silver
@@ -145,12 +168,45 @@ fn write_processed(data: &ProcessedData, buf: &mut Vec<u8>) {
     });
 }
 
+/// `ProcessedData`'s datum read back, in [`write_processed`]'s order (gold reads one per
+/// record).
+fn read_processed(reader: &mut Reader<'_>) -> Result<ProcessedData, ReadError> {
+    Ok(ProcessedData {
+        connector_id: reader.string()?,
+        run_id: reader.string()?,
+        entity: read_entity(reader)?,
+        observed_at: reader.long()?,
+        currency: reader.string()?,
+        source_currency: reader.string()?,
+        fx_rate: reader.double()?,
+        metrics: reader.array(|reader| {
+            Ok(Metric {
+                name: reader.string()?,
+                value: reader.double()?,
+                unit: reader.string()?,
+            })
+        })?,
+        dimensions: reader.string_map()?,
+        quality_flags: reader.array(Reader::string)?,
+    })
+}
+
 /// An `EntityRef` (`schemas/common/entity.avsc`).
 fn write_entity(entity: &EntityRef, buf: &mut Vec<u8>) {
     write::string(buf, &entity.kind);
     write::string(buf, &entity.id);
     write::optional(buf, entity.name.as_deref(), write::string);
     write::string_map(buf, &entity.attributes);
+}
+
+/// An `EntityRef` read back, in [`write_entity`]'s order.
+fn read_entity(reader: &mut Reader<'_>) -> Result<EntityRef, ReadError> {
+    Ok(EntityRef {
+        kind: reader.string()?,
+        id: reader.string()?,
+        name: reader.optional(Reader::string)?,
+        attributes: reader.string_map()?,
+    })
 }
 
 /// Aggregates of one metric in one window.
@@ -204,4 +260,65 @@ pub struct WindowAggregate {
 impl Contract for WindowAggregate {
     const TOPIC: &'static str = "gold.data.ready";
     const EVENT_VERSION: &'static str = "1.0.0";
+
+    fn avro_writer() -> Option<fn(&Self, &mut Vec<u8>)> {
+        Some(write_window)
+    }
+
+    fn avro_reader() -> Option<AvroReader<Self>> {
+        Some(read_window)
+    }
+}
+
+/// `WindowAggregate`'s datum, fields in `schemas/gold/data-ready.avsc`'s order (gold writes one
+/// per closed window, the rule evaluator reads one per record).
+fn write_window(window: &WindowAggregate, buf: &mut Vec<u8>) {
+    write_entity(&window.entity, buf);
+    write::long(buf, window.window_start);
+    write::long(buf, window.window_end);
+    write::string(buf, &window.currency);
+    write::long(buf, window.event_count);
+    write::array(buf, &window.metrics, |buf, metric| {
+        write::string(buf, &metric.name);
+        write::string(buf, &metric.unit);
+        write::long(buf, metric.count);
+        write::double(buf, metric.sum);
+        write::double(buf, metric.min);
+        write::double(buf, metric.max);
+    });
+    write::array(buf, &window.derived, |buf, derived| {
+        write::string(buf, &derived.name);
+        write::string(buf, &derived.formula);
+        write::optional(buf, derived.value.as_ref(), |buf, value| {
+            write::double(buf, *value)
+        });
+    });
+}
+
+/// `WindowAggregate`'s datum read back, in [`write_window`]'s order.
+fn read_window(reader: &mut Reader<'_>) -> Result<WindowAggregate, ReadError> {
+    Ok(WindowAggregate {
+        entity: read_entity(reader)?,
+        window_start: reader.long()?,
+        window_end: reader.long()?,
+        currency: reader.string()?,
+        event_count: reader.long()?,
+        metrics: reader.array(|reader| {
+            Ok(MetricAggregate {
+                name: reader.string()?,
+                unit: reader.string()?,
+                count: reader.long()?,
+                sum: reader.double()?,
+                min: reader.double()?,
+                max: reader.double()?,
+            })
+        })?,
+        derived: reader.array(|reader| {
+            Ok(DerivedMetric {
+                name: reader.string()?,
+                formula: reader.string()?,
+                value: reader.optional(Reader::double)?,
+            })
+        })?,
+    })
 }
