@@ -17,7 +17,11 @@
 //!   flood the registry.
 //! - Writer schemas are kept for the life of the process (a handful per topic).
 //! - Avro length prefixes are capped at [`MAX_ALLOCATION_BYTES`] per allocation, so a corrupt
-//!   length cannot reserve gigabytes.
+//!   length cannot reserve gigabytes; the hand readers ([`read`]) go further and refuse any
+//!   length or item count larger than the bytes left in the record.
+//! - A payload type with a hand reader ([`Contract::avro_reader`]) or writer
+//!   ([`Contract::avro_writer`]) uses it on the direct path; property tests hold each to serde's
+//!   bytes and outcomes.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
