@@ -12,7 +12,9 @@
 //! - Bounded: nothing is allocated before the bytes that back it are known to be there. A
 //!   string's length must fit in the bytes left; an array or map block may not announce more
 //!   items than bytes left (every item of the types read here takes at least one byte), so a
-//!   forged count cannot reserve memory or spin.
+//!   forged count cannot spin, and at most 256 items are reserved ahead of
+//!   reading them: what a record can make is proportional to its size, itself capped by
+//!   `stage.limits.max_record_bytes`.
 //! - Reads exactly what serde's path reads for the type's compiled-in current schema: a property
 //!   test per type decodes valid and damaged records both ways and compares the outcomes
 //!   (`codec/tests.rs`). Stricter in one place: a `long` whose tenth byte carries bits past 64 is
@@ -25,6 +27,9 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::types::{Envelope, EventSource};
+
+/// The most array items reserved ahead of reading them; longer arrays grow as they are read.
+const RESERVE_AT_MOST: usize = 256;
 
 /// What was wrong with a datum read by hand.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,7 +193,9 @@ impl<'a> Reader<'a> {
             if count == 0 {
                 return Ok(items);
             }
-            items.reserve(count);
+            // Room for what the count announces, up to a point: a forged count backed by
+            // one-byte items must not reserve item-sized memory for each of them up front.
+            items.reserve(count.min(RESERVE_AT_MOST));
             for _ in 0..count {
                 items.push(item(self)?);
             }
