@@ -1,9 +1,9 @@
 //! Avro binary decoding written by hand, for the payloads a stage reads once per record.
 //!
 //! serde's path through `serde_avro_fast` walks the schema at run time (a name lookup per field,
-//! a visitor per record, map and sequence), about 13,000 instructions for one of silver's or
-//! gold's inputs, more than the rest of the stage's transformation (callgrind,
-//! `benches/benches/transform.rs`). A payload type may instead read its datum here, field by
+//! a visitor per record, map and sequence): about 12,500 instructions for one of silver's inputs
+//! and 14,800 for one of gold's, more than the rest of either stage's transformation (callgrind,
+//! `benches/benches/transform.rs`; by hand 8,400 and 9,600). A payload type may instead read its datum here, field by
 //! field in its schema's order ([`crate::types::Contract::avro_reader`]).
 //!
 //! Guarantees and limits:
@@ -12,8 +12,8 @@
 //! - Bounded: nothing is allocated before the bytes that back it are known to be there. A
 //!   string's length must fit in the bytes left; an array or map block may not announce more
 //!   items than bytes left (every item of the types read here takes at least one byte), so a
-//!   forged count cannot spin, and at most 256 items are reserved ahead of
-//!   reading them: what a record can make is proportional to its size, itself capped by
+//!   forged count cannot spin, and at most 256 items are reserved ahead of reading them: what a
+//!   record can make is proportional to its size, itself capped by
 //!   `stage.limits.max_record_bytes`.
 //! - Reads exactly what serde's path reads for the type's compiled-in current schema: a property
 //!   test per type decodes valid and damaged records both ways and compares the outcomes
