@@ -3,8 +3,8 @@
 //! serde's path through `serde_avro_fast` walks the schema at run time (a name lookup per field,
 //! a visitor per record, map and sequence): about 12,500 instructions for one of silver's inputs
 //! and 14,800 for one of gold's, more than the rest of either stage's transformation (callgrind,
-//! `benches/benches/transform.rs`; by hand 8,400 and 9,600). A payload type may instead read its datum here, field by
-//! field in its schema's order ([`crate::types::Contract::avro_reader`]).
+//! `benches/benches/transform.rs`; by hand 8,400 and 9,600). A payload type may instead read its
+//! datum here, field by field in its schema's order ([`crate::types::Contract::avro_reader`]).
 //!
 //! Guarantees and limits:
 //! - Never panics, whatever the bytes: every read checks what is left and returns a
