@@ -678,3 +678,76 @@ async fn an_outage_longer_than_give_up_after_ends_the_worker_with_an_error() {
     .expect("dead letters");
     assert!(dead.is_empty(), "nothing dead-lettered: {}", dead.len());
 }
+
+/// A topic the broker names but cannot serve yet (`LeaderNotAvailable` on it in metadata) is
+/// waited for at start-up like an unreachable broker: the worker stays up and not ready, and
+/// starts by itself once the broker answers. A topic the broker does not know ends start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_without_a_leader_at_start_up_is_waited_for_and_a_missing_one_is_an_error() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let waiting = names("leaderless");
+    create_topics(&cluster, &waiting);
+    let events = generate_events(200, 10, 20);
+    produce_events(&bootstrap, &waiting.input, PARTITIONS, &events)
+        .await
+        .expect("input");
+    cluster
+        .topic_error(
+            &waiting.output,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        )
+        .expect("topic error set");
+    let settings = [
+        ("MEDALLION__RETRY__INITIAL_BACKOFF_MS", "50"),
+        ("MEDALLION__RETRY__UNAVAILABLE_MAX_BACKOFF_MS", "200"),
+    ];
+    let worker = RunningWorker::start(&bootstrap, &waiting, &settings);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !worker.handle.is_finished(),
+        "start-up gave up on a topic without a leader"
+    );
+    assert_eq!(
+        worker.metrics.health.readiness(),
+        Err(NotReady::Starting),
+        "not ready while waiting"
+    );
+    let waited = committed_offsets(&bootstrap, &waiting.group, &waiting.input, PARTITIONS)
+        .map(|offsets| total(&offsets))
+        .unwrap_or(0);
+    assert_eq!(waited, 0, "nothing committed before the topic is served");
+
+    cluster
+        .topic_error(&waiting.output, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .expect("topic error cleared");
+    let done = wait_until(Duration::from_secs(60), || {
+        committed_offsets(&bootstrap, &waiting.group, &waiting.input, PARTITIONS)
+            .is_ok_and(|c| total(&c) == 200)
+    })
+    .await;
+    assert!(done, "every record committed once the topic is served");
+    worker.stop().await;
+
+    let mut missing = names("missing");
+    create_topics(&cluster, &missing);
+    missing.output = unique_name("missing.never-created");
+    cluster
+        .topic_error(
+            &missing.output,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .expect("topic error set");
+    let worker = RunningWorker::start(&bootstrap, &missing, &settings);
+    let ended = tokio::time::timeout(Duration::from_secs(30), worker.handle)
+        .await
+        .expect("start-up ends by itself")
+        .expect("worker task");
+    match ended {
+        Err(RuntimeError::Topic { topic, reason }) => {
+            assert_eq!(topic, missing.output);
+            assert!(reason.contains("does not exist"), "{reason}");
+        }
+        other => panic!("expected the missing-topic error, got {other:?}"),
+    }
+}

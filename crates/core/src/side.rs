@@ -30,7 +30,9 @@ use crate::client_log::LoggedContext;
 use crate::config::{RetryConfig, WorkerConfig};
 use crate::error::{delivery_error_class, ErrorClass, RuntimeError};
 use crate::partitioner::{murmur2_partition, org_key, PartitionerKind};
-use crate::runtime::{common_client_config, partition_counts, producer_client_config};
+use crate::runtime::{
+    common_client_config, partition_counts, producer_client_config, topic_partitions,
+};
 
 /// How long a side client waits for topic metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -292,24 +294,16 @@ impl TopicReader {
             .map_err(unreachable)?;
         let mut assignment = TopicPartitionList::new();
         let mut pending = HashMap::new();
-        for found in metadata.topics().iter().filter(|t| t.name() == topic) {
-            for partition in found.partitions() {
-                assignment
-                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                    .map_err(unreachable)?;
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
-                    .map_err(unreachable)?;
-                if high > low {
-                    pending.insert(partition.id(), high);
-                }
+        for partition in topic_partitions(&metadata, topic)? {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .map_err(unreachable)?;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
+                .map_err(unreachable)?;
+            if high > low {
+                pending.insert(partition.id(), high);
             }
-        }
-        if assignment.count() == 0 {
-            return Err(RuntimeError::Topic {
-                topic: topic.to_owned(),
-                reason: "does not exist; create it first (medallion does not rely on topic auto-creation)".into(),
-            });
         }
         consumer.assign(&assignment).map_err(unreachable)?;
         Ok(pending)

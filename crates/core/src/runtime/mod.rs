@@ -62,7 +62,9 @@ use std::time::Duration;
 use rdkafka::client::Client;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::metadata::{Metadata, MetadataPartition};
 use rdkafka::producer::Producer;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -357,7 +359,8 @@ pub(crate) fn producer_client_config<S, R>(config: &WorkerConfig<S, R>) -> Clien
     producer_config
 }
 
-/// Looks up each topic's partition count; a missing topic is a start-up error.
+/// Looks up each topic's partition count; a missing topic is a start-up error, a topic the
+/// broker cannot serve yet is one to wait for ([`topic_partitions`]).
 pub(crate) fn partition_counts<C: ClientContext>(
     client: &Client<C>,
     topics: &[Arc<str>],
@@ -370,20 +373,39 @@ pub(crate) fn partition_counts<C: ClientContext>(
                 topic: topic.to_string(),
                 reason: error.to_string(),
             })?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|candidate| candidate.name() == &**topic);
-        let count = found
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if count == 0 {
-            return Err(RuntimeError::Topic {
-                topic: topic.to_string(),
-                reason: "does not exist; create it first (medallion does not rely on topic auto-creation)".into(),
-            });
-        }
+        let count = topic_partitions(&metadata, topic)?.len();
         counts.insert(Arc::clone(topic), i32::try_from(count).unwrap_or(i32::MAX));
     }
     Ok(counts)
+}
+
+/// The partitions of `topic` in `metadata`.
+///
+/// A topic the broker does not know (absent, `UnknownTopicOrPartition`, no partitions) is
+/// [`RuntimeError::Topic`]: start-up stops and says to create it. Any other error the broker
+/// puts on the topic (`LeaderNotAvailable` while it elects a leader, an internal error while it
+/// is busy) is [`RuntimeError::Metadata`], which start-up waits out like an unreachable broker.
+pub(crate) fn topic_partitions<'m>(
+    metadata: &'m Metadata,
+    topic: &str,
+) -> Result<&'m [MetadataPartition], RuntimeError> {
+    let missing = || RuntimeError::Topic {
+        topic: topic.to_owned(),
+        reason: "does not exist; create it first (medallion does not rely on topic auto-creation)"
+            .into(),
+    };
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|candidate| candidate.name() == topic)
+        .ok_or_else(missing)?;
+    match found.error() {
+        None if found.partitions().is_empty() => Err(missing()),
+        None => Ok(found.partitions()),
+        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Err(missing()),
+        Some(code) => Err(RuntimeError::Metadata {
+            topic: topic.to_owned(),
+            reason: format!("the broker answered {}", RDKafkaErrorCode::from(code)),
+        }),
+    }
 }
