@@ -39,7 +39,9 @@ pub fn stage_binary(binary: &str) -> PathBuf {
 pub struct StageProcess {
     child: Child,
     label: String,
-    http_port: u16,
+    /// The HTTP endpoint's port: set when the test chose it, else read from the process's
+    /// "serving /metrics" log line once it is there.
+    http_port: OnceLock<u16>,
 }
 
 /// A free loopback port (bound, read, released).
@@ -48,6 +50,19 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free loopback port")
+}
+
+/// How long [`StageProcess::http_url`] waits for a process to log its HTTP address.
+const BIND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The port in the "serving /metrics" line of a stage's JSON log.
+fn bound_port(log: &str) -> Option<u16> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("\"message\":\"serving /metrics"))?;
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let address: std::net::SocketAddr = value.get("address")?.as_str()?.parse().ok()?;
+    Some(address.port())
 }
 
 impl Drop for StageProcess {
@@ -61,8 +76,9 @@ impl Drop for StageProcess {
 
 impl StageProcess {
     /// Starts `program` with `envs`; its log goes to `target/tmp/worker-logs/{label}.log`. Its
-    /// HTTP endpoint listens on a free loopback port ([`StageProcess::http_url`]) unless `envs`
-    /// sets `MEDALLION__TELEMETRY__PORT`.
+    /// HTTP endpoint listens on a loopback port the process picks itself (port 0; the test reads
+    /// it from the log, so no other process can take it in between) unless `envs` sets
+    /// `MEDALLION__TELEMETRY__PORT`.
     pub fn spawn(program: &Path, envs: &[(&str, String)], label: &str) -> Self {
         Self::spawn_args(program, &[], envs, label)
     }
@@ -78,13 +94,15 @@ impl StageProcess {
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log);
-        let mut http_port = free_port();
+        let http_port = OnceLock::new();
         command
             .env("MEDALLION__TELEMETRY__BIND", "\"127.0.0.1\"")
-            .env("MEDALLION__TELEMETRY__PORT", http_port.to_string());
+            .env("MEDALLION__TELEMETRY__PORT", "0");
         for (key, value) in envs {
             if *key == "MEDALLION__TELEMETRY__PORT" {
-                http_port = value.parse().unwrap_or(0);
+                if let Ok(port) = value.parse() {
+                    let _ = http_port.set(port);
+                }
             }
             command.env(key, value);
         }
@@ -111,7 +129,29 @@ impl StageProcess {
 
     /// The URL of `path` (`/metrics`, `/readyz`) on the process's HTTP endpoint.
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
+        format!("http://127.0.0.1:{}{path}", self.http_port())
+    }
+
+    /// The HTTP endpoint's port. Until the process has logged the address it bound, this waits
+    /// for that line (polling its log; a stage binds before it looks for its broker, so within
+    /// a second or so), and panics after [`BIND_TIMEOUT`], pointing at the log.
+    fn http_port(&self) -> u16 {
+        if let Some(port) = self.http_port.get() {
+            return *port;
+        }
+        let deadline = Instant::now() + BIND_TIMEOUT;
+        loop {
+            if let Some(port) = bound_port(&self.log()) {
+                return *self.http_port.get_or_init(|| port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} logged no HTTP address within {BIND_TIMEOUT:?}; see target/tmp/worker-logs/{}.log",
+                self.label,
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the process has exited (killed, or ended by itself).
@@ -161,5 +201,23 @@ impl StageProcess {
                 self.label, self.label
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_port;
+
+    #[test]
+    fn the_bound_port_is_read_from_the_serving_line() {
+        let log = concat!(
+            "{\"level\":\"INFO\",\"message\":\"starting\",\"address\":\"127.0.0.1:1\"}\n",
+            "{\"level\":\"INFO\",\"message\":\"serving /metrics, /livez and /readyz\",",
+            "\"address\":\"127.0.0.1:40069\",\"target\":\"medallion_stage::http\"}\n",
+        );
+        assert_eq!(bound_port(log), Some(40069));
+        assert_eq!(bound_port("{\"message\":\"starting\"}\n"), None);
+        assert_eq!(bound_port("{\"message\":\"serving /metrics\"}\n"), None);
+        assert_eq!(bound_port(""), None);
     }
 }
