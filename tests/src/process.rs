@@ -52,6 +52,9 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// How many of its last log lines a process that exited early shows in the panic.
+const LOG_TAIL_LINES: usize = 15;
+
 /// How long [`StageProcess::http_url`] waits for a process to log its HTTP address.
 const BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -196,8 +199,11 @@ impl StageProcess {
     /// Panics if the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("wait stage") {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
             panic!(
-                "{} exited early with {status}; see target/tmp/worker-logs/{}.log",
+                "{} exited early with {status}; the end of target/tmp/worker-logs/{}.log:\n{tail}",
                 self.label, self.label
             );
         }
