@@ -180,7 +180,8 @@ pub enum RuntimeError {
         /// What is wrong and how to fix it.
         reason: String,
     },
-    /// A topic's metadata could not be read: no broker answered.
+    /// A topic's metadata could not be read: no broker answered, or the broker named the topic
+    /// with an error other than "unknown topic" (no leader yet, an internal error).
     #[error("topic `{topic}`: metadata lookup failed ({reason}); check kafka.bootstrap_servers and that the brokers are up")]
     Metadata {
         /// The topic name.

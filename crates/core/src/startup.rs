@@ -10,7 +10,8 @@
 //! result is discarded).
 //!
 //! What is an outage and what is fatal is the attempt's to say: an unreachable broker is worth
-//! waiting for, a missing topic or an incompatible schema is not.
+//! waiting for (so is a topic the broker names with an error other than "unknown topic"), a
+//! missing topic or an incompatible schema is not.
 
 use std::fmt::Display;
 use std::future::Future;

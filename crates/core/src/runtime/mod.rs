@@ -220,7 +220,8 @@ impl Runtime {
         let mut topics: Vec<Arc<str>> = processor.output_topics();
         topics.push(Arc::clone(&self.settings.dlq_topic));
         topics.push(Arc::clone(&self.settings.input_topic));
-        // An unreachable broker is waited for (live, not ready); a missing topic is an error.
+        // An unreachable broker, or a topic it cannot serve yet, is waited for (live, not
+        // ready); a missing topic is an error.
         let patience = Patience::new(
             &self.settings.startup,
             &self.settings.retry,
