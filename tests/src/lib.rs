@@ -482,7 +482,8 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
 }
 
 /// A Tansu broker of a test's own (for tests that stop and restart it), on a free loopback
-/// port with its own SQLite data. The binary comes from `MEDALLION_TEST_TANSU`, which
+/// port below the ephemeral range ([`process::free_port_outside_ephemeral`]) with its own
+/// SQLite data. The binary comes from `MEDALLION_TEST_TANSU`, which
 /// `scripts/test.sh` sets.
 #[derive(Debug)]
 pub struct OwnBroker {
@@ -514,7 +515,7 @@ impl OwnBroker {
             binary,
             storage: storage.to_owned(),
             dir,
-            port: process::free_port(),
+            port: process::free_port_outside_ephemeral(),
             child: None,
         };
         broker.restart();

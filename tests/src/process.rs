@@ -68,6 +68,27 @@ fn bound_port(log: &str) -> Option<u16> {
     Some(address.port())
 }
 
+/// A free loopback port below the kernel's ephemeral range, for a server that must keep its
+/// port across restarts (a broker the test kills and starts again). While it is down, the
+/// clients' own connections take their local ports from the ephemeral range, so none of them
+/// can take this one (or connect to itself on it).
+pub fn free_port_outside_ephemeral() -> u16 {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if first_ephemeral <= 10_001 {
+        return free_port();
+    }
+    for _ in 0..1_000 {
+        let port = fastrand::u16(10_000..first_ephemeral);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 impl Drop for StageProcess {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
