@@ -51,6 +51,25 @@ fn create_topics(
     }
 }
 
+/// A one-broker mock cluster with `prefix`'s topics, `events` already on the input topic.
+async fn cluster_with_input(
+    prefix: &str,
+    events: &[TestEvent],
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Names,
+) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let names = names(prefix);
+    create_topics(&cluster, &names);
+    produce_events(&bootstrap, &names.input, PARTITIONS, events)
+        .await
+        .expect("input");
+    (cluster, bootstrap, names)
+}
+
 struct RunningWorker {
     shutdown: CancellationToken,
     handle: JoinHandle<Result<(), medallion_core::RuntimeError>>,
@@ -441,14 +460,8 @@ async fn nothing_is_committed_while_outputs_cannot_be_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_are_retried_without_loss_or_duplicates() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
-    let names = names("errors");
-    create_topics(&cluster, &names);
     let events = generate_events(2_000, 40, 150);
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
-        .await
-        .expect("input");
+    let (cluster, bootstrap, names) = cluster_with_input("errors", &events).await;
     // The next produce requests fail with retriable errors; librdkafka retries them, and the
     // idempotent producer keeps the retries from writing twice.
     let errors = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8];
@@ -514,14 +527,8 @@ const OUTAGE_SETTINGS: [(&str, &str); 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dependency_pauses_its_partitions_and_dead_letters_nothing() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
-    let names = names("outage");
-    create_topics(&cluster, &names);
     let events = events_needing_a_dependency(300);
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
-        .await
-        .expect("input");
+    let (_cluster, bootstrap, names) = cluster_with_input("outage", &events).await;
     let inputs = read_all(
         &bootstrap,
         &names.input,
@@ -643,14 +650,8 @@ async fn an_unavailable_dependency_pauses_its_partitions_and_dead_letters_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_give_up_after_ends_the_worker_with_an_error() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
-    let names = names("giveup");
-    create_topics(&cluster, &names);
     let events = events_needing_a_dependency(50);
-    produce_events(&bootstrap, &names.input, PARTITIONS, &events)
-        .await
-        .expect("input");
+    let (_cluster, bootstrap, names) = cluster_with_input("giveup", &events).await;
     let processor =
         PassThrough::new(&names.output).with_dependency(Arc::new(AtomicBool::new(false)));
     let mut settings = OUTAGE_SETTINGS.to_vec();
@@ -684,14 +685,8 @@ async fn an_outage_longer_than_give_up_after_ends_the_worker_with_an_error() {
 /// starts by itself once the broker answers. A topic the broker does not know ends start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_without_a_leader_at_start_up_is_waited_for_and_a_missing_one_is_an_error() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
-    let waiting = names("leaderless");
-    create_topics(&cluster, &waiting);
     let events = generate_events(200, 10, 20);
-    produce_events(&bootstrap, &waiting.input, PARTITIONS, &events)
-        .await
-        .expect("input");
+    let (cluster, bootstrap, waiting) = cluster_with_input("leaderless", &events).await;
     cluster
         .topic_error(
             &waiting.output,
