@@ -4,7 +4,8 @@
 //! `N` connector JSON records (about 700 B each; 5 orgs, 120 campaigns, two hours of event time)
 //! are written to `connector.data.raw` (gold runs 10 s windows, so that the rule evaluator has
 //! tens of thousands of windows to evaluate). The raw loop copies them to a topic of its own (consume,
-//! produce with the stages' producer settings, wait for every acknowledgement). Then bronze
+//! produce with the stages' producer settings, wait for every acknowledgement; see
+//! `medallion_tests::bench::raw_copy_loop`). Then bronze
 //! reads them, silver reads bronze's output, gold silver's, the rule evaluator gold's, each a
 //! separate release-build process, one at a time. For each: records/s from the first look at
 //! its metrics that shows input (every 20 ms) to its last record finished, CPU-µs per record
@@ -15,7 +16,10 @@
 //! the span's CPU per record less that idle rate over the span ("net", printed beside the
 //! figure, not instead of it). The raw loop's figures are printed beside them, with the ratio: a
 //! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
-//! it and the bench, may bound the stage's rate.
+//! it and the bench, may bound the stage's rate. Each topic is deleted as soon as no later step
+//! reads it (the raw loop's copy after the raw loop, each stage's input after the stage): the
+//! bench broker keeps all it holds in memory and saves all of it after each change, on the same
+//! cores, so that every record left in place makes the broker slower for what follows.
 //!
 //! Then bronze in one process over 1,000,000 records in chunks of 100,000 (stopped while
 //! each chunk is written), so that its dedup window ends up holding a million event ids: CPU per
@@ -78,7 +82,7 @@ use medallion_contracts::types::{
 use medallion_contracts::{Contract, Encoder, Envelope};
 use medallion_core::partitioner::java_partition;
 use medallion_tests::bench::{
-    connector_record, cpu_sample, peak_rss_mib, raw_copy_loop, ORGS, START_MS,
+    connector_record, cpu_sample, delete_topics, peak_rss_mib, raw_copy_loop, ORGS, START_MS,
 };
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
@@ -86,6 +90,18 @@ use medallion_tests::{
 };
 
 const PARTITIONS: i32 = 12;
+
+/// The topics of a run (each with its dead-letter topic).
+const RUN_TOPICS: [&str; 8] = [
+    "connector.data.raw",
+    "bronze.data.cleaned",
+    "silver.data.processed",
+    "gold.data.ready",
+    "rules.alerts.triggered",
+    "config.changes",
+    "audit.events",
+    "raw.copy",
+];
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -241,26 +257,29 @@ impl Run {
 }
 
 impl Run {
+    /// The run's topics named `names`, each with its dead-letter topic.
+    fn topics_of(&self, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|name| [self.topic(name), format!("{}.dlq", self.topic(name))])
+            .collect()
+    }
+
     async fn create_topics(&self) -> anyhow::Result<()> {
-        let mut topics = Vec::new();
-        for name in [
-            "connector.data.raw",
-            "bronze.data.cleaned",
-            "silver.data.processed",
-            "gold.data.ready",
-            "rules.alerts.triggered",
-            "config.changes",
-            "audit.events",
-            "raw.copy",
-        ] {
-            topics.push(self.topic(name));
-            topics.push(format!("{}.dlq", self.topic(name)));
-        }
+        let topics = self.topics_of(&RUN_TOPICS);
         let specs: Vec<(&str, i32)> = topics
             .iter()
             .map(|topic| (topic.as_str(), PARTITIONS))
             .collect();
         create_topics(&self.bootstrap, &specs).await
+    }
+
+    /// Deletes the run's topics named `names` (and their dead-letter topics) once no part of the
+    /// run reads them any more, so that the broker holds (and saves) only what is still in use.
+    async fn delete_topics(&self, names: &[&str]) -> anyhow::Result<()> {
+        let topics = self.topics_of(names);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        delete_topics(&self.bootstrap, &topics).await
     }
 
     /// One round on topics of its own: the raw loop, then the four stages one after another.
@@ -276,6 +295,7 @@ impl Run {
             records,
         )
         .await?;
+        self.delete_topics(&["raw.copy"]).await?;
         let raw = Figures {
             records,
             input: records,
@@ -293,6 +313,7 @@ impl Run {
                 records,
             )
             .await?;
+        self.delete_topics(&["connector.data.raw"]).await?;
         let silver = self
             .stage(
                 "silver",
@@ -301,6 +322,7 @@ impl Run {
                 bronze.out,
             )
             .await?;
+        self.delete_topics(&["bronze.data.cleaned"]).await?;
         let gold = self
             .stage(
                 "gold",
@@ -309,6 +331,7 @@ impl Run {
                 silver.out,
             )
             .await?;
+        self.delete_topics(&["silver.data.processed"]).await?;
         let rules = self
             .stage(
                 "rule-evaluator",
@@ -317,6 +340,13 @@ impl Run {
                 gold.out,
             )
             .await?;
+        self.delete_topics(&[
+            "gold.data.ready",
+            "rules.alerts.triggered",
+            "config.changes",
+            "audit.events",
+        ])
+        .await?;
         Ok([raw, bronze, silver, gold, rules])
     }
 
@@ -854,7 +884,9 @@ async fn main() -> anyhow::Result<()> {
         rounds_part(&new_run, records, rounds).await?;
     }
     if part("latency") {
-        new_run("latency").latency().await?;
+        let run = new_run("latency");
+        run.latency().await?;
+        run.delete_topics(&RUN_TOPICS).await?;
     }
     let chunks: u64 = std::env::var("MEDALLION_BENCH_HELD_CHUNKS")
         .ok()
@@ -933,6 +965,7 @@ async fn rounds_part(
 /// bronze's output in one process: CPU per record as the dedup window fills.
 async fn held_part(run: &Run, chunks: u64) -> anyhow::Result<()> {
     let [bronze, silver] = run.held(chunks, HELD_CHUNK).await?;
+    run.delete_topics(&RUN_TOPICS).await?;
     let how = "(each chunk read from a backlog)";
     held_report("bronze", how, &bronze, chunks);
     held_report("silver", how, &silver, chunks);
@@ -1178,6 +1211,7 @@ async fn sweep_part(new_run: &impl Fn(&str) -> Run, records: u64) -> anyhow::Res
             run.write(&producer, input, &data).await?;
             drop(data);
             let figures = run.stage(stage, input, output, records).await?;
+            run.delete_topics(&RUN_TOPICS).await?;
             let rss = figures
                 .peak_rss_mib
                 .map_or_else(|| "-".to_owned(), |mib| format!("{mib:.0}"));

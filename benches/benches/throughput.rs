@@ -1,12 +1,17 @@
 //! Throughput of the runtime against a raw rdkafka consume-then-produce loop, on the same broker
 //! in the same run, for 256 B and 1 KB records.
 //!
-//! The raw loop copies bytes only: no offset tracker, no dedup, no JSON decode, no commits. The
-//! runtime runs the pass-through processor (decodes `event_id` and `org_id`, dedups, tracks and
-//! commits offsets). Both use the same producer settings (`acks=all`, idempotence, lz4, linger 1 ms).
-//! Each side is timed from its first record received to its last output acknowledged, with this
-//! process's CPU time over that span (each side runs alone in the process). Every round runs
-//! both sides on topics of their own; the figures are medians of the rounds' ratios.
+//! The raw loop (`medallion_tests::bench::raw_copy_loop`) is the plainest fast rdkafka copy: one
+//! thread polls a `BaseConsumer` and hands each record, uncopied, to a `ThreadedProducer`; no
+//! offset tracker, no dedup, no JSON decode, no commits. The runtime runs the pass-through
+//! processor (decodes `event_id` and `org_id`, dedups, tracks and commits offsets). Both use the
+//! same producer settings (`acks=all`, idempotence, lz4, linger 1 ms) and consumer prefetch
+//! bounds. Each side is timed from its first record received to its last output acknowledged,
+//! with this process's CPU time over that span (each side runs alone in the process). Every
+//! round runs each side on topics of its own, created and filled just before the side runs and
+//! deleted just after it: the bench broker keeps all it holds in memory and saves all of it
+//! after each change, on the cores the bench uses, so topics left in place would make it slower
+//! from round to round. The figures are medians of the rounds' ratios.
 //!
 //! The raw loop has no in-flight bound. The runtime's bound (`consumer.max_in_flight`) caps its
 //! throughput at bound / acknowledgement latency; Tansu acknowledges in about a second, so the
@@ -29,9 +34,11 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use medallion_core::Runtime;
-use medallion_tests::bench::{cpu_sample, raw_copy_loop, RawLoop};
+use medallion_tests::bench::{cpu_sample, delete_topics, raw_copy_loop, RawLoop};
 use medallion_tests::passthrough::{load_config, PassThrough};
-use medallion_tests::{create_topics, generate_events, produce_events, real_broker, unique_name};
+use medallion_tests::{
+    create_topics, generate_events, produce_events, real_broker, unique_name, TestEvent,
+};
 
 const PARTITIONS: i32 = 12;
 const ROUNDS: usize = 5;
@@ -112,35 +119,52 @@ impl Side {
     }
 }
 
+/// Which loop a side of a round runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loop {
+    Raw,
+    Runtime,
+}
+
+/// One side of a round on topics of its own: creates them, writes `events` to the input, runs
+/// the loop over them and deletes the topics, so that the broker holds only this side's records
+/// while it is measured (it saves all it holds to disk after each change, on the same cores).
+async fn side(
+    bootstrap: &str,
+    which: Loop,
+    events: &[TestEvent],
+    records: u64,
+) -> anyhow::Result<RawLoop> {
+    let (input, output) = match which {
+        Loop::Raw => (unique_name("raw.in"), unique_name("raw.out")),
+        Loop::Runtime => (unique_name("rt.in"), unique_name("rt.out")),
+    };
+    let dlq = format!("{input}.dlq");
+    let names = [input.as_str(), output.as_str(), dlq.as_str()];
+    let topics: Vec<(&str, i32)> = names.iter().map(|name| (*name, PARTITIONS)).collect();
+    create_topics(bootstrap, &topics).await?;
+    produce_events(bootstrap, &input, PARTITIONS, events).await?;
+    let measured = match which {
+        Loop::Raw => raw_copy_loop(bootstrap, &input, &output, records).await?,
+        Loop::Runtime => runtime_loop(bootstrap, &input, &output, records).await?,
+    };
+    delete_topics(bootstrap, &names).await?;
+    Ok(measured)
+}
+
 /// [`ROUNDS`] rounds, each the raw loop and the runtime on topics of their own: per round, both
 /// sides' figures.
 async fn measure(bootstrap: &str, size: usize, records: u64) -> anyhow::Result<Vec<(Side, Side)>> {
     let events = generate_events(records, 500, size);
     let mut rounds = Vec::new();
     for round in 0..ROUNDS {
-        let names: Vec<String> = ["raw.in", "raw.out", "rt.in", "rt.out"]
-            .iter()
-            .map(|n| unique_name(n))
-            .collect();
-        let dlq = format!("{}.dlq", names[2]);
-        let mut topics: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), PARTITIONS)).collect();
-        topics.push((&dlq, PARTITIONS));
-        create_topics(bootstrap, &topics).await?;
-        produce_events(bootstrap, &names[0], PARTITIONS, &events).await?;
-        produce_events(bootstrap, &names[2], PARTITIONS, &events).await?;
         // Alternate which side goes first, so neither always meets a warmer broker.
         let (raw, runtime) = if round % 2 == 0 {
-            let raw = raw_copy_loop(bootstrap, &names[0], &names[1], records).await?;
-            (
-                raw,
-                runtime_loop(bootstrap, &names[2], &names[3], records).await?,
-            )
+            let raw = side(bootstrap, Loop::Raw, &events, records).await?;
+            (raw, side(bootstrap, Loop::Runtime, &events, records).await?)
         } else {
-            let runtime = runtime_loop(bootstrap, &names[2], &names[3], records).await?;
-            (
-                raw_copy_loop(bootstrap, &names[0], &names[1], records).await?,
-                runtime,
-            )
+            let runtime = side(bootstrap, Loop::Runtime, &events, records).await?;
+            (side(bootstrap, Loop::Raw, &events, records).await?, runtime)
         };
         let (raw, runtime) = (Side::of(&raw, records), Side::of(&runtime, records));
         println!(

@@ -2,14 +2,18 @@
 //! beside, and a process's own CPU time (ns per thread) and peak RSS from `/proc`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -24,62 +28,161 @@ pub struct RawLoop {
     pub cpu: Duration,
 }
 
+/// How long the raw loop waits for a record, or for its writes' acknowledgements to move on,
+/// before it gives up.
+const RAW_LOOP_STALL: Duration = Duration::from_secs(120);
+
+/// The raw loop's producer callbacks: count acknowledgements, keep the first failure.
+#[derive(Debug, Default)]
+struct RawAcks {
+    acknowledged: AtomicU64,
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for RawAcks {}
+
+impl ProducerContext for RawAcks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                failure.get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+impl RawAcks {
+    fn check(&self) -> anyhow::Result<u64> {
+        if let Some(failure) = &*self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
+            anyhow::bail!("raw loop delivery failed: {failure}");
+        }
+        Ok(self.acknowledged.load(Ordering::Relaxed))
+    }
+}
+
 /// Consumes `records` records of `input` and produces each to `output` (same partition, key
-/// and value; the stages' producer settings: `acks=all`, idempotence, lz4, linger 1 ms), waiting
-/// for every acknowledgement. No offset tracking, dedup, decoding or commits.
+/// and value), waiting for every acknowledgement: the plainest fast rdkafka copy loop, one
+/// thread polling a `BaseConsumer` and handing each record's key and value, uncopied, to a
+/// `ThreadedProducer` whose delivery callback counts acknowledgements. It has the stages'
+/// producer settings (`acks=all`, idempotence, lz4, linger 1 ms, no message timeout, a queue of
+/// 200,000 records or 64 MiB) and the runtime's consumer prefetch bounds (10,000 records or
+/// 32 MiB, 10 ms back-off), so both read and write alike; no offset tracking, dedup, decoding,
+/// ordering bookkeeping or commits.
 pub async fn raw_copy_loop(
     bootstrap: &str,
     input: &str,
     output: &str,
     records: u64,
 ) -> anyhow::Result<RawLoop> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let (bootstrap, input, output) = (bootstrap.to_owned(), input.to_owned(), output.to_owned());
+    tokio::task::spawn_blocking(move || copy_records(&bootstrap, &input, &output, records))
+        .await
+        .context("the raw loop's thread panicked")?
+}
+
+/// [`raw_copy_loop`]'s body, on a thread of its own.
+fn copy_records(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    records: u64,
+) -> anyhow::Result<RawLoop> {
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("raw"))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("queued.min.messages", "10000")
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: ThreadedProducer<RawAcks> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
         .set("linger.ms", "1")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+        .set("message.timeout.ms", "0")
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create_with_context(RawAcks::default())?;
     consumer.subscribe(&[input])?;
-    let mut pending = FuturesUnordered::new();
-    let (mut received, mut acknowledged) = (0u64, 0u64);
+    let acks = producer.context();
+    let mut received = 0u64;
     let mut started = None;
-    while acknowledged < records {
-        tokio::select! {
-            biased;
-            Some(delivery) = pending.next(), if !pending.is_empty() => {
-                match delivery {
-                    Ok(Ok(_)) => acknowledged += 1,
-                    other => anyhow::bail!("raw loop delivery failed: {other:?}"),
+    let mut last_progress = Instant::now();
+    while received < records {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            acks.check()?;
+            anyhow::ensure!(
+                last_progress.elapsed() < RAW_LOOP_STALL,
+                "the raw loop received {received} of {records} records of {input}, then nothing for {RAW_LOOP_STALL:?}"
+            );
+            continue;
+        };
+        let message = message.context("raw loop consume")?;
+        if started.is_none() {
+            started = Some((Instant::now(), cpu_sample("self")?));
+        }
+        received += 1;
+        last_progress = Instant::now();
+        let mut record = BaseRecord::to(output)
+            .partition(message.partition())
+            .payload(message.payload().unwrap_or_default());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        while let Err((error, back)) = producer.send(record) {
+            match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            }
-            message = consumer.recv(), if received < records => {
-                let message = message?;
-                if started.is_none() {
-                    started = Some((Instant::now(), cpu_sample("self")?));
-                }
-                received += 1;
-                let key = message.key().unwrap_or_default().to_vec();
-                let payload = message.payload().unwrap_or_default().to_vec();
-                let record = FutureRecord::to(output).partition(message.partition()).key(&key).payload(&payload);
-                let delivery = producer.send_result(record).map_err(|(error, _)| anyhow::anyhow!("enqueue: {error}"))?;
-                pending.push(delivery);
+                error => anyhow::bail!("raw loop enqueue: {error}"),
             }
         }
+    }
+    let (mut acknowledged, mut last) = (acks.check()?, Instant::now());
+    while acknowledged < records {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = acks.check()?;
+        if now > acknowledged {
+            (acknowledged, last) = (now, Instant::now());
+        }
+        anyhow::ensure!(
+            last.elapsed() < RAW_LOOP_STALL,
+            "the raw loop's writes to {output}: {acknowledged} of {records} acknowledged, then none for {RAW_LOOP_STALL:?}"
+        );
     }
     let (start, cpu_start) = started.context("the raw loop received no record")?;
     Ok(RawLoop {
         elapsed: start.elapsed(),
         cpu: cpu_sample("self")?.since(&cpu_start),
     })
+}
+
+/// Deletes a bench's `topics` once it has measured them. The bench broker keeps every record in
+/// memory and saves all of it to disk again after each change, on a core the bench shares: left
+/// in place, each round's records would make that saving, and so the broker's share of the two
+/// cores, grow from round to round.
+pub async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("admin client for deleting the bench's topics")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(topics, &options).await? {
+        result.map_err(|(topic, code)| anyhow::anyhow!("deleting topic {topic}: {code}"))?;
+    }
+    Ok(())
 }
 
 /// A reading of a process's CPU time, to subtract from a later one ([`CpuSample::since`]).
