@@ -114,6 +114,12 @@ fn copy_records(
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "65536")
         .create_with_context(RawAcks::default())?;
+    // Connected, with the output's leaders known, before the first record arrives: the
+    // runtime's producer is ready before it reads too.
+    producer
+        .client()
+        .fetch_metadata(Some(output), Duration::from_secs(10))
+        .context("raw loop: the output topic's metadata")?;
     consumer.subscribe(&[input])?;
     let acks = producer.context();
     let mut received = 0u64;
