@@ -26,6 +26,29 @@ pub struct RawLoop {
     pub elapsed: Duration,
     /// This process's CPU time over the same span.
     pub cpu: Duration,
+    /// Cores this process kept busy over the second after the span, its clients still open and
+    /// idle: against the bench broker, which answers an empty fetch at once, librdkafka's fetch
+    /// loop spins at that rate for as long as a consumer is caught up, the span included.
+    pub idle_cores: f64,
+}
+
+impl RawLoop {
+    /// The span's CPU time less what the idle rate accounts for over it: the CPU the records
+    /// took beyond the fetch loop's spin (a figure to print beside [`RawLoop::cpu`], not instead).
+    pub fn net_cpu(&self) -> Duration {
+        self.cpu
+            .saturating_sub(self.elapsed.mul_f64(self.idle_cores.max(0.0)))
+    }
+}
+
+/// How long [`idle_cores`] watches.
+const IDLE_WATCH: Duration = Duration::from_secs(1);
+
+/// The cores this process keeps busy over the next second (blocking).
+pub fn idle_cores() -> anyhow::Result<f64> {
+    let (start, cpu) = (Instant::now(), cpu_sample("self")?);
+    std::thread::sleep(IDLE_WATCH);
+    Ok(cpu_sample("self")?.since(&cpu).as_secs_f64() / start.elapsed().as_secs_f64())
 }
 
 /// How long the raw loop waits for a record, or for its writes' acknowledgements to move on,
@@ -169,9 +192,11 @@ fn copy_records(
         );
     }
     let (start, cpu_start) = started.context("the raw loop received no record")?;
+    let (elapsed, cpu) = (start.elapsed(), cpu_sample("self")?.since(&cpu_start));
     Ok(RawLoop {
-        elapsed: start.elapsed(),
-        cpu: cpu_sample("self")?.since(&cpu_start),
+        elapsed,
+        cpu,
+        idle_cores: idle_cores()?,
     })
 }
 
