@@ -18,7 +18,7 @@
 //! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
 //! it and the bench, may bound the stage's rate. Each topic is deleted as soon as no later step
 //! reads it (the raw loop's copy after the raw loop, each stage's input after the stage): the
-//! bench broker keeps all it holds in memory and saves all of it after each change, on the same
+//! bench broker keeps all it holds in memory and saves all of it again and again, on the same
 //! cores, so that every record left in place makes the broker slower for what follows.
 //!
 //! Then bronze in one process over 1,000,000 records in chunks of 100,000 (stopped while

@@ -10,7 +10,7 @@
 //! with this process's CPU time over that span (each side runs alone in the process). Every
 //! round runs each side on topics of its own, created and filled just before the side runs and
 //! deleted just after it: the bench broker keeps all it holds in memory and saves all of it
-//! after each change, on the cores the bench uses, so topics left in place would make it slower
+//! again and again, on the cores the bench uses, so topics left in place would make it slower
 //! from round to round. The figures are medians of the rounds' ratios. Beside the CPU figures,
 //! each side's "net" CPU: less what the process burns over the second after its span with its
 //! clients open and idle (this broker answers an empty fetch at once, so librdkafka's fetch loop
@@ -139,7 +139,7 @@ enum Loop {
 
 /// One side of a round on topics of its own: creates them, writes `events` to the input, runs
 /// the loop over them and deletes the topics, so that the broker holds only this side's records
-/// while it is measured (it saves all it holds to disk after each change, on the same cores).
+/// while it is measured (it saves all it holds to disk again and again, on the same cores).
 async fn side(
     bootstrap: &str,
     which: Loop,

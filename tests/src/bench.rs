@@ -201,9 +201,9 @@ fn copy_records(
 }
 
 /// Deletes a bench's `topics` once it has measured them. The bench broker keeps every record in
-/// memory and saves all of it to disk again after each change, on a core the bench shares: left
-/// in place, each round's records would make that saving, and so the broker's share of the two
-/// cores, grow from round to round.
+/// memory and saves all of it to disk again and again (its `autosave` thread), on a core the
+/// bench shares: left in place, each round's records would make that saving, and so the
+/// broker's share of the two cores, grow from round to round.
 pub async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
