@@ -19,9 +19,11 @@
 //! Per record: one lookup, one insert and one eviction, with no background task, so
 //! the work per record does not depend on how many ids are held; the time does a little (with a
 //! million ids the table no longer fits in the CPU's caches: about 0.2 to 0.3 µs per record
-//! against 0.07 µs with 100). About 88 bytes an id, reserved up front, so the default million
-//! ids take about 84 MiB (`benches/benches/dedup.rs` measures both). The hash is seeded per process
-//! (`foldhash`), so ids chosen by a sender cannot force collisions.
+//! against 0.07 µs with 100). About 88 bytes an id, reserved up front and, in release builds,
+//! written once at start-up so that no record pays for the kernel's first zeroing of a page: the
+//! default million ids take about 84 MiB from start-up on (`benches/benches/dedup.rs` measures
+//! both). The hash is seeded per process (`foldhash`), so ids chosen by a sender cannot force
+//! collisions.
 //!
 //! Guarantee: a duplicate whose timestamp is within `ttl_ms` of the first copy's (as its
 //! partition's clock stands), seen by the same process while that process owns the partition
@@ -101,6 +103,22 @@ impl Window {
         }
     }
 
+    /// Writes every page of the reserved tables once, then empties them. The kernel hands out
+    /// a page, zeroed, the first time it is written (with transparent huge pages, 2 MiB at a
+    /// time); ids land all over the table, so without this the first few hundred thousand
+    /// records would each pay part of zeroing the whole window (about 0.2 µs a record in the
+    /// pass-through bench, and a pause of a huge page's zeroing now and then). Start-up pays it
+    /// instead, once: tens of milliseconds for a million ids, which are resident from then on.
+    fn touch(&mut self, reserve: usize) {
+        for n in 0..reserve {
+            let key = (i32::MIN, Uuid::from_u128(n as u128));
+            self.seen.insert(key, false);
+            self.order.push_back((key, 0));
+        }
+        self.seen.clear();
+        self.order.clear();
+    }
+
     /// Holds `key` (not held yet) from a record of `timestamp_ms`.
     fn hold(&mut self, key: Key, processed: bool, timestamp_ms: Option<i64>) {
         let at = self.tick(key.0, timestamp_ms);
@@ -120,13 +138,19 @@ impl Deduplicator {
             // Sized once for the whole window: growing by doubling would leave the old tables'
             // pages resident beside the new ones, about twice the memory at the peak.
             let reserve = capacity.min(MAX_RESERVED);
-            Window {
+            let mut window = Window {
                 capacity,
                 ttl_ms: config.ttl_ms,
                 seen: HashMap::with_capacity_and_hasher(reserve, Default::default()),
                 order: VecDeque::with_capacity(reserve + 1),
                 clocks: HashMap::default(),
+            };
+            // Unoptimized builds (the tests') skip it: there it costs about 0.4 s a runtime for
+            // a million ids, and it changes no decision (`touch` is tested on its own).
+            if !cfg!(debug_assertions) {
+                window.touch(reserve);
             }
+            window
         });
         Self { window }
     }
@@ -247,6 +271,28 @@ mod tests {
         assert!(!dedup.is_duplicate(0, id, now()));
         assert!(dedup.is_duplicate(1, id, now()));
         assert_eq!(dedup.len(), 1);
+    }
+
+    #[test]
+    fn touching_the_reserved_tables_leaves_them_empty_and_in_place() {
+        let mut dedup = Deduplicator::new(&config(true, 1_000, 60_000));
+        let window = dedup.window.as_mut().expect("enabled");
+        window.touch(1_000);
+        let (seen, order) = (window.seen.capacity(), window.order.capacity());
+        assert!(seen >= 1_000 && order > 1_000);
+        assert_eq!(dedup.len(), 0);
+        // The keys it wrote do not linger as ids.
+        assert!(!dedup.is_duplicate(i32::MIN, Uuid::from_u128(0), now()));
+        for n in 0..1_000 {
+            dedup.remember(0, Uuid::from_u128(n), now());
+        }
+        assert!(dedup.is_duplicate(0, Uuid::from_u128(999), now()));
+        let window = dedup.window.as_ref().expect("enabled");
+        assert_eq!(
+            (window.seen.capacity(), window.order.capacity()),
+            (seen, order),
+            "the window's ids fit in what was reserved and touched"
+        );
     }
 
     #[test]

@@ -89,9 +89,15 @@ pub fn org_key(org_id: i64) -> String {
 impl PartitionerKind {
     /// The partition of a record keyed by `org_id` in a topic with `partitions` partitions.
     pub fn partition(self, org_id: i64, partitions: i32) -> i32 {
+        self.partition_keyed(org_id, org_key(org_id).as_bytes(), partitions)
+    }
+
+    /// [`Self::partition`] for a record whose key, `org_key(org_id)`, is already built.
+    pub fn partition_keyed(self, org_id: i64, key: &[u8], partitions: i32) -> i32 {
+        debug_assert_eq!(key, org_key(org_id).as_bytes());
         match self {
             PartitionerKind::JavaLongHash => java_partition(org_id, partitions),
-            PartitionerKind::Murmur2 => murmur2_partition(org_key(org_id).as_bytes(), partitions),
+            PartitionerKind::Murmur2 => murmur2_partition(key, partitions),
         }
     }
 }

@@ -254,12 +254,13 @@ pub(crate) fn flush(producer: &ThreadedProducer<DeliveryContext>) -> KafkaResult
 impl<P: Processor> Worker<P> {
     pub(super) fn output_write(&self, output: OutputRecord) -> Write {
         let partitions = self.partition_count(&output.topic);
+        let key = org_key(output.org_id).into_bytes();
         Write {
             partition: self
                 .settings
                 .partitioner
-                .partition(output.org_id, partitions),
-            key: Some(org_key(output.org_id).into_bytes()),
+                .partition_keyed(output.org_id, &key, partitions),
+            key: Some(key),
             payload: Some(output.payload),
             headers: output.headers,
             timestamp_ms: output.timestamp_ms,

@@ -11,7 +11,8 @@ use crate::metrics::names;
 pub(crate) struct WorkerTelemetry {
     stage: String,
     topic: String,
-    outputs: HashMap<Arc<str>, (metrics::Counter, metrics::Counter)>,
+    /// Looked up per acknowledged output: a seeded `foldhash` map, not SipHash.
+    outputs: HashMap<Arc<str>, (metrics::Counter, metrics::Counter), foldhash::fast::RandomState>,
     pub(crate) bytes_in: metrics::Counter,
     pub(crate) paused: metrics::Gauge,
     pub(crate) assigned: metrics::Gauge,
