@@ -17,6 +17,13 @@
 //! spins at a rate per second, which a slower side pays more of per record); printed beside the
 //! targets' figures, not instead of them.
 //!
+//! The broker runs on the same cores. When `scripts/bench.sh` names its process
+//! (`MEDALLION_BENCH_BROKER_PID`), each round also prints the broker's CPU per record over each
+//! side's span, and the cores the side and the broker kept busy together: near the machine's
+//! core count, the machine (not the broker's protocol, nor either loop alone) sets both rates, and
+//! the rate ratio follows the ratio of the sides' CPU per record (each side's CPU plus the
+//! broker's shares the same cores).
+//!
 //! The raw loop has no in-flight bound. The runtime's bound (`consumer.max_in_flight`) caps its
 //! throughput at bound / acknowledgement latency; Tansu acknowledges in about a second, so the
 //! bench runs the runtime with a 50,000 window (the default of 10,000 is sized for brokers that
@@ -38,7 +45,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use medallion_core::Runtime;
-use medallion_tests::bench::{cpu_sample, delete_topics, idle_cores, raw_copy_loop, RawLoop};
+use medallion_tests::bench::{
+    broker_cpu_since, broker_sample, cpu_sample, delete_topics, idle_cores, raw_copy_loop, RawLoop,
+};
 use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{
     create_topics, generate_events, produce_events, real_broker, unique_name, TestEvent,
@@ -86,7 +95,7 @@ async fn runtime_loop(
     loop {
         let snapshot = metrics.snapshot();
         if snapshot.records_in > 0 && started.is_none() {
-            started = Some((Instant::now(), cpu_sample("self")?));
+            started = Some((Instant::now(), cpu_sample("self")?, broker_sample()));
         }
         if snapshot.records_out >= records {
             break;
@@ -97,13 +106,15 @@ async fn runtime_loop(
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (start, cpu_start) = started.context("the runtime received no record")?;
+    let (start, cpu_start, broker_start) = started.context("the runtime received no record")?;
     let (elapsed, cpu) = (start.elapsed(), cpu_sample("self")?.since(&cpu_start));
+    let broker_cpu = broker_cpu_since(broker_start.as_ref());
     let idle_cores = tokio::task::spawn_blocking(idle_cores).await??;
     let measured = RawLoop {
         elapsed,
         cpu,
         idle_cores,
+        broker_cpu,
     };
     shutdown.cancel();
     handle.await??;
@@ -117,6 +128,10 @@ struct Side {
     cpu_us: f64,
     /// CPU per record less the idle fetch loop's spin over the span ([`RawLoop::net_cpu`]).
     net_cpu_us: f64,
+    /// The broker's CPU per record over the span (NaN when its process is not known).
+    broker_cpu_us: f64,
+    /// Cores busy over the span, this process's and the broker's together (NaN likewise).
+    busy_cores: f64,
 }
 
 impl Side {
@@ -126,6 +141,10 @@ impl Side {
             rate: records as f64 / measured.elapsed.as_secs_f64().max(1e-9),
             cpu_us: per_record(measured.cpu),
             net_cpu_us: per_record(measured.net_cpu()),
+            broker_cpu_us: measured.broker_cpu.map_or(f64::NAN, per_record),
+            busy_cores: measured.broker_cpu.map_or(f64::NAN, |broker| {
+                (measured.cpu + broker).as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9)
+            }),
         }
     }
 }
@@ -167,6 +186,7 @@ async fn side(
 /// sides' figures.
 async fn measure(bootstrap: &str, size: usize, records: u64) -> anyhow::Result<Vec<(Side, Side)>> {
     let events = generate_events(records, 500, size);
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
     let mut rounds = Vec::new();
     for round in 0..ROUNDS {
         // Alternate which side goes first, so neither always meets a warmer broker.
@@ -189,6 +209,10 @@ async fn measure(bootstrap: &str, size: usize, records: u64) -> anyhow::Result<V
             runtime.rate / raw.rate,
             runtime.cpu_us / raw.cpu_us.max(1e-9),
             runtime.net_cpu_us / raw.net_cpu_us.max(1e-9),
+        );
+        println!(
+            "           broker {:>5.2} CPU-us per record, cores busy (loop + broker) {:.2} of {cores} | broker {:>5.2} CPU-us per record, cores busy {:.2} of {cores}",
+            raw.broker_cpu_us, raw.busy_cores, runtime.broker_cpu_us, runtime.busy_cores,
         );
         rounds.push((raw, runtime));
     }

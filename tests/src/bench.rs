@@ -30,6 +30,25 @@ pub struct RawLoop {
     /// idle: against the bench broker, which answers an empty fetch at once, librdkafka's fetch
     /// loop spins at that rate for as long as a consumer is caught up, the span included.
     pub idle_cores: f64,
+    /// The bench broker's CPU time over the same span, when its process is known
+    /// ([`broker_sample`]).
+    pub broker_cpu: Option<Duration>,
+}
+
+/// The environment variable `scripts/bench.sh` sets to the bench broker's process id.
+pub const BROKER_PID_VAR: &str = "MEDALLION_BENCH_BROKER_PID";
+
+/// A reading of the bench broker's CPU time, when [`BROKER_PID_VAR`] names its process (the
+/// broker shares the machine's cores with the loop measured: its CPU per record, beside the
+/// loop's, shows how much of the machine each side leaves the other).
+pub fn broker_sample() -> Option<CpuSample> {
+    let pid = std::env::var(BROKER_PID_VAR).ok()?;
+    cpu_sample(pid.trim()).ok()
+}
+
+/// The broker's CPU time from `start` to now, when both readings can be taken.
+pub fn broker_cpu_since(start: Option<&CpuSample>) -> Option<Duration> {
+    Some(broker_sample()?.since(start?))
 }
 
 impl RawLoop {
@@ -159,7 +178,7 @@ fn copy_records(
         };
         let message = message.context("raw loop consume")?;
         if started.is_none() {
-            started = Some((Instant::now(), cpu_sample("self")?));
+            started = Some((Instant::now(), cpu_sample("self")?, broker_sample()));
         }
         received += 1;
         last_progress = Instant::now();
@@ -191,12 +210,14 @@ fn copy_records(
             "the raw loop's writes to {output}: {acknowledged} of {records} acknowledged, then none for {RAW_LOOP_STALL:?}"
         );
     }
-    let (start, cpu_start) = started.context("the raw loop received no record")?;
+    let (start, cpu_start, broker_start) = started.context("the raw loop received no record")?;
     let (elapsed, cpu) = (start.elapsed(), cpu_sample("self")?.since(&cpu_start));
+    let broker_cpu = broker_cpu_since(broker_start.as_ref());
     Ok(RawLoop {
         elapsed,
         cpu,
         idle_cores: idle_cores()?,
+        broker_cpu,
     })
 }
 
