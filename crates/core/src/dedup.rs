@@ -108,7 +108,7 @@ impl Window {
     /// time); ids land all over the table, so without this the first few hundred thousand
     /// records would each pay part of zeroing the whole window (about 0.2 µs a record in the
     /// pass-through bench, and a pause of a huge page's zeroing now and then). Start-up pays it
-    /// instead, once: tens of milliseconds for a million ids, which are resident from then on.
+    /// instead, once: about 0.1 s for a million ids, which are resident from then on.
     fn touch(&mut self, reserve: usize) {
         for n in 0..reserve {
             let key = (i32::MIN, Uuid::from_u128(n as u128));
