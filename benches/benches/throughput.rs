@@ -45,9 +45,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use medallion_core::Runtime;
-use medallion_tests::bench::{
-    broker_cpu_since, broker_sample, cpu_sample, delete_topics, idle_cores, raw_copy_loop, RawLoop,
-};
+use medallion_tests::bench::{delete_topics, idle_cores, raw_copy_loop, RawLoop, Span};
 use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{
     create_topics, generate_events, produce_events, real_broker, unique_name, TestEvent,
@@ -95,7 +93,7 @@ async fn runtime_loop(
     loop {
         let snapshot = metrics.snapshot();
         if snapshot.records_in > 0 && started.is_none() {
-            started = Some((Instant::now(), cpu_sample("self")?, broker_sample()));
+            started = Some(Span::start()?);
         }
         if snapshot.records_out >= records {
             break;
@@ -106,16 +104,8 @@ async fn runtime_loop(
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (start, cpu_start, broker_start) = started.context("the runtime received no record")?;
-    let (elapsed, cpu) = (start.elapsed(), cpu_sample("self")?.since(&cpu_start));
-    let broker_cpu = broker_cpu_since(broker_start.as_ref());
-    let idle_cores = tokio::task::spawn_blocking(idle_cores).await??;
-    let measured = RawLoop {
-        elapsed,
-        cpu,
-        idle_cores,
-        broker_cpu,
-    };
+    let mut measured = started.context("the runtime received no record")?.end()?;
+    measured.idle_cores = tokio::task::spawn_blocking(idle_cores).await??;
     shutdown.cancel();
     handle.await??;
     Ok(measured)

@@ -46,9 +46,40 @@ pub fn broker_sample() -> Option<CpuSample> {
     cpu_sample(pid.trim()).ok()
 }
 
-/// The broker's CPU time from `start` to now, when both readings can be taken.
-pub fn broker_cpu_since(start: Option<&CpuSample>) -> Option<Duration> {
-    Some(broker_sample()?.since(start?))
+/// The start of a timed span: the clock, this process's CPU time and the broker's.
+#[derive(Debug)]
+pub struct Span {
+    at: Instant,
+    cpu: CpuSample,
+    broker: Option<CpuSample>,
+}
+
+impl Span {
+    /// Starts a span now.
+    pub fn start() -> anyhow::Result<Self> {
+        Ok(Self {
+            at: Instant::now(),
+            cpu: cpu_sample("self")?,
+            broker: broker_sample(),
+        })
+    }
+
+    /// The span from its start to now. Its `idle_cores` is 0 until the caller watches the idle
+    /// second after it ([`idle_cores`]), which must come after this reading.
+    pub fn end(&self) -> anyhow::Result<RawLoop> {
+        let elapsed = self.at.elapsed();
+        let cpu = cpu_sample("self")?.since(&self.cpu);
+        let broker_cpu = self
+            .broker
+            .as_ref()
+            .and_then(|start| Some(broker_sample()?.since(start)));
+        Ok(RawLoop {
+            elapsed,
+            cpu,
+            idle_cores: 0.0,
+            broker_cpu,
+        })
+    }
 }
 
 impl RawLoop {
@@ -178,7 +209,7 @@ fn copy_records(
         };
         let message = message.context("raw loop consume")?;
         if started.is_none() {
-            started = Some((Instant::now(), cpu_sample("self")?, broker_sample()));
+            started = Some(Span::start()?);
         }
         received += 1;
         last_progress = Instant::now();
@@ -210,15 +241,9 @@ fn copy_records(
             "the raw loop's writes to {output}: {acknowledged} of {records} acknowledged, then none for {RAW_LOOP_STALL:?}"
         );
     }
-    let (start, cpu_start, broker_start) = started.context("the raw loop received no record")?;
-    let (elapsed, cpu) = (start.elapsed(), cpu_sample("self")?.since(&cpu_start));
-    let broker_cpu = broker_cpu_since(broker_start.as_ref());
-    Ok(RawLoop {
-        elapsed,
-        cpu,
-        idle_cores: idle_cores()?,
-        broker_cpu,
-    })
+    let mut measured = started.context("the raw loop received no record")?.end()?;
+    measured.idle_cores = idle_cores()?;
+    Ok(measured)
 }
 
 /// Deletes a bench's `topics` once it has measured them. The bench broker keeps every record in
