@@ -59,8 +59,18 @@ impl PartitionTracker {
     /// Marks `offset` finished: its outputs and any dead-letter record are acknowledged.
     /// Returns false when the offset is unknown (already released or never begun).
     pub fn finish(&mut self, offset: i64) -> bool {
-        let Ok(index) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) else {
-            return false;
+        // Offsets are usually consecutive, so the offset's distance from the first pending one
+        // is its index; a search finds it when the partition has gaps.
+        let guess = self
+            .pending
+            .front()
+            .and_then(|(first, _)| usize::try_from(offset.checked_sub(*first)?).ok());
+        let index = match guess {
+            Some(index) if self.pending.get(index).is_some_and(|(o, _)| *o == offset) => index,
+            _ => match self.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+                Ok(index) => index,
+                Err(_) => return false,
+            },
         };
         self.pending[index].1 = true;
         while let Some((_, true)) = self.pending.front() {

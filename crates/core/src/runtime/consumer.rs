@@ -14,18 +14,18 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::record::Polled;
 use crate::metrics::RuntimeMetrics;
 
 /// What the polling thread tells the worker.
 #[derive(Debug)]
 pub(crate) enum PollEvent {
     /// Records of assigned partitions, in the order they were polled.
-    Messages(Vec<OwnedMessage>),
+    Messages(Vec<Polled>),
     /// Partitions were assigned; their records follow.
     Assigned(Vec<i32>),
     /// Partitions are being revoked: drain them and reply with the offsets to commit.
@@ -48,7 +48,7 @@ pub(crate) struct RebalanceContext {
     /// giving its partitions up, so the last lag measured while running is kept.
     pub(crate) lag_frozen: AtomicBool,
     /// Records polled and not yet sent to the worker (only the polling thread touches it).
-    pub(crate) batch: Mutex<Vec<OwnedMessage>>,
+    pub(crate) batch: Mutex<Vec<Polled>>,
 }
 
 /// The most records sent to the worker in one batch.
@@ -66,7 +66,7 @@ impl RebalanceContext {
     }
 
     /// Adds a record to the batch; true when the batch is full.
-    fn gather(&self, message: OwnedMessage) -> bool {
+    fn gather(&self, message: Polled) -> bool {
         let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
         batch.push(message);
         batch.len() >= BATCH
@@ -263,7 +263,7 @@ fn poll_loop(consumer: &BaseConsumer<RebalanceContext>, stop: &AtomicBool) {
                 None => break,
                 Some(Ok(message)) => {
                     // Once the worker has gone, records are dropped uncommitted.
-                    if !worker_gone && consumer.context().gather(message.detach()) {
+                    if !worker_gone && consumer.context().gather(Polled::copy_of(&message)) {
                         break;
                     }
                 }

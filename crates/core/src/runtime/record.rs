@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::Headers;
 use rdkafka::Message;
 use tokio_util::time::delay_queue;
 use uuid::Uuid;
@@ -42,8 +42,8 @@ pub(crate) enum Phase {
         pending: usize,
         /// Writes the broker did not acknowledge, to be made again.
         failed: Vec<Write>,
-        /// The last of their errors.
-        error: Option<KafkaError>,
+        /// The last of their errors (boxed: a record's state stays small while none failed).
+        error: Option<Box<KafkaError>>,
     },
     /// Waiting for a retry timer.
     Waiting {
@@ -65,13 +65,77 @@ pub(crate) enum Answered {
     Failed(KafkaError),
 }
 
+/// An input record as the polling thread hands it to the worker: its place, timestamp and
+/// headers, and its key and payload copied once out of librdkafka's buffer into one allocation
+/// (the topic is the worker's one input topic, so it is not copied per record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Polled {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    /// The record's timestamp in epoch milliseconds.
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) headers: Vec<Header>,
+    /// The key's bytes, then the payload's.
+    bytes: Box<[u8]>,
+    /// The key's length; `None` when the record has no key.
+    key_len: Option<usize>,
+    has_payload: bool,
+}
+
+impl Polled {
+    /// A copy of a record librdkafka returned.
+    pub(crate) fn copy_of(message: &impl Message) -> Self {
+        Self::new(
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+            owned_headers(message),
+        )
+    }
+
+    pub(crate) fn new(
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Vec<Header>,
+    ) -> Self {
+        let (key_bytes, payload_bytes) = (key.unwrap_or_default(), payload.unwrap_or_default());
+        let mut bytes = Vec::with_capacity(key_bytes.len() + payload_bytes.len());
+        bytes.extend_from_slice(key_bytes);
+        bytes.extend_from_slice(payload_bytes);
+        Self {
+            partition,
+            offset,
+            timestamp_ms,
+            headers,
+            bytes: bytes.into_boxed_slice(),
+            key_len: key.map(<[u8]>::len),
+            has_payload: payload.is_some(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        self.key_len.and_then(|len| self.bytes.get(..len))
+    }
+
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        if !self.has_payload {
+            return None;
+        }
+        self.bytes.get(self.key_len.unwrap_or(0)..)
+    }
+}
+
 /// One record the worker holds, from receipt to done.
 #[derive(Debug)]
 pub(crate) struct RecordState {
     /// The life of the slot: a delivery or timer for an older life is ignored.
     pub(crate) seq: u64,
-    pub(crate) message: OwnedMessage,
-    pub(crate) headers: Vec<Header>,
+    pub(crate) input: Polled,
     pub(crate) phase: Phase,
     /// Processing attempts and resends so far.
     pub(crate) attempts: u32,
@@ -89,18 +153,16 @@ pub(crate) struct RecordState {
     pub(crate) dead_letter: Option<Cow<'static, str>>,
     /// Whether it wrote outputs (it counts in the processing latency).
     pub(crate) produced: bool,
-    /// Its trace span, when traces are on and it was sampled.
-    pub(crate) span: Option<RecordSpan>,
+    /// Its trace span, when traces are on and it was sampled (boxed: most records have none).
+    pub(crate) span: Option<Box<RecordSpan>>,
 }
 
 impl RecordState {
     /// A record just received.
-    pub(crate) fn new(seq: u64, message: OwnedMessage) -> Self {
-        let headers = owned_headers(&message);
+    pub(crate) fn new(seq: u64, input: Polled) -> Self {
         Self {
             seq,
-            message,
-            headers,
+            input,
             phase: Phase::Received,
             attempts: 0,
             unavailable_tries: 0,
@@ -116,16 +178,16 @@ impl RecordState {
     }
 
     pub(crate) fn partition(&self) -> i32 {
-        self.message.partition()
+        self.input.partition
     }
 
     pub(crate) fn offset(&self) -> i64 {
-        self.message.offset()
+        self.input.offset
     }
 
     /// The input record's timestamp in epoch milliseconds.
     pub(crate) fn timestamp_ms(&self) -> Option<i64> {
-        self.message.timestamp().to_millis()
+        self.input.timestamp_ms
     }
 
     /// Attempts that count against `retry.max_attempts`.
@@ -160,14 +222,14 @@ impl RecordState {
         *pending = pending.saturating_sub(1);
         if let Err((kafka_error, write)) = result {
             failed.push(write);
-            *error = Some(kafka_error);
+            *error = Some(Box::new(kafka_error));
         }
         if *pending > 0 {
             return Answered::Pending;
         }
         match error.take() {
             None => Answered::Done,
-            Some(error) => Answered::Failed(error),
+            Some(error) => Answered::Failed(*error),
         }
     }
 
@@ -222,6 +284,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use rdkafka::message::{Header as KafkaHeader, OwnedHeaders, OwnedMessage};
     use rdkafka::types::RDKafkaErrorCode;
     use rdkafka::Timestamp;
     use tokio_util::time::DelayQueue;
@@ -238,7 +301,7 @@ mod tests {
             42,
             None,
         );
-        RecordState::new(1, message)
+        RecordState::new(1, Polled::copy_of(&message))
     }
 
     fn write(n: u8) -> Write {
@@ -262,6 +325,53 @@ mod tests {
         assert_eq!((state.partition(), state.offset()), (3, 42));
         assert_eq!(state.timestamp_ms(), Some(1_000));
         assert!(!state.is_writing());
+    }
+
+    #[test]
+    fn a_polled_copy_keeps_key_payload_and_headers_apart() {
+        let headers = OwnedHeaders::new()
+            .insert(KafkaHeader {
+                key: "a",
+                value: Some(&b"1"[..]),
+            })
+            .insert(KafkaHeader::<&[u8]> {
+                key: "b",
+                value: None,
+            });
+        let message = OwnedMessage::new(
+            Some(b"payload".to_vec()),
+            Some(b"key".to_vec()),
+            "in".to_owned(),
+            Timestamp::LogAppendTime(7),
+            1,
+            9,
+            Some(headers),
+        );
+        let polled = Polled::copy_of(&message);
+        assert_eq!(polled.key(), Some(&b"key"[..]));
+        assert_eq!(polled.payload(), Some(&b"payload"[..]));
+        assert_eq!(
+            (polled.partition, polled.offset, polled.timestamp_ms),
+            (1, 9, Some(7))
+        );
+        assert_eq!(
+            polled.headers,
+            vec![
+                ("a".to_owned(), Some(b"1".to_vec())),
+                ("b".to_owned(), None)
+            ]
+        );
+        let (empty, k): (&[u8], &[u8]) = (b"", b"k");
+        let cases = [
+            (None, None),
+            (Some(empty), None),
+            (None, Some(empty)),
+            (Some(k), Some(empty)),
+        ];
+        for (key, payload) in cases {
+            let polled = Polled::new(0, 0, None, key, payload, Vec::new());
+            assert_eq!((polled.key(), polled.payload()), (key, payload));
+        }
     }
 
     #[test]

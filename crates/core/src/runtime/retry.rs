@@ -17,8 +17,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::Message;
-
 use super::outage::Report;
 use super::produce::{Owner, Write};
 use super::record::RetryKind;
@@ -235,20 +233,20 @@ impl<P: Processor> Worker<P> {
             last_failure: now,
             event_id,
             org_id,
-            traceparent: state.span.as_ref().map(RecordSpan::traceparent),
+            traceparent: state.span.as_deref().map(RecordSpan::traceparent),
         };
-        let headers = dlq_headers(&state.headers, &source, &failure);
+        let headers = dlq_headers(&state.input.headers, &source, &failure);
         // Same partition as the source where the DLQ has it, so a DLQ is partitioned like its topic.
         let dlq_partition = if partition < dlq_partitions {
             partition
         } else {
-            murmur2_partition(state.message.key().unwrap_or_default(), dlq_partitions)
+            murmur2_partition(state.input.key().unwrap_or_default(), dlq_partitions)
         };
         let write = Write {
             topic: Arc::clone(&self.settings.dlq_topic),
             partition: dlq_partition,
-            key: state.message.key().map(<[u8]>::to_vec),
-            payload: state.message.payload().map(<[u8]>::to_vec),
+            key: state.input.key().map(<[u8]>::to_vec),
+            payload: state.input.payload().map(<[u8]>::to_vec),
             headers,
             timestamp_ms: state.timestamp_ms(),
         };

@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::record::owned_headers;
+use super::record::Polled;
 use super::worker::Worker;
 use crate::client_log::LoggedContext;
 use crate::error::ErrorClass;
@@ -45,7 +44,7 @@ pub(crate) enum WarmEvent {
     Records {
         partition: i32,
         generation: u64,
-        messages: Vec<OwnedMessage>,
+        messages: Vec<Polled>,
     },
     /// The partition's warm-up is over: its records may be processed.
     Done { partition: i32, generation: u64 },
@@ -211,7 +210,7 @@ impl WarmThread {
                 Some(Ok(message)) => {
                     let offset = message.offset();
                     if offset < end {
-                        batch.push(message.detach());
+                        batch.push(Polled::copy_of(&message));
                     }
                     if batch.len() >= BATCH {
                         self.send(partition, generation, &mut batch);
@@ -231,7 +230,7 @@ impl WarmThread {
         result
     }
 
-    fn send(&self, partition: i32, generation: u64, batch: &mut Vec<OwnedMessage>) {
+    fn send(&self, partition: i32, generation: u64, batch: &mut Vec<Polled>) {
         if batch.is_empty() {
             return;
         }
@@ -293,25 +292,24 @@ impl<P: Processor> Worker<P> {
     /// of the partition processed or dead-lettered. A record that does not decode is skipped (it
     /// was dead-lettered then); an unavailable registry ends the partition's warm-up, as waiting
     /// for it here would hold up every partition.
-    pub(super) async fn warm(&mut self, message: &OwnedMessage) {
-        let partition = message.partition();
+    pub(super) async fn warm(&mut self, message: &Polled) {
+        let partition = message.partition;
         if self
             .processor
             .warm_floor(partition)
-            .is_some_and(|floor| message.offset() < floor)
+            .is_some_and(|floor| message.offset < floor)
         {
             // Before a replay's position: the replay writes these ids again.
             return;
         }
-        let headers = owned_headers(message);
         let input = InputRecord {
             topic: &self.settings.input_topic,
             partition,
-            offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
+            offset: message.offset,
+            timestamp_ms: message.timestamp_ms,
             key: message.key(),
             payload: message.payload(),
-            headers: &headers,
+            headers: &message.headers,
         };
         match self.processor.decode(&input).await {
             Ok(decoded) => {

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use slab::Slab;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,8 +31,8 @@ use super::commit::{commit_finished, CommitOutcome, CommitTask};
 use super::consumer::{PollEvent, RebalanceContext};
 use super::flush::FlushState;
 use super::outage::Outage;
-use super::produce::{Delivery, OutputProducer, Owner};
-use super::record::{RecordState, RetryKind};
+use super::produce::{Delivery, OutputProducer, Owner, Write};
+use super::record::{Polled, RecordState, RetryKind};
 use super::telemetry::{Clock, WorkerTelemetry};
 use super::warm::{WarmEvent, Warmer};
 use super::RunSettings;
@@ -341,9 +340,8 @@ impl<P: Processor> Worker<P> {
             .filter(|state| state.seq == owner.seq)
     }
 
-    async fn on_message(&mut self, message: OwnedMessage) {
-        let partition = message.partition();
-        let offset = message.offset();
+    async fn on_message(&mut self, message: Polled) {
+        let (partition, offset) = (message.partition, message.offset);
         let Some(state) = self.partitions.get_mut(&partition) else {
             tracing::debug!(
                 partition,
@@ -395,6 +393,7 @@ impl<P: Processor> Worker<P> {
         let first_attempt = state.attempts == 1;
         if first_attempt {
             let parent = state
+                .input
                 .headers
                 .iter()
                 .rev()
@@ -406,16 +405,17 @@ impl<P: Processor> Worker<P> {
                 partition,
                 offset,
                 parent,
-            );
+            )
+            .map(Box::new);
         }
         let input = InputRecord {
             topic: &self.settings.input_topic,
             partition,
             offset,
             timestamp_ms: state.timestamp_ms(),
-            key: state.message.key(),
-            payload: state.message.payload(),
-            headers: &state.headers,
+            key: state.input.key(),
+            payload: state.input.payload(),
+            headers: &state.input.headers,
         };
         // Deduplication ages ids by their records' timestamps (crate::dedup).
         let timestamp_ms = input.timestamp_ms;
@@ -447,7 +447,11 @@ impl<P: Processor> Worker<P> {
                 state.event_id = event_id;
                 // A redriven dead letter repeats an id the input had before; only a copy of
                 // one this process processed is a duplicate of it.
-                let redriven = state.headers.iter().any(|(name, _)| name == REDRIVE_COUNT);
+                let redriven = state
+                    .input
+                    .headers
+                    .iter()
+                    .any(|(name, _)| name == REDRIVE_COUNT);
                 match event_id {
                     Some(id)
                         if first_attempt
@@ -491,20 +495,8 @@ impl<P: Processor> Worker<P> {
                         partition_state.tracker.hold(hold, offset);
                     }
                 }
-                let mut outputs = std::mem::take(&mut self.scratch.outputs);
-                let first_org_id = outputs.first().map(|output| output.org_id);
-                let mut writes = Vec::with_capacity(outputs.len());
-                for mut output in outputs.drain(..) {
-                    if let Some(parent) = &traceparent {
-                        if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
-                            output
-                                .headers
-                                .push((TRACEPARENT.to_owned(), Some(parent.clone())));
-                        }
-                    }
-                    writes.push(self.output_write(output));
-                }
-                self.scratch.outputs = outputs;
+                let first_org_id = self.scratch.outputs.first().map(|output| output.org_id);
+                let writes = self.take_writes(traceparent.as_deref());
                 let releases = if self.scratch.releases.is_empty() {
                     Vec::new()
                 } else {
@@ -541,6 +533,25 @@ impl<P: Processor> Worker<P> {
                 }
             }
         }
+    }
+
+    /// The processor's outputs, taken from the scratch buffer, as writes; each carries
+    /// `traceparent` unless it has a trace context of its own.
+    fn take_writes(&mut self, traceparent: Option<&[u8]>) -> Vec<Write> {
+        let mut outputs = std::mem::take(&mut self.scratch.outputs);
+        let mut writes = Vec::with_capacity(outputs.len());
+        for mut output in outputs.drain(..) {
+            if let Some(parent) = traceparent {
+                if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
+                    output
+                        .headers
+                        .push((TRACEPARENT.to_owned(), Some(parent.to_vec())));
+                }
+            }
+            writes.push(self.output_write(output));
+        }
+        self.scratch.outputs = outputs;
+        writes
     }
 
     /// Processes the partition's backlog in order while no record of it waits for a retry.
@@ -593,7 +604,7 @@ impl<P: Processor> Worker<P> {
         let (partition, offset) = (state.partition(), state.offset());
         let dead_lettered = state.dead_letter.is_some();
         if let Some(span) = state.span {
-            span.end(state.dead_letter.as_deref());
+            (*span).end(state.dead_letter.as_deref());
         }
         if let Some(transition) = self.breaker.record(dead_lettered, self.clock.instant) {
             self.on_breaker(transition);
@@ -622,7 +633,7 @@ impl<P: Processor> Worker<P> {
         self.producer.forget(|queued| queued == owner);
         let partition = state.partition();
         if let Some(span) = state.span {
-            span.end(Some(
+            (*span).end(Some(
                 "abandoned: revoked or shutting down; read again from the committed offset",
             ));
         }
