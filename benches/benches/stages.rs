@@ -14,9 +14,12 @@
 //! its peak RSS (`VmHWM`); then the cores the stage keeps busy over one second once caught up
 //! and idle (this broker answers an empty fetch at once, so librdkafka's fetch loop spins), and
 //! the span's CPU per record less that idle rate over the span ("net", printed beside the
-//! figure, not instead of it). The raw loop's figures are printed beside them, with the ratio: a
-//! raw loop under 3x the stage's rate means the broker, or the two cores the stage shares with
-//! it and the bench, may bound the stage's rate. Each topic is deleted as soon as no later step
+//! figure, not instead of it). The raw loop's figures are printed beside them, with the ratio,
+//! and a raw read loop's (`medallion_tests::bench::raw_read_loop`: the same consumer over the
+//! same input, writing nothing). A stage that writes about a record per record read (bronze,
+//! silver) is compared with the copy loop, one that writes far fewer (gold, the rule evaluator)
+//! with the read loop: that loop under 3x the stage's rate means the broker, or the two cores
+//! the stage shares with it and the bench, may bound the stage's rate. Each topic is deleted as soon as no later step
 //! reads it (the raw loop's copy after the raw loop, each stage's input after the stage): the
 //! bench broker keeps all it holds in memory and saves all of it again and again, on the same
 //! cores, so that every record left in place makes the broker slower for what follows.
@@ -82,7 +85,8 @@ use medallion_contracts::types::{
 use medallion_contracts::{Contract, Encoder, Envelope};
 use medallion_core::partitioner::java_partition;
 use medallion_tests::bench::{
-    connector_record, cpu_sample, delete_topics, peak_rss_mib, raw_copy_loop, ORGS, START_MS,
+    connector_record, cpu_sample, delete_topics, peak_rss_mib, raw_copy_loop, raw_read_loop,
+    RawLoop, ORGS, START_MS,
 };
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
@@ -282,8 +286,9 @@ impl Run {
         delete_topics(&self.bootstrap, &topics).await
     }
 
-    /// One round on topics of its own: the raw loop, then the four stages one after another.
-    async fn round(&self, data: &[(i64, Vec<u8>)]) -> anyhow::Result<[Figures; 5]> {
+    /// One round on topics of its own: the raw copy loop, the raw read loop, then the four
+    /// stages one after another (in that order in the result, the read loop last).
+    async fn round(&self, data: &[(i64, Vec<u8>)]) -> anyhow::Result<[Figures; 6]> {
         self.create_topics().await?;
         let records = data.len() as u64;
         let producer = test_producer(&self.bootstrap)?;
@@ -296,15 +301,18 @@ impl Run {
         )
         .await?;
         self.delete_topics(&["raw.copy"]).await?;
-        let raw = Figures {
+        let read =
+            raw_read_loop(&self.bootstrap, &self.topic("connector.data.raw"), records).await?;
+        let raw_figures = |measured: RawLoop, out: u64| Figures {
             records,
             input: records,
             idle_cores: None,
-            elapsed: copied.elapsed,
-            cpu: copied.cpu,
+            elapsed: measured.elapsed,
+            cpu: measured.cpu,
             peak_rss_mib: None,
-            out: records,
+            out,
         };
+        let (raw, read) = (raw_figures(copied, records), raw_figures(read, 0));
         let bronze = self
             .stage(
                 "bronze",
@@ -347,7 +355,7 @@ impl Run {
             "audit.events",
         ])
         .await?;
-        Ok([raw, bronze, silver, gold, rules])
+        Ok([raw, bronze, silver, gold, rules, read])
     }
 
     /// bronze and silver, one process each, over `chunks` x `chunk` records, so that at the end
@@ -811,7 +819,27 @@ fn thread_shares(kinds: &[(String, Duration)], secs: f64) -> String {
         .join(", ")
 }
 
-fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) -> String {
+/// The raw loop whose rate bounds what a stage could do on this broker and machine, and its
+/// rate over the stage's: the copy loop for a stage that writes about a record per record read
+/// (bronze, silver), the read loop for one that writes far fewer (gold, the rule evaluator).
+fn broker_factor(figures: &Figures, copy: &Figures, read: &Figures) -> String {
+    let writes_per_read = figures.out as f64 / figures.input.max(1) as f64;
+    let (name, raw) = if writes_per_read >= 0.5 {
+        ("copy", copy)
+    } else {
+        ("read", read)
+    };
+    let factor = raw.rate() / figures.rate();
+    let verdict = if factor >= 3.0 { "ok" } else { "< 3x" };
+    format!("{factor:.1}x {name} {verdict}")
+}
+
+fn line(
+    name: &str,
+    figures: &Figures,
+    (copy, read): (&Figures, &Figures),
+    target_us: Option<f64>,
+) -> String {
     // A span this short says little (start-up, the first look at the metrics 20 ms apart).
     if figures.elapsed < Duration::from_millis(50) {
         return format!(
@@ -842,12 +870,18 @@ fn line(name: &str, figures: &Figures, raw: &Figures, target_us: Option<f64>) ->
         },
     );
     format!(
-        "{name:<16} {:>10.0} {:>14.1} {:>13} {:>12.2} {:>10.1}x {idle:>16}{target}",
+        "{name:<16} {:>10.0} {:>14.1} {:>13} {:>12.2} {:>10.1}x {:>10.1}x {:>14} {idle:>16}{target}",
         figures.rate(),
         figures.cpu_us_per_record(),
         rss,
-        figures.rate() / raw.rate(),
-        raw.rate() / figures.rate(),
+        figures.rate() / copy.rate(),
+        copy.rate() / figures.rate(),
+        read.rate() / figures.rate(),
+        if target_us.is_some() {
+            broker_factor(figures, copy, read)
+        } else {
+            "-".to_owned()
+        },
     )
 }
 
@@ -914,13 +948,14 @@ async fn rounds_part(
     let data: Vec<(i64, Vec<u8>)> = (0..records).map(connector_record).collect();
     let average = data.iter().map(|(_, value)| value.len()).sum::<usize>() / data.len().max(1);
     println!("stages: {records} connector records of {average} B on broker {}, one stage at a time, release builds, {rounds} rounds (median shown)", new_run("x").bootstrap);
-    let mut all: Vec<[Figures; 5]> = Vec::new();
+    let mut all: Vec<[Figures; 6]> = Vec::new();
     for round in 0..rounds {
         let run = new_run("bench");
         let figures = run.round(&data).await?;
         println!(
-            "  round {round}: raw {:.0}/s; bronze {:.0}/s {:.1} us; silver {:.0}/s {:.1} us; gold {:.0}/s {:.1} us; rule-evaluator {:.0}/s {:.1} us",
+            "  round {round}: raw copy {:.0}/s, read {:.0}/s; bronze {:.0}/s {:.1} us; silver {:.0}/s {:.1} us; gold {:.0}/s {:.1} us; rule-evaluator {:.0}/s {:.1} us",
             figures[0].rate(),
+            figures[5].rate(),
             figures[1].rate(),
             figures[1].cpu_us_per_record(),
             figures[2].rate(),
@@ -937,25 +972,35 @@ async fn rounds_part(
         figures.sort_by(|a, b| a.cpu_us_per_record().total_cmp(&b.cpu_us_per_record()));
         figures[figures.len() / 2]
     };
-    let (raw, bronze, silver, gold, rules) =
-        (median(0), median(1), median(2), median(3), median(4));
+    let (raw, bronze, silver, gold, rules, read) = (
+        median(0),
+        median(1),
+        median(2),
+        median(3),
+        median(4),
+        median(5),
+    );
     println!(
-        "{:<16} {:>10} {:>14} {:>13} {:>12} {:>11} {:>16}",
+        "{:<16} {:>10} {:>14} {:>13} {:>12} {:>11} {:>11} {:>14} {:>16}",
         "",
         "records/s",
         "CPU-us/record",
         "peak RSS MiB",
         "rate vs raw",
         "raw / stage",
+        "read/stage",
+        "broker bound?",
         "idle CPU, net"
     );
-    println!("{}", line("raw copy loop", &raw, &raw, None));
-    println!("{}", line("bronze", &bronze, &raw, Some(10.0)));
-    println!("{}", line("silver", &silver, &raw, Some(6.0)));
-    println!("{}", line("gold", &gold, &raw, Some(6.0)));
-    println!("{}", line("rule-evaluator", &rules, &raw, Some(5.0)));
+    let raws = (&raw, &read);
+    println!("{}", line("raw copy loop", &raw, raws, None));
+    println!("{}", line("raw read loop", &read, raws, None));
+    println!("{}", line("bronze", &bronze, raws, Some(10.0)));
+    println!("{}", line("silver", &silver, raws, Some(6.0)));
+    println!("{}", line("gold", &gold, raws, Some(6.0)));
+    println!("{}", line("rule-evaluator", &rules, raws, Some(5.0)));
     println!(
-        "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; a raw/stage factor below 3x: the broker, or the cores the stage shares with it, may bound the stage's rate (its CPU per record is its own)",
+        "outputs: bronze {}, silver {}, gold {} windows, rule-evaluator {} alerts; \"broker bound?\": the rate of the raw loop that does what the stage does with the broker (copy: writes about a record per record read; read: writes far fewer) over the stage's; below 3x the broker, or the cores the stage shares with it, may bound the stage's rate (its CPU per record is its own)",
         bronze.out, silver.out, gold.out, rules.out
     );
     Ok(())

@@ -154,16 +154,28 @@ pub async fn raw_copy_loop(
     records: u64,
 ) -> anyhow::Result<RawLoop> {
     let (bootstrap, input, output) = (bootstrap.to_owned(), input.to_owned(), output.to_owned());
-    tokio::task::spawn_blocking(move || copy_records(&bootstrap, &input, &output, records))
+    tokio::task::spawn_blocking(move || copy_records(&bootstrap, &input, Some(&output), records))
         .await
         .context("the raw loop's thread panicked")?
 }
 
-/// [`raw_copy_loop`]'s body, on a thread of its own.
+/// Consumes `records` records of `input` and writes nothing: [`raw_copy_loop`]'s consumer
+/// alone, timed from its first record to its last. It is how fast the broker hands this
+/// machine a stage's input, which is what bounds a stage that writes far fewer records than it
+/// reads (gold writes a window per many inputs, the rule evaluator an alert per many windows).
+pub async fn raw_read_loop(bootstrap: &str, input: &str, records: u64) -> anyhow::Result<RawLoop> {
+    let (bootstrap, input) = (bootstrap.to_owned(), input.to_owned());
+    tokio::task::spawn_blocking(move || copy_records(&bootstrap, &input, None, records))
+        .await
+        .context("the raw read loop's thread panicked")?
+}
+
+/// [`raw_copy_loop`]'s body (and, without an `output`, [`raw_read_loop`]'s), on a thread of its
+/// own.
 fn copy_records(
     bootstrap: &str,
     input: &str,
-    output: &str,
+    output: Option<&str>,
     records: u64,
 ) -> anyhow::Result<RawLoop> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -177,30 +189,37 @@ fn copy_records(
         .set("queued.min.messages", "10000")
         .set("fetch.queue.backoff.ms", "10")
         .create()?;
-    let producer: ThreadedProducer<RawAcks> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.messages", "200000")
-        .set("queue.buffering.max.kbytes", "65536")
-        .create_with_context(RawAcks::default())?;
-    // Connected, with the output's leaders known, before the first record arrives: the
-    // runtime's producer is ready before it reads too.
-    producer
-        .client()
-        .fetch_metadata(Some(output), Duration::from_secs(10))
-        .context("raw loop: the output topic's metadata")?;
+    let producer = match output {
+        Some(output) => {
+            let producer: ThreadedProducer<RawAcks> = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "1")
+                .set("message.timeout.ms", "0")
+                .set("queue.buffering.max.messages", "200000")
+                .set("queue.buffering.max.kbytes", "65536")
+                .create_with_context(RawAcks::default())?;
+            // Connected, with the output's leaders known, before the first record arrives: the
+            // runtime's producer is ready before it reads too.
+            producer
+                .client()
+                .fetch_metadata(Some(output), Duration::from_secs(10))
+                .context("raw loop: the output topic's metadata")?;
+            Some((producer, output))
+        }
+        None => None,
+    };
     consumer.subscribe(&[input])?;
-    let acks = producer.context();
     let mut received = 0u64;
     let mut started = None;
     let mut last_progress = Instant::now();
     while received < records {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            acks.check()?;
+            if let Some((producer, _)) = &producer {
+                producer.context().check()?;
+            }
             anyhow::ensure!(
                 last_progress.elapsed() < RAW_LOOP_STALL,
                 "the raw loop received {received} of {records} records of {input}, then nothing for {RAW_LOOP_STALL:?}"
@@ -213,6 +232,9 @@ fn copy_records(
         }
         received += 1;
         last_progress = Instant::now();
+        let Some((producer, output)) = &producer else {
+            continue;
+        };
         let mut record = BaseRecord::to(output)
             .partition(message.partition())
             .payload(message.payload().unwrap_or_default());
@@ -229,17 +251,20 @@ fn copy_records(
             }
         }
     }
-    let (mut acknowledged, mut last) = (acks.check()?, Instant::now());
-    while acknowledged < records {
-        std::thread::sleep(Duration::from_millis(1));
-        let now = acks.check()?;
-        if now > acknowledged {
-            (acknowledged, last) = (now, Instant::now());
+    if let Some((producer, output)) = &producer {
+        let acks = producer.context();
+        let (mut acknowledged, mut last) = (acks.check()?, Instant::now());
+        while acknowledged < records {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = acks.check()?;
+            if now > acknowledged {
+                (acknowledged, last) = (now, Instant::now());
+            }
+            anyhow::ensure!(
+                last.elapsed() < RAW_LOOP_STALL,
+                "the raw loop's writes to {output}: {acknowledged} of {records} acknowledged, then none for {RAW_LOOP_STALL:?}"
+            );
         }
-        anyhow::ensure!(
-            last.elapsed() < RAW_LOOP_STALL,
-            "the raw loop's writes to {output}: {acknowledged} of {records} acknowledged, then none for {RAW_LOOP_STALL:?}"
-        );
     }
     let mut measured = started.context("the raw loop received no record")?.end()?;
     measured.idle_cores = idle_cores()?;
