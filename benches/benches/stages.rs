@@ -840,8 +840,9 @@ fn line(
     (copy, read): (&Figures, &Figures),
     target_us: Option<f64>,
 ) -> String {
-    // A span this short says little (start-up, the first look at the metrics 20 ms apart).
-    if figures.elapsed < Duration::from_millis(50) {
+    // A stage's span this short says little (start-up, the first look at its metrics 20 ms
+    // apart); a raw loop times its own first and last record.
+    if target_us.is_some() && figures.elapsed < Duration::from_millis(50) {
         return format!(
             "{name:<16} too short to measure: {} records in {} ms",
             figures.input,
