@@ -60,8 +60,9 @@ pub(crate) struct Ticket {
 pub(crate) struct Delivery {
     pub(crate) owner: Owner,
     pub(crate) topic: Arc<str>,
-    /// The payload's size when acknowledged; the error and the write to make again when not.
-    pub(crate) result: Result<usize, (KafkaError, Write)>,
+    /// The payload's size when acknowledged; the error and the write to make again when not
+    /// (boxed: an answer moves through a channel and a batch, and most are acknowledgements).
+    pub(crate) result: Result<usize, Box<(KafkaError, Write)>>,
 }
 
 /// librdkafka callbacks of the producer: acknowledgements go to the worker's channel.
@@ -99,7 +100,10 @@ impl ProducerContext for DeliveryContext {
         let Ticket { owner, topic } = *ticket;
         let result = match result {
             Ok(message) => Ok(message.payload_len()),
-            Err((error, message)) => Err((error.clone(), write_from(message, Arc::clone(&topic)))),
+            Err((error, message)) => Err(Box::new((
+                error.clone(),
+                write_from(message, Arc::clone(&topic)),
+            ))),
         };
         // The worker has stopped when this fails; its records are read again.
         let _ = self.deliveries.send(Delivery {
@@ -301,7 +305,7 @@ impl<P: Processor> Worker<P> {
             Sent::Refused(error, write) => self.local_answers.push(Delivery {
                 owner,
                 topic: Arc::clone(&write.topic),
-                result: Err((error, write)),
+                result: Err(Box::new((error, write))),
             }),
         }
     }
@@ -315,7 +319,7 @@ impl<P: Processor> Worker<P> {
             self.local_answers.push(Delivery {
                 owner,
                 topic: Arc::clone(&write.topic),
-                result: Err((error, write)),
+                result: Err(Box::new((error, write))),
             });
         }
     }
@@ -347,7 +351,8 @@ impl<P: Processor> Worker<P> {
                 }
                 Ok(())
             }
-            Err((error, write)) => {
+            Err(failed) => {
+                let (error, write) = *failed;
                 // Debug only: during an outage every write in flight fails, and the outage is
                 // logged once per interval by `wait_for_dependency`; other failures are logged
                 // where they are dead-lettered.
