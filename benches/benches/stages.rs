@@ -19,10 +19,11 @@
 //! same input, writing nothing). A stage that writes about a record per record read (bronze,
 //! silver) is compared with the copy loop, one that writes far fewer (gold, the rule evaluator)
 //! with the read loop: that loop under 3x the stage's rate means the broker, or the two cores
-//! the stage shares with it and the bench, may bound the stage's rate. Each topic is deleted as soon as no later step
-//! reads it (the raw loop's copy after the raw loop, each stage's input after the stage): the
-//! bench broker keeps all it holds in memory and saves all of it again and again, on the same
-//! cores, so that every record left in place makes the broker slower for what follows.
+//! the stage shares with it and the bench, may bound the stage's rate. Each topic is deleted as
+//! soon as no later step reads it (the raw loop's copy after the raw loop, each stage's input
+//! after the stage): the bench broker keeps all it holds in memory and saves all of it again
+//! and again, on the same cores, so that every record left in place makes the broker slower for
+//! what follows.
 //!
 //! Then bronze in one process over 1,000,000 records in chunks of 100,000 (stopped while
 //! each chunk is written), so that its dedup window ends up holding a million event ids: CPU per
