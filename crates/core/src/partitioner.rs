@@ -83,18 +83,71 @@ pub fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
 
 /// The record key the runtime writes for an `org_id`: its decimal form, as UTF-8.
 pub fn org_key(org_id: i64) -> String {
-    org_id.to_string()
+    OrgKey::new(org_id).as_str().to_owned()
+}
+
+/// [`org_key`] without an allocation: the decimal form of an `org_id`, held inline (an `i64`
+/// has at most 20 characters, its sign included). The runtime builds one per output record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OrgKey {
+    /// The digits (and sign) right-aligned: `bytes[start..]`.
+    bytes: [u8; 20],
+    start: u8,
+}
+
+impl OrgKey {
+    /// The key of `org_id`.
+    pub fn new(org_id: i64) -> Self {
+        let mut bytes = [0u8; 20];
+        let mut at = bytes.len();
+        let mut rest = org_id.unsigned_abs();
+        loop {
+            at -= 1;
+            // `rest % 10` is below 10: the cast keeps it whole.
+            bytes[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if org_id < 0 {
+            at -= 1;
+            bytes[at] = b'-';
+        }
+        Self {
+            bytes,
+            // At most 20: fits.
+            start: at as u8,
+        }
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[usize::from(self.start)..]
+    }
+
+    /// The key as text (ASCII digits and an optional sign).
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and '-' are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for OrgKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OrgKey").field(&self.as_str()).finish()
+    }
 }
 
 impl PartitionerKind {
     /// The partition of a record keyed by `org_id` in a topic with `partitions` partitions.
     pub fn partition(self, org_id: i64, partitions: i32) -> i32 {
-        self.partition_keyed(org_id, org_key(org_id).as_bytes(), partitions)
+        self.partition_keyed(org_id, OrgKey::new(org_id).as_bytes(), partitions)
     }
 
     /// [`Self::partition`] for a record whose key, `org_key(org_id)`, is already built.
     pub fn partition_keyed(self, org_id: i64, key: &[u8], partitions: i32) -> i32 {
-        debug_assert_eq!(key, org_key(org_id).as_bytes());
+        debug_assert_eq!(key, OrgKey::new(org_id).as_bytes());
         match self {
             PartitionerKind::JavaLongHash => java_partition(org_id, partitions),
             PartitionerKind::Murmur2 => murmur2_partition(key, partitions),
@@ -106,6 +159,34 @@ impl PartitionerKind {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_org_key_is_the_decimal_form_at_the_edges() {
+        for org_id in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            assert_eq!(OrgKey::new(org_id).as_str(), org_id.to_string(), "{org_id}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn an_org_key_is_the_decimal_form(org_id in any::<i64>()) {
+            let (key, decimal) = (OrgKey::new(org_id), org_id.to_string());
+            prop_assert_eq!(key.as_bytes(), decimal.as_bytes());
+            prop_assert_eq!(org_key(org_id), org_id.to_string());
+        }
+    }
 
     #[test]
     fn long_hash_code_matches_java() {

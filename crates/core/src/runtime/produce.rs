@@ -27,7 +27,7 @@ use super::retry::BROKER_UNAVAILABLE;
 use super::worker::{live, Worker};
 use crate::dlq::Header;
 use crate::error::{delivery_error_class, ErrorClass, ProcessError};
-use crate::partitioner::org_key;
+use crate::partitioner::OrgKey;
 use crate::processor::{OutputRecord, Processor};
 
 /// A write the runtime owes the broker: an output or a dead letter.
@@ -35,10 +35,30 @@ use crate::processor::{OutputRecord, Processor};
 pub(crate) struct Write {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) key: Option<WriteKey>,
     pub(crate) payload: Option<Vec<u8>>,
     pub(crate) headers: Vec<Header>,
     pub(crate) timestamp_ms: Option<i64>,
+}
+
+/// A write's key: an output's `org_id` key, held inline (built for every output, so without an
+/// allocation), or bytes (a dead letter keeps its input's key, whatever it is).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WriteKey {
+    /// The decimal form of an output's `org_id`.
+    Org(OrgKey),
+    /// Any bytes.
+    Bytes(Vec<u8>),
+}
+
+impl WriteKey {
+    /// The key's bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            WriteKey::Org(key) => key.as_bytes(),
+            WriteKey::Bytes(bytes) => bytes,
+        }
+    }
 }
 
 /// Which record a write belongs to: its slot in the worker and the life of that slot.
@@ -86,7 +106,7 @@ fn write_from(message: &BorrowedMessage<'_>, topic: Arc<str>) -> Write {
     Write {
         topic,
         partition: message.partition(),
-        key: message.key().map(<[u8]>::to_vec),
+        key: message.key().map(|key| WriteKey::Bytes(key.to_vec())),
         payload: message.payload().map(<[u8]>::to_vec),
         headers: owned_headers(message),
         timestamp_ms: message.timestamp().to_millis(),
@@ -258,13 +278,14 @@ pub(crate) fn flush(producer: &ThreadedProducer<DeliveryContext>) -> KafkaResult
 impl<P: Processor> Worker<P> {
     pub(super) fn output_write(&self, output: OutputRecord) -> Write {
         let partitions = self.partition_count(&output.topic);
-        let key = org_key(output.org_id).into_bytes();
+        let key = OrgKey::new(output.org_id);
         Write {
-            partition: self
-                .settings
-                .partitioner
-                .partition_keyed(output.org_id, &key, partitions),
-            key: Some(key),
+            partition: self.settings.partitioner.partition_keyed(
+                output.org_id,
+                key.as_bytes(),
+                partitions,
+            ),
+            key: Some(WriteKey::Org(key)),
             payload: Some(output.payload),
             headers: output.headers,
             timestamp_ms: output.timestamp_ms,
@@ -285,7 +306,7 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Hands the record's writes to the producer, in order; a record with none is done.
-    pub(super) fn start_writes(&mut self, owner: Owner, writes: Vec<Write>) {
+    pub(super) fn start_writes(&mut self, owner: Owner, mut writes: Vec<Write>) {
         let Some(state) = self.record_mut(owner) else {
             return;
         };
@@ -294,8 +315,17 @@ impl<P: Processor> Worker<P> {
             return;
         }
         state.writing(writes.len());
-        for write in writes {
+        for write in writes.drain(..) {
             self.send(owner, write);
+        }
+        self.recycle_writes(writes);
+    }
+
+    /// Keeps an emptied list of writes for the next record's, so that writing a record does
+    /// not allocate one (a list grown past a few writes is let go).
+    fn recycle_writes(&mut self, writes: Vec<Write>) {
+        if writes.is_empty() && writes.capacity() <= 16 && self.scratch.writes.capacity() == 0 {
+            self.scratch.writes = writes;
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::outage::Report;
-use super::produce::{Owner, Write};
+use super::produce::{Owner, Write, WriteKey};
 use super::record::RetryKind;
 use super::worker::{live, Worker};
 use crate::backoff::{backoff_delay, unavailable_delay};
@@ -245,7 +245,7 @@ impl<P: Processor> Worker<P> {
         let write = Write {
             topic: Arc::clone(&self.settings.dlq_topic),
             partition: dlq_partition,
-            key: state.input.key().map(<[u8]>::to_vec),
+            key: state.input.key().map(|key| WriteKey::Bytes(key.to_vec())),
             payload: state.input.payload().map(<[u8]>::to_vec),
             headers,
             timestamp_ms: state.timestamp_ms(),

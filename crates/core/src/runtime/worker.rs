@@ -92,6 +92,8 @@ pub(super) struct Scratch {
     outputs: Vec<OutputRecord>,
     holds: Vec<HoldKey>,
     releases: Vec<HoldKey>,
+    /// An emptied list of writes, kept for the next record's ([`Worker::recycle_writes`]).
+    pub(super) writes: Vec<Write>,
 }
 
 pub(crate) struct Worker<P: Processor> {
@@ -539,7 +541,8 @@ impl<P: Processor> Worker<P> {
     /// `traceparent` unless it has a trace context of its own.
     fn take_writes(&mut self, traceparent: Option<&[u8]>) -> Vec<Write> {
         let mut outputs = std::mem::take(&mut self.scratch.outputs);
-        let mut writes = Vec::with_capacity(outputs.len());
+        let mut writes = std::mem::take(&mut self.scratch.writes);
+        writes.reserve(outputs.len());
         for mut output in outputs.drain(..) {
             if let Some(parent) = traceparent {
                 if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
