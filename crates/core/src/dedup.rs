@@ -18,12 +18,15 @@
 //! id of a partition whose clock stands still, never the capacity.
 //! Per record: one lookup, one insert and one eviction, with no background task, so
 //! the work per record does not depend on how many ids are held; the time does a little (with a
-//! million ids the table no longer fits in the CPU's caches: about 0.2 to 0.3 µs per record
-//! against 0.07 µs with 100). About 88 bytes an id, reserved up front and, in release builds,
-//! written once at start-up so that no record pays for the kernel's first zeroing of a page: the
-//! default million ids take about 84 MiB from start-up on (`benches/benches/dedup.rs` measures
-//! both). The hash is seeded per process (`foldhash`), so ids chosen by a sender cannot force
-//! collisions.
+//! million ids the table no longer fits in the CPU's caches: about 0.23 µs per record against
+//! 0.08 µs with 100, `benches/benches/dedup.rs`). The ids live in a table of their own
+//! (`dedup/table.rs`) whose 64-byte buckets hold three ids each, so that the lookup of a new id
+//! and its insert touch one cache line: one cache miss a record, where a `HashMap` takes two.
+//! About 67 bytes an id (the table's share at up to 80% of its slots, and the order in which
+//! ids leave), reserved up front and written once at start-up (the order queue in release
+//! builds only) so that no record pays for the kernel's first zeroing of a page: the default
+//! million ids take about 64 MiB from start-up on. The hash is seeded per process (`foldhash`),
+//! so ids chosen by a sender cannot force collisions.
 //!
 //! Guarantee: a duplicate whose timestamp is within `ttl_ms` of the first copy's (as its
 //! partition's clock stands), seen by the same process while that process owns the partition
@@ -50,7 +53,9 @@ use uuid::Uuid;
 
 use crate::config::DedupConfig;
 
-type Key = (i32, Uuid);
+mod table;
+
+use table::{IdTable, Key};
 
 /// The header `medallion dlq redrive` puts on a redriven dead letter (how often it was redriven).
 pub const REDRIVE_COUNT: &str = "medallion.redrive.count";
@@ -69,7 +74,7 @@ struct Window {
     capacity: usize,
     ttl_ms: u64,
     /// Each id held, and whether this process processed it (false: only read in a warm-up).
-    seen: HashMap<Key, bool, foldhash::fast::RandomState>,
+    seen: IdTable,
     /// The ids of `seen` in the order they were remembered, with their input time (ms).
     order: VecDeque<(Key, i64)>,
     /// Each partition's input time: the newest record timestamp read from it.
@@ -103,28 +108,28 @@ impl Window {
         }
     }
 
-    /// Writes every page of the reserved tables once, then empties them. The kernel hands out
-    /// a page, zeroed, the first time it is written (with transparent huge pages, 2 MiB at a
-    /// time); ids land all over the table, so without this the first few hundred thousand
-    /// records would each pay part of zeroing the whole window (about 0.2 µs a record in the
-    /// pass-through bench, and a pause of a huge page's zeroing now and then). Start-up pays it
-    /// instead, once: about 0.1 s for a million ids, which are resident from then on.
+    /// Writes every page of the reserved order queue once, then empties it. The kernel hands
+    /// out a page, zeroed, the first time it is written (with transparent huge pages, 2 MiB at
+    /// a time), so without this the first records would each pay part of zeroing the window
+    /// (about 0.2 µs a record in the pass-through bench, and a pause of a huge page's zeroing
+    /// now and then). Start-up pays it instead, once, and the pages are resident from then on.
+    /// The id table is written whole when it is made ([`IdTable::with_capacity`]).
     fn touch(&mut self, reserve: usize) {
         for n in 0..reserve {
             let key = (i32::MIN, Uuid::from_u128(n as u128));
-            self.seen.insert(key, false);
             self.order.push_back((key, 0));
         }
-        self.seen.clear();
         self.order.clear();
     }
 
-    /// Holds `key` (not held yet) from a record of `timestamp_ms`.
+    /// Holds `key` from a record of `timestamp_ms`, or only sets whether it was processed here
+    /// when it is held already (it keeps its first time).
     fn hold(&mut self, key: Key, processed: bool, timestamp_ms: Option<i64>) {
         let at = self.tick(key.0, timestamp_ms);
-        self.seen.insert(key, processed);
-        self.order.push_back((key, at));
-        self.evict();
+        if self.seen.insert(key, processed) {
+            self.order.push_back((key, at));
+            self.evict();
+        }
     }
 }
 
@@ -141,7 +146,7 @@ impl Deduplicator {
             let mut window = Window {
                 capacity,
                 ttl_ms: config.ttl_ms,
-                seen: HashMap::with_capacity_and_hasher(reserve, Default::default()),
+                seen: IdTable::with_capacity(reserve),
                 order: VecDeque::with_capacity(reserve + 1),
                 clocks: HashMap::default(),
             };
@@ -168,7 +173,7 @@ impl Deduplicator {
         };
         window.tick(partition, timestamp_ms);
         window.evict();
-        window.seen.contains_key(&(partition, event_id))
+        window.seen.get(&(partition, event_id)).is_some()
     }
 
     /// Whether `event_id` was processed from `partition` by this process within the window: ids
@@ -185,7 +190,7 @@ impl Deduplicator {
         };
         window.tick(partition, timestamp_ms);
         window.evict();
-        window.seen.get(&(partition, event_id)) == Some(&true)
+        window.seen.get(&(partition, event_id)) == Some(true)
     }
 
     /// Remembers that `event_id` was processed from `partition`, from a record of
@@ -194,11 +199,7 @@ impl Deduplicator {
         let Some(window) = &mut self.window else {
             return;
         };
-        let key = (partition, event_id);
-        match window.seen.get_mut(&key) {
-            Some(processed) => *processed = true,
-            None => window.hold(key, true, timestamp_ms),
-        }
+        window.hold((partition, event_id), true, timestamp_ms);
     }
 
     /// Remembers an id read in a warm-up (processed or dead-lettered by an earlier owner of the
@@ -208,7 +209,7 @@ impl Deduplicator {
             return;
         };
         let key = (partition, event_id);
-        if !window.seen.contains_key(&key) {
+        if window.seen.get(&key).is_none() {
             window.hold(key, false, timestamp_ms);
         }
     }
@@ -230,7 +231,7 @@ impl Deduplicator {
         };
         window
             .seen
-            .retain(|(partition, _), _| !partitions.contains(partition));
+            .retain(|(partition, _)| !partitions.contains(partition));
         window
             .order
             .retain(|((partition, _), _)| !partitions.contains(partition));
