@@ -78,11 +78,26 @@ pub(crate) struct Ticket {
 /// The broker's answer to one write.
 #[derive(Debug)]
 pub(crate) struct Delivery {
-    pub(crate) owner: Owner,
-    pub(crate) topic: Arc<str>,
+    /// The write's ticket, handed back to the worker, which made it and keeps it for a later
+    /// write ([`OutputProducer::keep_ticket`]): the producer's thread frees no memory of the
+    /// worker's.
+    pub(crate) ticket: Box<Ticket>,
     /// The payload's size when acknowledged; the error and the write to make again when not
     /// (boxed: an answer moves through a channel and a batch, and most are acknowledgements).
     pub(crate) result: Result<usize, Box<(KafkaError, Write)>>,
+}
+
+impl Delivery {
+    /// The answer to a write librdkafka refused (known without the broker).
+    fn refused(owner: Owner, error: KafkaError, write: Write) -> Self {
+        Self {
+            ticket: Box::new(Ticket {
+                owner,
+                topic: Arc::clone(&write.topic),
+            }),
+            result: Err(Box::new((error, write))),
+        }
+    }
 }
 
 /// librdkafka callbacks of the producer: acknowledgements go to the worker's channel.
@@ -117,20 +132,15 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ticket>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
-        let Ticket { owner, topic } = *ticket;
         let result = match result {
             Ok(message) => Ok(message.payload_len()),
             Err((error, message)) => Err(Box::new((
                 error.clone(),
-                write_from(message, Arc::clone(&topic)),
+                write_from(message, Arc::clone(&ticket.topic)),
             ))),
         };
         // The worker has stopped when this fails; its records are read again.
-        let _ = self.deliveries.send(Delivery {
-            owner,
-            topic,
-            result,
-        });
+        let _ = self.deliveries.send(Delivery { ticket, result });
     }
 }
 
@@ -151,7 +161,16 @@ pub(crate) struct OutputProducer {
     waiting: VecDeque<(Owner, Write)>,
     /// Writes librdkafka holds that the broker has not answered.
     unanswered: Unanswered,
+    /// Tickets of answered writes, for the next writes.
+    #[allow(
+        clippy::vec_box,
+        reason = "librdkafka carries each ticket as a box; kept boxed, they are handed on as they are"
+    )]
+    tickets: Vec<Box<Ticket>>,
 }
+
+/// The most answered writes' tickets kept for later writes (32 bytes each).
+const KEPT_TICKETS: usize = 4_096;
 
 impl std::fmt::Debug for OutputProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,7 +195,32 @@ impl OutputProducer {
             producer: config.create_with_context(context)?,
             waiting: VecDeque::new(),
             unanswered: Unanswered::default(),
+            tickets: Vec::new(),
         })
+    }
+
+    /// Keeps an answered write's ticket for a later write (up to [`KEPT_TICKETS`]).
+    pub(crate) fn keep_ticket(&mut self, ticket: Box<Ticket>) {
+        if self.tickets.len() < KEPT_TICKETS {
+            self.tickets.push(ticket);
+        }
+    }
+
+    /// A ticket for a write of `owner` to `topic`: one kept from an answered write, or a new one.
+    fn ticket(&mut self, owner: Owner, topic: &Arc<str>) -> Box<Ticket> {
+        match self.tickets.pop() {
+            Some(mut ticket) => {
+                ticket.owner = owner;
+                if !Arc::ptr_eq(&ticket.topic, topic) {
+                    ticket.topic = Arc::clone(topic);
+                }
+                ticket
+            }
+            None => Box::new(Ticket {
+                owner,
+                topic: Arc::clone(topic),
+            }),
+        }
     }
 
     /// A handle on the same producer, for flushing at shutdown.
@@ -237,10 +281,7 @@ impl OutputProducer {
     }
 
     fn try_send(&mut self, owner: Owner, write: &Write) -> Result<(), KafkaError> {
-        let ticket = Box::new(Ticket {
-            owner,
-            topic: Arc::clone(&write.topic),
-        });
+        let ticket = self.ticket(owner, &write.topic);
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(&write.topic, ticket).partition(write.partition);
         if !write.headers.is_empty() {
@@ -332,11 +373,9 @@ impl<P: Processor> Worker<P> {
     pub(super) fn send(&mut self, owner: Owner, write: Write) {
         match self.producer.send(owner, write) {
             Sent::Handed | Sent::Queued => {}
-            Sent::Refused(error, write) => self.local_answers.push(Delivery {
-                owner,
-                topic: Arc::clone(&write.topic),
-                result: Err(Box::new((error, write))),
-            }),
+            Sent::Refused(error, write) => self
+                .local_answers
+                .push(Delivery::refused(owner, error, write)),
         }
     }
 
@@ -346,11 +385,8 @@ impl<P: Processor> Worker<P> {
             return;
         }
         for (owner, error, write) in self.producer.release() {
-            self.local_answers.push(Delivery {
-                owner,
-                topic: Arc::clone(&write.topic),
-                result: Err(Box::new((error, write))),
-            });
+            self.local_answers
+                .push(Delivery::refused(owner, error, write));
         }
     }
 
@@ -364,11 +400,17 @@ impl<P: Processor> Worker<P> {
     }
 
     pub(super) fn on_delivery(&mut self, delivery: Delivery) {
-        let Delivery {
-            owner,
-            topic,
-            result,
-        } = delivery;
+        let Delivery { ticket, result } = delivery;
+        self.on_answer(ticket.owner, &ticket.topic, result);
+        self.producer.keep_ticket(ticket);
+    }
+
+    fn on_answer(
+        &mut self,
+        owner: Owner,
+        topic: &str,
+        result: Result<usize, Box<(KafkaError, Write)>>,
+    ) {
         let Some(state) = live(&mut self.records, owner) else {
             return;
         };
@@ -377,7 +419,7 @@ impl<P: Processor> Worker<P> {
             Ok(bytes) => {
                 if !dead_lettering {
                     self.metrics.records_out.inc();
-                    self.telemetry.output_acked(&topic, bytes);
+                    self.telemetry.output_acked(topic, bytes);
                 }
                 Ok(())
             }
