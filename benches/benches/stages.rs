@@ -11,7 +11,9 @@
 //! its metrics that shows input (every 20 ms) to its last record finished, CPU-µs per record
 //! received over that span from the process's own CPU time (its threads' ns counters in
 //! `/proc/PID/task/*/schedstat`; an idle consumer's CPU before and after does not count), and
-//! its peak RSS (`VmHWM`); then the cores the stage keeps busy over one second once caught up
+//! its peak RSS (`VmHWM`) (a round in which a stage finished before a span of 50 ms was seen,
+//! between the bench's first looks, prints "not measured" and is left out of the median); then
+//! the cores the stage keeps busy over one second once caught up
 //! and idle (this broker answers an empty fetch at once, so librdkafka's fetch loop spins), and
 //! the span's CPU per record less that idle rate over the span ("net", printed beside the
 //! figure, not instead of it). The raw loop's figures are printed beside them, with the ratio,
@@ -130,7 +132,26 @@ impl Figures {
     fn cpu_us_per_record(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.records.max(1) as f64
     }
+
+    /// Whether a stage's span says anything: records counted in it, over at least 50 ms (the
+    /// bench looks at a stage's metrics every 20 ms; a stage that finished between its first
+    /// looks has no span).
+    fn measured(&self) -> bool {
+        self.records > 0 && self.elapsed >= MIN_STAGE_SPAN
+    }
+
+    /// Records/s and CPU-µs per record as a round prints them, or "not measured".
+    fn shown(&self) -> String {
+        if self.measured() {
+            format!("{:.0}/s {:.1} us", self.rate(), self.cpu_us_per_record())
+        } else {
+            "not measured".to_owned()
+        }
+    }
 }
+
+/// The shortest stage span the bench reads figures from.
+const MIN_STAGE_SPAN: Duration = Duration::from_millis(50);
 
 struct Run {
     bootstrap: String,
@@ -843,7 +864,7 @@ fn line(
 ) -> String {
     // A stage's span this short says little (start-up, the first look at its metrics 20 ms
     // apart); a raw loop times its own first and last record.
-    if target_us.is_some() && figures.elapsed < Duration::from_millis(50) {
+    if target_us.is_some() && !figures.measured() {
         return format!(
             "{name:<16} too short to measure: {} records in {} ms",
             figures.input,
@@ -955,22 +976,23 @@ async fn rounds_part(
         let run = new_run("bench");
         let figures = run.round(&data).await?;
         println!(
-            "  round {round}: raw copy {:.0}/s, read {:.0}/s; bronze {:.0}/s {:.1} us; silver {:.0}/s {:.1} us; gold {:.0}/s {:.1} us; rule-evaluator {:.0}/s {:.1} us",
+            "  round {round}: raw copy {:.0}/s, read {:.0}/s; bronze {}; silver {}; gold {}; rule-evaluator {}",
             figures[0].rate(),
             figures[5].rate(),
-            figures[1].rate(),
-            figures[1].cpu_us_per_record(),
-            figures[2].rate(),
-            figures[2].cpu_us_per_record(),
-            figures[3].rate(),
-            figures[3].cpu_us_per_record(),
-            figures[4].rate(),
-            figures[4].cpu_us_per_record(),
+            figures[1].shown(),
+            figures[2].shown(),
+            figures[3].shown(),
+            figures[4].shown(),
         );
         all.push(figures);
     }
     let median = |index: usize| -> Figures {
         let mut figures: Vec<Figures> = all.iter().map(|round| round[index]).collect();
+        // A stage's round without a span is left out (the raw loops time their own records).
+        let stage = (1..=4).contains(&index);
+        if stage && figures.iter().any(Figures::measured) {
+            figures.retain(Figures::measured);
+        }
         figures.sort_by(|a, b| a.cpu_us_per_record().total_cmp(&b.cpu_us_per_record()));
         figures[figures.len() / 2]
     };
