@@ -146,7 +146,8 @@ impl Deduplicator {
             let mut window = Window {
                 capacity,
                 ttl_ms: config.ttl_ms,
-                seen: IdTable::with_capacity(reserve),
+                // One more than the window: an id is held before the oldest leaves.
+                seen: IdTable::with_capacity(reserve + 1),
                 order: VecDeque::with_capacity(reserve + 1),
                 clocks: HashMap::default(),
             };
