@@ -30,7 +30,7 @@ const WARMED: u8 = 1;
 const PROCESSED: u8 = 2;
 
 /// One cache line of ids.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Bucket {
     ids: [u128; SLOTS],
@@ -40,6 +40,15 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// An empty bucket. Its unused partitions are not zero, so that a table of them cannot be
+    /// made from zeroed pages the kernel hands out later (the compiler may turn an allocation
+    /// filled with zeros into one asked for zeroed): every page is written when it is made.
+    const EMPTY: Self = Self {
+        ids: [0; SLOTS],
+        partitions: [i32::MIN; SLOTS],
+        states: [EMPTY; SLOTS],
+    };
+
     fn is_full(&self) -> bool {
         self.states.iter().all(|&state| state != EMPTY)
     }
@@ -87,7 +96,7 @@ impl IdTable {
 
     fn with_buckets(count: usize) -> Self {
         Self {
-            buckets: vec![Bucket::default(); count],
+            buckets: vec![Bucket::EMPTY; count],
             mask: count - 1,
             len: 0,
             limit: count * SLOTS * 4 / 5,
