@@ -365,7 +365,8 @@ impl<P: Processor> Worker<P> {
     /// Keeps an emptied list of writes for the next record's, so that writing a record does
     /// not allocate one (a list grown past a few writes is let go).
     fn recycle_writes(&mut self, writes: Vec<Write>) {
-        if writes.is_empty() && writes.capacity() <= 16 && self.scratch.writes.capacity() == 0 {
+        debug_assert!(writes.is_empty(), "only an emptied list is kept");
+        if writes.capacity() <= 16 && self.scratch.writes.capacity() == 0 {
             self.scratch.writes = writes;
         }
     }
