@@ -2,7 +2,8 @@
 //! over the same records on the same broker in the same run.
 //!
 //! `N` connector JSON records (about 700 B each; 5 orgs, 120 campaigns, two hours of event time)
-//! are written to `connector.data.raw` (gold runs 10 s windows, so that the rule evaluator has
+//! are written to `connector.data.raw`, lz4-compressed as a connector writes them
+//! (`medallion_tests::bench_input_producer`; the stages compress their outputs alike) (gold runs 10 s windows, so that the rule evaluator has
 //! tens of thousands of windows to evaluate). The raw loop copies them to a topic of its own (consume,
 //! produce with the stages' producer settings, wait for every acknowledgement; see
 //! `medallion_tests::bench::raw_copy_loop`). Then bronze
@@ -93,7 +94,8 @@ use medallion_tests::bench::{
 };
 use medallion_tests::process::StageProcess;
 use medallion_tests::{
-    create_topics, http_get, metric_sum, produce_raw, real_broker, test_producer, unique_name,
+    bench_input_producer, create_topics, http_get, metric_sum, produce_raw, real_broker,
+    unique_name,
 };
 
 const PARTITIONS: i32 = 12;
@@ -313,7 +315,7 @@ impl Run {
     async fn round(&self, data: &[(i64, Vec<u8>)]) -> anyhow::Result<[Figures; 6]> {
         self.create_topics().await?;
         let records = data.len() as u64;
-        let producer = test_producer(&self.bootstrap)?;
+        let producer = bench_input_producer(&self.bootstrap)?;
         self.write(&producer, "connector.data.raw", data).await?;
         let copied = raw_copy_loop(
             &self.bootstrap,
@@ -389,7 +391,7 @@ impl Run {
     /// RSS as of that chunk's end.
     async fn held(&self, chunks: u64, chunk: u64) -> anyhow::Result<[Vec<Figures>; 2]> {
         self.create_topics().await?;
-        let producer = test_producer(&self.bootstrap)?;
+        let producer = bench_input_producer(&self.bootstrap)?;
         let mut stages = [
             (
                 "bronze",
@@ -1276,7 +1278,7 @@ async fn sweep_part(new_run: &impl Fn(&str) -> Run, records: u64) -> anyhow::Res
                     }
                 })
                 .collect();
-            let producer = test_producer(&run.bootstrap)?;
+            let producer = bench_input_producer(&run.bootstrap)?;
             run.write(&producer, input, &data).await?;
             drop(data);
             let figures = run.stage(stage, input, output, records).await?;

@@ -11,7 +11,11 @@
 //! round runs each side on topics of its own, created and filled just before the side runs and
 //! deleted just after it: the bench broker keeps all it holds in memory and saves all of it
 //! again and again, on the cores the bench uses, so topics left in place would make it slower
-//! from round to round. The figures are medians of the rounds' ratios. Beside the CPU figures,
+//! from round to round. For the same reason the input is written lz4-compressed, as a connector
+//! writes it (`medallion_tests::bench_input_producer`; both sides compress their outputs
+//! alike): uncompressed, each save of a side's 50 MB of input took the broker about a second
+//! of a core, and the side whose span met it (the slower one, more often) paid up to 4 CPU-µs
+//! a record of the broker's; compressed, a save takes about 0.3 s. The figures are medians of the rounds' ratios. Beside the CPU figures,
 //! each side's "net" CPU: less what the process burns over the second after its span with its
 //! clients open and idle (this broker answers an empty fetch at once, so librdkafka's fetch loop
 //! spins at a rate per second, which a slower side pays more of per record); printed beside the
@@ -49,7 +53,8 @@ use medallion_core::Runtime;
 use medallion_tests::bench::{delete_topics, idle_cores, raw_copy_loop, RawLoop, Span};
 use medallion_tests::passthrough::{load_config, PassThrough};
 use medallion_tests::{
-    create_topics, generate_events, produce_events, real_broker, unique_name, TestEvent,
+    bench_input_producer, create_topics, generate_events, produce_events_with, real_broker,
+    unique_name, TestEvent,
 };
 
 const PARTITIONS: i32 = 12;
@@ -164,7 +169,13 @@ async fn side(
     let names = [input.as_str(), output.as_str(), dlq.as_str()];
     let topics: Vec<(&str, i32)> = names.iter().map(|name| (*name, PARTITIONS)).collect();
     create_topics(bootstrap, &topics).await?;
-    produce_events(bootstrap, &input, PARTITIONS, events).await?;
+    produce_events_with(
+        &bench_input_producer(bootstrap)?,
+        &input,
+        PARTITIONS,
+        events,
+    )
+    .await?;
     let measured = match which {
         Loop::Raw => raw_copy_loop(bootstrap, &input, &output, records).await?,
         Loop::Runtime => runtime_loop(bootstrap, &input, &output, records).await?,
