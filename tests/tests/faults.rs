@@ -4,8 +4,9 @@
 //! readiness and metrics, and resumes by itself once the registry answers. And a stage started
 //! while its broker is down: live, not ready, quiet in its log, stopped within a second by
 //! SIGTERM, and processing everything once the broker is up. Copies of finished records, dropped
-//! by the next process of the group; and hostile records into every stage's input, each
-//! dead-lettered once with a code while the valid ones flow.
+//! by the next process of the group, and by the same process after a broker outage; and hostile
+//! records into every stage's input, each dead-lettered once with a code while the valid ones
+//! flow.
 
 use std::time::{Duration, Instant};
 
@@ -308,25 +309,44 @@ async fn copies_of_finished_records_are_dropped_by_the_next_process() {
     assert!(exit.success(), "first process: {exit}");
 
     // The same records again (same event_ids), then new ones.
-    let new = 100u128;
-    let again: Vec<(i64, Vec<u8>)> = (0..RECORDS)
-        .map(record)
-        .chain((RECORDS..RECORDS + new).map(record))
-        .collect();
-    produce_valid(&producer, &topic, &again).await;
-    let two = fleet.spawn("bronze", 2);
+    produce_valid(&producer, &topic, &copies_and_new(record)).await;
+    let mut two = fleet.spawn("bronze", 2);
+    let (hits, out) = assert_copies_dropped(&fleet, &two).await;
+    eprintln!(
+        "dedup across processes: {} in, {out} out, {hits} duplicates dropped, 0 dead letters",
+        2 * total + i64::try_from(NEW).expect("small")
+    );
+    let (exit, _) = two.terminate();
+    assert!(exit.success());
+}
+
+/// New records written after the copies in the dedup tests.
+const NEW: u128 = 100;
+
+/// The first `RECORDS` records of `record` again (the same event ids), then `NEW` new ones.
+fn copies_and_new(record: impl Fn(u128) -> (i64, Vec<u8>)) -> Vec<(i64, Vec<u8>)> {
+    (0..RECORDS)
+        .map(&record)
+        .chain((RECORDS..RECORDS + NEW).map(&record))
+        .collect()
+}
+
+/// Checks that bronze (`stage`), which wrote the first `RECORDS` records, drops every copy of
+/// [`copies_and_new`] as a duplicate and writes only the new ones, dead-lettering nothing;
+/// returns the duplicates dropped and the records out.
+async fn assert_copies_dropped(fleet: &Fleet, stage: &StageProcess) -> (f64, i64) {
     let copies = f64::from(u32::try_from(RECORDS).expect("small"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut hits = 0.0;
-    while Instant::now() < deadline {
-        let (_, text) = http_get(&two.http_url("/metrics")).await;
+    let mut hits;
+    loop {
+        let (_, text) = http_get(&stage.http_url("/metrics")).await;
         hits = metric_sum(&text, "medallion_dedup_hits_total", &[]).unwrap_or(0.0);
-        if hits >= copies {
+        if hits >= copies || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let expected = total + i64::try_from(new).expect("small");
+    let expected = i64::try_from(RECORDS + NEW).expect("small");
     assert_eq!(
         fleet
             .wait_for("bronze.data.cleaned", expected, Duration::from_secs(30))
@@ -335,18 +355,77 @@ async fn copies_of_finished_records_are_dropped_by_the_next_process() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = fleet.count("bronze.data.cleaned").await;
-    assert_eq!(hits, copies, "every copy dropped as a duplicate");
+    let log = stage.log();
+    let warm_up: Vec<&str> = log.lines().filter(|line| line.contains("warm")).collect();
+    assert_eq!(
+        hits,
+        copies,
+        "every copy dropped as a duplicate; the warm-up's log lines:\n{}",
+        warm_up.join("\n")
+    );
     assert_eq!(
         out, expected,
         "{RECORDS} copies of finished records were processed again"
     );
     assert_eq!(fleet.count("connector.data.raw.dlq").await, 0);
-    eprintln!(
-        "dedup across processes: {} in, {out} out, {hits} duplicates dropped, 0 dead letters",
-        2 * total + i64::try_from(new).expect("small")
+    (hits, out)
+}
+
+/// The same after a broker outage, in one process: the outage takes the partitions away and
+/// gives them back, and the dedup warm-up that follows reads past the errors its reader queued
+/// while the broker was down, and waits for the broker, instead of starting the partitions with
+/// an empty memory. So copies of finished records written once the broker is back are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_written_after_a_broker_outage_are_dropped() {
+    let mut broker = OwnBroker::start();
+    let fleet = Fleet::create(
+        &broker.bootstrap(),
+        PARTITIONS,
+        &[("bronze", "[dedup]\nwarm_records = 20000")],
+    )
+    .await;
+    let now = medallion_tests::now_ms();
+    let record = |n: u128| valid_record(0xfe_0000, n, now);
+    let producer = test_producer(&broker.bootstrap()).expect("producer");
+    let topic = fleet.topic("connector.data.raw");
+    let first: Vec<(i64, Vec<u8>)> = (0..RECORDS).map(record).collect();
+    produce_valid(&producer, &topic, &first).await;
+    let total = i64::try_from(RECORDS).expect("small");
+    let mut bronze = fleet.spawn("bronze", 1);
+    assert_eq!(
+        fleet
+            .wait_for("bronze.data.cleaned", total, Duration::from_secs(60))
+            .await,
+        total
     );
-    let mut two = two;
-    let (exit, _) = two.terminate();
+    assert!(
+        fleet.caught_up("bronze", "connector.data.raw").await,
+        "bronze committed its input"
+    );
+
+    // Down for longer than the group's session: the partitions are revoked and assigned again.
+    broker.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness(&bronze).await.0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "bronze stayed ready without a broker"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    broker.restart();
+    assert!(
+        wait_ready(&bronze, Duration::from_secs(60)).await,
+        "ready again"
+    );
+
+    let producer = test_producer(&broker.bootstrap()).expect("producer");
+    produce_valid(&producer, &topic, &copies_and_new(record)).await;
+    let (hits, out) = assert_copies_dropped(&fleet, &bronze).await;
+    eprintln!("dedup after a broker outage: {out} out, {hits} duplicates dropped, 0 dead letters");
+    bronze.assert_running();
+    let (exit, _) = bronze.terminate();
     assert!(exit.success());
 }
 

@@ -287,6 +287,7 @@ impl Runtime {
                     &self.settings.stage,
                     &self.settings.input_topic,
                     self.settings.dedup.warm_records,
+                    self.settings.retry.clone(),
                     warm_tx,
                 )
                 .map_err(|source| RuntimeError::Client {

@@ -9,9 +9,17 @@
 //! the warm-up says it is done. The reader uses the group's id only to read the committed
 //! offsets; it never joins the group and never commits.
 //!
-//! Limits: at most `dedup.warm_records` records per partition, and at most [`WARM_TIMEOUT`] per
-//! partition; a warm-up that fails (broker unreachable, partition gone) ends early and the
-//! partition starts with what was read.
+//! An outage does not end a warm-up: while the broker cannot be reached (the committed-offset
+//! and watermark lookups fail for a transient reason, or the reader reports transport errors,
+//! including the ones it queued while it was idle during an outage), the warm-up waits for it,
+//! trying again with `retry`'s backoff, and the partition stays paused; the stage's readiness
+//! and metrics already report the broker as unavailable. Only an error about the partition itself
+//! or about access (partition or topic gone, not authorized) ends it early.
+//!
+//! Limits: at most `dedup.warm_records` records per partition. A warm-up ends early, and the
+//! partition starts with what was read, on such an error, or when the broker answers but no
+//! record arrives for [`WARM_TIMEOUT`] (the clock starts again at each record and at each outage
+//! error).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,18 +28,23 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::record::Polled;
 use super::worker::Worker;
+use crate::backoff::unavailable_delay;
 use crate::client_log::LoggedContext;
+use crate::config::RetryConfig;
 use crate::error::ErrorClass;
 use crate::processor::{InputRecord, Processor};
 
-/// How long the warm-up of one partition may take before its partition starts anyway.
+/// How long the warm-up of one partition may go without a record (or an outage error) before its
+/// partition starts anyway.
 pub(crate) const WARM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest sleep between two checks of whether the warm-up is still wanted.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How long the committed-offset and watermark lookups may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records per event sent to the worker.
@@ -66,12 +79,14 @@ impl std::fmt::Debug for Warmer {
 
 impl Warmer {
     /// Starts the thread with a reader built from the group consumer's configuration
-    /// (`consumer_config`, whose `group.id` is the group's); `records` per partition.
+    /// (`consumer_config`, whose `group.id` is the group's); `records` per partition; `retry`
+    /// paces the lookups while the broker is unavailable.
     pub(crate) fn start(
         consumer_config: &ClientConfig,
         stage: &str,
         topic: &str,
         records: u64,
+        retry: RetryConfig,
         events: mpsc::Sender<WarmEvent>,
     ) -> Result<Self, KafkaError> {
         let mut config = consumer_config.clone();
@@ -89,6 +104,7 @@ impl Warmer {
             reader,
             topic: topic.to_owned(),
             records: i64::try_from(records).unwrap_or(i64::MAX),
+            retry,
             events,
             wanted: Arc::clone(&wanted),
             stop: Arc::clone(&stop),
@@ -135,6 +151,7 @@ struct WarmThread {
     reader: BaseConsumer<LoggedContext>,
     topic: String,
     records: i64,
+    retry: RetryConfig,
     events: mpsc::Sender<WarmEvent>,
     wanted: Arc<Mutex<HashMap<i32, u64>>>,
     stop: Arc<AtomicBool>,
@@ -178,26 +195,13 @@ impl WarmThread {
 
     /// Reads the records before the committed offset of `partition` and sends them on.
     fn warm(&self, partition: i32, generation: u64) -> Result<(), KafkaError> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, partition);
-        let committed = self.reader.committed_offsets(list, LOOKUP_TIMEOUT)?;
-        let Some(Offset::Offset(end)) = committed
-            .find_partition(&self.topic, partition)
-            .map(|element| element.offset())
-        else {
+        let Some((start, end)) = self.range(partition, generation)? else {
             return Ok(());
         };
-        let (low, _high) = self
-            .reader
-            .fetch_watermarks(&self.topic, partition, LOOKUP_TIMEOUT)?;
-        let start = end.saturating_sub(self.records).max(low);
-        if start >= end {
-            return Ok(());
-        }
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
         self.reader.assign(&assignment)?;
-        let deadline = Instant::now() + WARM_TIMEOUT;
+        let mut deadline = Instant::now() + WARM_TIMEOUT;
         let mut batch = Vec::with_capacity(BATCH);
         let mut result = Ok(());
         while self.is_wanted(partition, generation) {
@@ -208,6 +212,7 @@ impl WarmThread {
             match self.reader.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(message)) => {
+                    deadline = Instant::now() + WARM_TIMEOUT;
                     let offset = message.offset();
                     if offset < end {
                         batch.push(Polled::copy_of(&message));
@@ -220,14 +225,79 @@ impl WarmThread {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => {
+                Some(Err(error)) if ends_warm_up(&error) => {
                     result = Err(error);
                     break;
+                }
+                Some(Err(error)) => {
+                    // The reader reconnects by itself; an outage only holds the warm-up up.
+                    tracing::debug!(partition, %error, "dedup warm-up read waits for the broker");
+                    deadline = Instant::now() + WARM_TIMEOUT;
                 }
             }
         }
         self.send(partition, generation, &mut batch);
         result
+    }
+
+    /// The offsets to read, `[start, end)`, where `end` is the committed offset; none when
+    /// there is no committed offset, nothing before it, or the warm-up is no longer wanted. The
+    /// lookups are tried again, with backoff, for as long as they fail for a transient reason.
+    fn range(&self, partition: i32, generation: u64) -> Result<Option<(i64, i64)>, KafkaError> {
+        let mut failed = 0;
+        loop {
+            if !self.is_wanted(partition, generation) {
+                return Ok(None);
+            }
+            match self.lookup(partition) {
+                Ok(range) => {
+                    if failed > 0 {
+                        tracing::info!(partition, "dedup warm-up reached the broker again");
+                    }
+                    return Ok(range);
+                }
+                Err(error) if ends_warm_up(&error) => return Err(error),
+                Err(error) => {
+                    failed += 1;
+                    let delay = unavailable_delay(&self.retry, failed);
+                    if failed == 1 {
+                        tracing::warn!(partition, %error, ?delay, "dedup warm-up waits for the broker; the partition stays paused");
+                    } else {
+                        tracing::debug!(partition, %error, ?delay, "dedup warm-up still waits for the broker");
+                    }
+                    self.sleep_while_wanted(partition, generation, delay);
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, partition: i32) -> Result<Option<(i64, i64)>, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        let committed = self.reader.committed_offsets(list, LOOKUP_TIMEOUT)?;
+        let Some(element) = committed.find_partition(&self.topic, partition) else {
+            return Ok(None);
+        };
+        element.error()?;
+        let Offset::Offset(end) = element.offset() else {
+            return Ok(None);
+        };
+        let (low, _high) = self
+            .reader
+            .fetch_watermarks(&self.topic, partition, LOOKUP_TIMEOUT)?;
+        let start = end.saturating_sub(self.records).max(low);
+        Ok((start < end).then_some((start, end)))
+    }
+
+    fn sleep_while_wanted(&self, partition: i32, generation: u64, delay: Duration) {
+        let until = Instant::now() + delay;
+        while self.is_wanted(partition, generation) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(WAIT_SLICE));
+        }
     }
 
     fn send(&self, partition: i32, generation: u64, batch: &mut Vec<Polled>) {
@@ -241,6 +311,28 @@ impl WarmThread {
             messages,
         });
     }
+}
+
+/// Whether `error` ends a warm-up early: it is about the partition itself or about access, so
+/// waiting would not help. Anything else (transport, timeouts, a coordinator that is loading) is
+/// an outage the warm-up waits out.
+fn ends_warm_up(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::InvalidArgument
+                | RDKafkaErrorCode::InvalidGroupId
+        )
+    )
 }
 
 /// The worker's side of the warm-up: what the warm-up thread read goes into the dedup memory.
@@ -324,6 +416,33 @@ impl<P: Processor> Worker<P> {
                 }
             }
             Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_holds_the_warm_up_up_and_a_missing_partition_ends_it() {
+        let waits = [
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure),
+            KafkaError::OffsetFetch(RDKafkaErrorCode::OperationTimedOut),
+            KafkaError::OffsetFetch(RDKafkaErrorCode::CoordinatorLoadInProgress),
+            KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable),
+        ];
+        for error in &waits {
+            assert!(!ends_warm_up(error), "{error} ended the warm-up");
+        }
+        let ends = [
+            KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition),
+            KafkaError::OffsetFetch(RDKafkaErrorCode::GroupAuthorizationFailed),
+            KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed),
+        ];
+        for error in &ends {
+            assert!(ends_warm_up(error), "{error} was waited out");
         }
     }
 }
