@@ -787,9 +787,9 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
     for stage in &mut stages {
         wait_readiness(stage, 200, Duration::from_secs(90)).await;
     }
-    // Killed as soon as every stage is ready, while they work through the first half. (Producing
-    // it only then would test the test broker: Tansu on SQLite answers some writes with
-    // `Unknown broker error` while four groups join.)
+    // Killed while the stages work through the first half. (Producing it only then would test
+    // the test broker: Tansu on SQLite answers some writes with `Unknown broker error` while
+    // four groups join.)
     let outage = async {
         if message_timeout_ms.is_some() {
             // Killed once bronze has received records of the second half: its writes for them
@@ -804,6 +804,28 @@ async fn broker_outage(name: &str, down: Duration, message_timeout_ms: Option<u6
                 assert!(
                     std::time::Instant::now() < deadline,
                     "bronze received {received} records, not more than the first half ({half})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            // Killed once gold has emitted a window and committed after it, so that it has
+            // finished records before its committed offsets: the dedup warm-up that follows the
+            // outage's rebalance must remember them (copies silver writes again are dropped).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut emitted_at = None;
+            loop {
+                let (_, text) = http_get(&stages[2].http_url("/metrics")).await;
+                let out = metric_sum(&text, "medallion_records_out_total", &[]).unwrap_or(0.0);
+                let commits = metric_sum(&text, "medallion_commits_total", &[("outcome", "ok")])
+                    .unwrap_or(0.0);
+                match emitted_at {
+                    None if out > 0.0 => emitted_at = Some(commits),
+                    Some(before) if commits > before => break,
+                    _ => {}
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "gold emitted {out} records and committed {commits} times"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
