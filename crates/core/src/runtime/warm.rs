@@ -260,8 +260,9 @@ impl WarmThread {
                 Err(error) => {
                     failed += 1;
                     let delay = unavailable_delay(&self.retry, failed);
-                    if failed == 1 {
-                        tracing::warn!(partition, %error, ?delay, "dedup warm-up waits for the broker; the partition stays paused");
+                    // On the first try that fails, then on every tenth.
+                    if failed % 10 == 1 {
+                        tracing::warn!(partition, %error, tries = failed, ?delay, "dedup warm-up waits for the broker; the partition stays paused");
                     } else {
                         tracing::debug!(partition, %error, ?delay, "dedup warm-up still waits for the broker");
                     }
