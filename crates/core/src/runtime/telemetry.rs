@@ -135,6 +135,15 @@ impl WorkerTelemetry {
         let elapsed = u64::try_from(elapsed).ok()?;
         Some(Duration::from_millis(elapsed).as_secs_f64())
     }
+
+    /// Seconds from `from_ms` (epoch millis, as a Kafka timestamp has it) to `now_us` (epoch
+    /// micros), or `None` for a time in the future. `from_ms` is the instant rounded down to
+    /// its millisecond, so the result is at most 1 ms over the true time, never under it.
+    pub(crate) fn seconds_since_us(from_ms: i64, now_us: i64) -> Option<f64> {
+        let elapsed = now_us.checked_sub(from_ms.checked_mul(1_000)?)?;
+        let elapsed = u64::try_from(elapsed).ok()?;
+        Some(Duration::from_micros(elapsed).as_secs_f64())
+    }
 }
 
 /// The worker's clock, read once per turn of its loop: the records and acknowledgements one turn
@@ -146,25 +155,49 @@ impl WorkerTelemetry {
 pub(crate) struct Clock {
     /// Monotonic time, for dedup's time to live and the breaker.
     pub(crate) instant: std::time::Instant,
-    /// Wall-clock time in epoch millis, for latencies from Kafka timestamps.
+    /// Wall-clock time in epoch millis, for event-time lags.
     pub(crate) wall_ms: i64,
+    /// The same reading in epoch micros, for processing latencies from Kafka timestamps (a
+    /// stage's median is a few ms, so whole-ms readings would hide it).
+    pub(crate) wall_us: i64,
 }
 
 impl Clock {
     /// Reads both clocks.
     pub(crate) fn read() -> Self {
+        let wall_us = wall_clock_us();
         Self {
             instant: std::time::Instant::now(),
-            wall_ms: wall_clock_ms(),
+            wall_ms: wall_us.div_euclid(1_000),
+            wall_us,
         }
     }
 }
 
-/// Wall-clock time in epoch millis.
-fn wall_clock_ms() -> i64 {
+/// Wall-clock time in epoch micros.
+fn wall_clock_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+            i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_keep_the_micros_of_the_end_and_refuse_the_future() {
+        let from_ms = 1_767_225_600_000;
+        let seconds = WorkerTelemetry::seconds_since_us(from_ms, from_ms * 1_000 + 4_250);
+        assert!((seconds.expect("past") - 0.004_25).abs() < 1e-12);
+        assert_eq!(
+            WorkerTelemetry::seconds_since_us(from_ms, from_ms * 1_000 - 1),
+            None
+        );
+        assert_eq!(WorkerTelemetry::seconds_since_us(i64::MAX, 0), None);
+        let clock = Clock::read();
+        assert_eq!(clock.wall_ms, clock.wall_us.div_euclid(1_000));
+    }
 }

@@ -599,7 +599,7 @@ impl<P: Processor> Worker<P> {
         if state.produced && state.dead_letter.is_none() {
             if let Some(latency) = state
                 .timestamp_ms()
-                .and_then(|input| WorkerTelemetry::seconds_since(input, self.clock.wall_ms))
+                .and_then(|input| WorkerTelemetry::seconds_since_us(input, self.clock.wall_us))
             {
                 self.telemetry.processing_seconds.record(latency);
             }
