@@ -138,7 +138,8 @@ impl WorkerTelemetry {
 
     /// Seconds from `from_ms` (epoch millis, as a Kafka timestamp has it) to `now_us` (epoch
     /// micros), or `None` for a time in the future. `from_ms` is the instant rounded down to
-    /// its millisecond, so the result is at most 1 ms over the true time, never under it.
+    /// its millisecond, so the result is at most 1 ms over the true time, never under it (on
+    /// clocks that agree; an offset between the producer's host and this one adds to it).
     pub(crate) fn seconds_since_us(from_ms: i64, now_us: i64) -> Option<f64> {
         let elapsed = now_us.checked_sub(from_ms.checked_mul(1_000)?)?;
         let elapsed = u64::try_from(elapsed).ok()?;
